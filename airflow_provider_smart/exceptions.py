@@ -34,9 +34,7 @@ REDACTED = "***"
 def redact(value: Any) -> Any:
     """Return a JSON-safe copy of ``value`` with secret-named keys replaced by ``***``."""
     if isinstance(value, dict):
-        return {
-            str(k): (REDACTED if str(k).lower() in SENSITIVE_KEYS and v else redact(v)) for k, v in value.items()
-        }
+        return {str(k): (REDACTED if str(k).lower() in SENSITIVE_KEYS and v else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [redact(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):

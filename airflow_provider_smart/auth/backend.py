@@ -1,0 +1,304 @@
+"""SMART Backend Services: ``requests`` auth objects that mint, cache and renew access tokens.
+
+``BackendServicesAuth`` signs a JWT client assertion (``private_key_jwt``); ``ClientSecretAuth``
+covers servers that give system clients a secret (``client_secret_basic`` / ``client_secret_post``).
+Both share :class:`TokenAuth`: a token cache renewed ``expiry_skew`` seconds before expiry, one token
+request at a time across threads, the token sent only to allowed origins, and one replay on a 401.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+from requests.auth import AuthBase
+
+from airflow_provider_smart.auth.discovery import (
+    DEFAULT_TIMEOUT,
+    SmartConfiguration,
+    discover_smart_configuration,
+    normalise_base_url,
+)
+from airflow_provider_smart.auth.keys import PrivateKey, choose_alg, load_private_key
+from airflow_provider_smart.auth.origins import OriginPolicy
+from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore, parse_token_response
+from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError
+
+log = logging.getLogger(__name__)
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 270  # SMART: exp SHALL be <= 5 min ahead; keep a margin for clock skew.
+TOKEN_REQUEST_ATTEMPTS = 3  # transport errors and 5xx from the token endpoint are retried with a new assertion
+
+
+class TokenAuth(AuthBase):
+    """Shared machinery of token-minting auths; subclasses implement :meth:`_token_request`."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        scope: str | None,
+        token_url: str | None = None,
+        fhir_base_url: str | None = None,
+        smart_configuration: SmartConfiguration | None = None,
+        token_store: TokenStore | None = None,
+        store_key: str | None = None,
+        expiry_skew: float = 60.0,
+        session: requests.Session | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        allowed_hosts: Iterable[str] = (),
+        on_new_token: Callable[[StoredToken], None] | None = None,
+    ) -> None:
+        if not client_id:
+            raise SmartConfigError("client_id is required (the connection's Login field).", field="login")
+        if not (token_url or fhir_base_url or smart_configuration):
+            raise SmartConfigError("Give token_url, fhir_base_url or smart_configuration to find the token endpoint.")
+        self.client_id = client_id
+        self.scope = scope or ""
+        self.fhir_base_url = normalise_base_url(fhir_base_url, field="fhir_base_url") if fhir_base_url else None
+        self._token_url = token_url
+        self._smart_configuration = smart_configuration
+        self.token_store: TokenStore = token_store or InMemoryTokenStore()
+        self.store_key = store_key or f"{type(self).__name__}:{client_id}@{token_url or self.fhir_base_url}"
+        self.expiry_skew = expiry_skew
+        self.timeout = timeout
+        # Token requests never go through a session that carries this auth.
+        self._http = session or requests.Session()
+        self._on_new_token = on_new_token
+        self._lock = threading.Lock()
+        self.origins = OriginPolicy([self.fhir_base_url] if self.fhir_base_url else [], allowed_hosts)
+        self.token_requests = 0
+
+    # --- discovery ------------------------------------------------------------------------------
+    @property
+    def smart_configuration(self) -> SmartConfiguration:
+        if self._smart_configuration is None:
+            if self.fhir_base_url is None:
+                raise SmartConfigError("fhir_base_url is needed to discover the SMART configuration.")
+            self._smart_configuration = discover_smart_configuration(
+                self.fhir_base_url, session=self._http, timeout=self.timeout
+            )
+        return self._smart_configuration
+
+    @property
+    def token_url(self) -> str:
+        if self._token_url is None:
+            self._token_url = self.smart_configuration.token_endpoint
+        return self._token_url
+
+    # --- origins --------------------------------------------------------------------------------
+    def allow_origin(self, url: str) -> None:
+        """Let ``url``'s origin receive the token too (e.g. a status URL on another host)."""
+        self.origins.add(url)
+
+    def is_allowed(self, url: str) -> bool:
+        return self.origins.allows(url)
+
+    # --- tokens ---------------------------------------------------------------------------------
+    def _token_request(self, token_url: str) -> requests.Response:
+        raise NotImplementedError
+
+    def _mint(self) -> StoredToken:
+        token_url = self.token_url
+        if not self.scope.strip():
+            raise SmartConfigError("scope is empty: Backend Services token requests require one.", field="scope")
+        response: requests.Response | None = None
+        for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
+            try:
+                response = self._token_request(token_url)
+            except requests.RequestException as exc:
+                if attempt == TOKEN_REQUEST_ATTEMPTS:
+                    raise SmartAuthError(
+                        f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.",
+                        error="connection_error",
+                        url=token_url,
+                    ) from None
+            else:
+                if response.status_code < 500 or attempt == TOKEN_REQUEST_ATTEMPTS:
+                    break
+            log.warning("Token endpoint %s failed (attempt %d); retrying with a new assertion.", token_url, attempt)
+            time.sleep(0.5 * attempt)
+        assert response is not None
+        self.token_requests += 1
+        token = parse_token_response(response, token_url)
+        if self._on_new_token is not None:
+            self._on_new_token(token)
+        log.info(
+            "Obtained an access token for client %s (scope %r, expires in %.0f s).",
+            self.client_id,
+            token.scope,
+            token.expires_in() or 0,
+        )
+        return token
+
+    def get_token(self, *, force: bool = False) -> StoredToken:
+        """A token with more than ``expiry_skew`` seconds left, minting one if needed (one at a time)."""
+        if not force:
+            token = self.token_store.get(self.store_key)
+            if token is not None and token.is_fresh(self.expiry_skew):
+                return token
+        with self._lock:
+            token = self.token_store.get(self.store_key)
+            if token is not None and token.is_fresh(self.expiry_skew) and not force:
+                return token
+            token = self._mint()
+            self.token_store.set(self.store_key, token)
+            return token
+
+    def invalidate(self, access_token: str | None = None) -> None:
+        """Forget the cached token (only if it is still ``access_token``, so concurrent 401s mint once)."""
+        with self._lock:
+            current = self.token_store.get(self.store_key)
+            if current is not None and (access_token is None or current.access_token == access_token):
+                self.token_store.delete(self.store_key)
+
+    # --- requests integration -------------------------------------------------------------------
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if not request.url or not self.is_allowed(request.url):
+            return request
+        token = self.get_token()
+        request.headers["Authorization"] = f"Bearer {token.access_token}"
+        request.register_hook("response", self._replay_on_401)
+        return request
+
+    def _replay_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code != 401 or getattr(response.request, "_smart_replayed", False):
+            return response
+        sent = (response.request.headers.get("Authorization") or "").removeprefix("Bearer ")
+        log.info("HTTP 401 from %s: renewing the access token and replaying the request once.", response.url)
+        response.content  # noqa: B018 - drain the body so the connection returns to the pool
+        response.close()
+        self.invalidate(sent)
+        token = self.get_token()
+        replay = response.request.copy()
+        replay.headers["Authorization"] = f"Bearer {token.access_token}"
+        replay._smart_replayed = True  # type: ignore[attr-defined]
+        retried = response.connection.send(replay, **kwargs)
+        retried.history.append(response)
+        retried.request = replay
+        return retried
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(client_id={self.client_id!r}, token_url={self._token_url!r}, scope={self.scope!r})"
+        )
+
+
+class BackendServicesAuth(TokenAuth):
+    """SMART Backend Services with a signed JWT client assertion (``private_key_jwt``).
+
+    :param private_key: PEM (str/bytes) or a ``cryptography`` RSA/EC private key.
+    :param alg: RS384 or ES384 (SMART's required pair), or ES256/RS256/PS384...; by default chosen from
+        the key type and the server's advertised ``token_endpoint_auth_signing_alg_values_supported``.
+    :param kid: the key id registered in the client's JWK Set (SMART requires it in the header).
+    :param jku: the registered JWKS URL; sent only when given.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        private_key: str | bytes | PrivateKey,
+        scope: str | None = "system/*.read",
+        alg: str | None = None,
+        kid: str | None = None,
+        jku: str | None = None,
+        assertion_lifetime: int = ASSERTION_LIFETIME,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(client_id=client_id, scope=scope, **kwargs)
+        self._key = load_private_key(private_key)
+        if alg:
+            choose_alg(self._key, alg)  # fail now, at construction, on a key/alg mismatch
+        self._alg = alg.upper() if alg else None
+        self.kid = kid
+        self.jku = jku
+        if not 0 < assertion_lifetime <= 300:
+            raise SmartConfigError("assertion_lifetime must be between 1 and 300 seconds (SMART's 5-minute cap).")
+        self.assertion_lifetime = assertion_lifetime
+
+    @property
+    def alg(self) -> str:
+        if self._alg is None:
+            server_algs = None
+            if self._token_url is None or self._smart_configuration is not None:
+                server_algs = self.smart_configuration.token_endpoint_auth_signing_alg_values_supported
+            self._alg = choose_alg(self._key, None, server_algs)
+        return self._alg
+
+    def client_assertion(self, token_url: str) -> str:
+        """A fresh, one-time JWT: new ``jti`` on every call, also on retries."""
+        import jwt
+
+        now = int(time.time())
+        headers: dict[str, Any] = {"typ": "JWT"}
+        if self.kid:
+            headers["kid"] = self.kid
+        if self.jku:
+            headers["jku"] = self.jku
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": token_url,
+            "exp": now + self.assertion_lifetime,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=self.alg, headers=headers)
+
+    def _token_request(self, token_url: str) -> requests.Response:
+        form = {
+            "grant_type": "client_credentials",
+            "scope": self.scope,
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": self.client_assertion(token_url),
+        }
+        return self._http.post(token_url, data=form, headers={"Accept": "application/json"}, timeout=self.timeout)
+
+    def __repr__(self) -> str:
+        return (
+            f"BackendServicesAuth(client_id={self.client_id!r}, kid={self.kid!r}, alg={self._alg!r}, "
+            f"scope={self.scope!r})"
+        )
+
+
+class ClientSecretAuth(TokenAuth):
+    """``client_credentials`` with a client secret, sent as HTTP Basic (default) or in the form body."""
+
+    METHODS = ("client_secret_basic", "client_secret_post")
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        scope: str | None = "system/*.read",
+        method: str = "client_secret_basic",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(client_id=client_id, scope=scope, **kwargs)
+        if not client_secret:
+            raise SmartConfigError(
+                f"{method} needs a client secret (the connection's Password field).", field="password"
+            )
+        if method not in self.METHODS:
+            raise SmartConfigError(f"Unknown client secret method {method!r}: use {' or '.join(self.METHODS)}.")
+        self._secret = client_secret
+        self.method = method
+
+    def _token_request(self, token_url: str) -> requests.Response:
+        form = {"grant_type": "client_credentials", "scope": self.scope}
+        auth = None
+        if self.method == "client_secret_post":
+            form.update(client_id=self.client_id, client_secret=self._secret)
+        else:
+            auth = requests.auth.HTTPBasicAuth(self.client_id, self._secret)
+        return self._http.post(
+            token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=self.timeout
+        )

@@ -1,0 +1,240 @@
+"""Turn the fields of a ``smart`` connection into validated settings and a ``requests`` auth.
+
+Airflow-free on purpose: the hook (sync), the trigger (async connection fetch) and the CLI all build
+their auth here, from ``host``/``login``/``password``/``extra``, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from airflow_provider_smart.auth.backend import BackendServicesAuth, ClientSecretAuth, TokenAuth
+from airflow_provider_smart.auth.discovery import normalise_base_url
+from airflow_provider_smart.auth.keys import choose_alg, load_private_key
+from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
+from airflow_provider_smart.exceptions import SmartConfigError
+
+AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post")
+DEFAULT_SCOPE = "system/*.read"
+DEFAULT_TIMEOUT = 60.0
+# Tokens are shared by every hook in a process (a sensor and a download in one worker reuse them).
+PROCESS_TOKEN_STORE = InMemoryTokenStore()
+
+
+@dataclass
+class ConnectionSettings:
+    """A validated ``smart`` connection. Secrets are kept out of ``repr()``."""
+
+    fhir_base_url: str
+    client_id: str
+    auth_method: str = "private_key_jwt"
+    private_key: str | None = field(default=None, repr=False)
+    client_secret: str | None = field(default=None, repr=False)
+    kid: str | None = None
+    alg: str | None = None
+    jku: str | None = None
+    scope: str = DEFAULT_SCOPE
+    token_url: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    verify: bool | str = True
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.private_key, self.client_secret) if s]
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise SmartConfigError(f"extra.{name} must be a comma-separated string or a list of strings.", field=name)
+
+
+def _as_headers(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise SmartConfigError('extra.headers must be a JSON object, e.g. {"Epic-Client-ID": "abc"}.') from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SmartConfigError("extra.headers must map header names to string values.", field="headers")
+    if any(k.lower() == "authorization" for k in value):
+        raise SmartConfigError("extra.headers must not set Authorization; the hook manages it.", field="headers")
+    return value
+
+
+def _as_verify(value: Any) -> bool | str:
+    if value in (None, ""):
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        if not Path(value).exists():
+            raise SmartConfigError(f"extra.verify: CA bundle {value!r} does not exist.", field="verify")
+        return value
+    raise SmartConfigError("extra.verify must be true, false or a CA bundle path.", field="verify")
+
+
+def _as_timeout(value: Any) -> float:
+    if value in (None, ""):
+        return DEFAULT_TIMEOUT
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise SmartConfigError(f"extra.timeout must be a number of seconds, got {value!r}.", field="timeout") from None
+    if timeout <= 0:
+        raise SmartConfigError("extra.timeout must be positive.", field="timeout")
+    return timeout
+
+
+def _read_private_key(extra: dict[str, Any]) -> str | None:
+    key = extra.get("private_key")
+    path = extra.get("private_key_path")
+    if key and path:
+        raise SmartConfigError("Set extra.private_key or extra.private_key_path, not both.", field="private_key")
+    if path:
+        try:
+            return Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise SmartConfigError(
+                f"extra.private_key_path {path!r} cannot be read ({exc.strerror}).", field="private_key_path"
+            ) from None
+    return key or None
+
+
+def settings_from_connection(
+    host: str | None, login: str | None, password: str | None, extra: dict[str, Any] | None, *, conn_id: str = ""
+) -> ConnectionSettings:
+    """Validate the fields of a ``smart`` connection; errors name the field to fix."""
+    where = f"Connection {conn_id!r}: " if conn_id else ""
+    extra = dict(extra or {})
+    try:
+        base = normalise_base_url(host, field="host")
+        if not login:
+            raise SmartConfigError(
+                "login (Client ID) is empty: set it to the client id the server issued.", field="login"
+            )
+        method = (extra.get("auth_method") or "private_key_jwt").strip()
+        if method not in AUTH_METHODS:
+            raise SmartConfigError(
+                f"extra.auth_method {method!r} is unknown: use one of {', '.join(AUTH_METHODS)}.", field="auth_method"
+            )
+        settings = ConnectionSettings(
+            fhir_base_url=base,
+            client_id=login,
+            auth_method=method,
+            kid=extra.get("kid") or None,
+            alg=(extra.get("alg") or None),
+            jku=extra.get("jku") or None,
+            scope=(extra.get("scope") or DEFAULT_SCOPE).strip(),
+            token_url=normalise_base_url(extra["token_url"], field="token_url") if extra.get("token_url") else None,
+            allowed_hosts=_as_list(extra.get("allowed_hosts"), "allowed_hosts"),
+            headers=_as_headers(extra.get("headers")),
+            verify=_as_verify(extra.get("verify")),
+            timeout=_as_timeout(extra.get("timeout")),
+        )
+        if method == "private_key_jwt":
+            settings.private_key = _read_private_key(extra)
+            if not settings.private_key:
+                raise SmartConfigError(
+                    "private_key_jwt needs a key: set extra.private_key (PEM) or extra.private_key_path.",
+                    field="private_key",
+                )
+            key = load_private_key(settings.private_key, field="private_key")
+            settings.alg = choose_alg(key, settings.alg) if settings.alg else None
+            if not settings.kid:
+                raise SmartConfigError(
+                    "extra.kid is empty: set it to the key id registered in the client's JWK Set.", field="kid"
+                )
+        else:
+            settings.client_secret = password or None
+            if not settings.client_secret:
+                raise SmartConfigError(f"{method} needs the client secret in the Password field.", field="password")
+    except SmartConfigError as exc:
+        raise SmartConfigError(where + exc.message, **exc.context) from None
+    return settings
+
+
+def build_auth(
+    settings: ConnectionSettings,
+    *,
+    scope: str | None = None,
+    token_store: TokenStore | None = None,
+    on_new_token: Any = None,
+    session: Any = None,
+) -> TokenAuth:
+    """The ``requests`` auth for these settings; tokens are cached in ``token_store`` (per process by default)."""
+    common: dict[str, Any] = {
+        "client_id": settings.client_id,
+        "scope": scope or settings.scope,
+        "token_url": settings.token_url,
+        "fhir_base_url": settings.fhir_base_url,
+        "token_store": token_store or PROCESS_TOKEN_STORE,
+        "timeout": settings.timeout,
+        "allowed_hosts": settings.allowed_hosts,
+        "on_new_token": on_new_token,
+        "session": session or _plain_session(settings),
+    }
+    common["store_key"] = (
+        f"{settings.auth_method}:{settings.client_id}@{settings.token_url or settings.fhir_base_url}#{common['scope']}"
+    )
+    if settings.auth_method == "private_key_jwt":
+        assert settings.private_key is not None
+        return BackendServicesAuth(
+            private_key=settings.private_key, alg=settings.alg, kid=settings.kid, jku=settings.jku, **common
+        )
+    assert settings.client_secret is not None
+    return ClientSecretAuth(client_secret=settings.client_secret, method=settings.auth_method, **common)
+
+
+class TimeoutSession(requests.Session):
+    """A session with a default per-request timeout (requests has none, and a hung socket hangs a task)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.default_timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+def _plain_session(settings: ConnectionSettings, pool_size: int = 10) -> TimeoutSession:
+    session = TimeoutSession(settings.timeout)
+    session.verify = settings.verify
+    # Connection errors happen before a request is sent, so retrying them never duplicates a kick-off.
+    retries = Retry(total=None, connect=3, read=0, status=0, other=0, redirect=10, backoff_factor=0.5)
+    adapter = HTTPAdapter(max_retries=retries, pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def build_session(settings: ConnectionSettings, auth: TokenAuth, *, pool_size: int = 10) -> requests.Session:
+    """An authenticated session for FHIR requests: auth, static headers, TLS settings, timeouts, retries."""
+    session = _plain_session(settings, pool_size)
+    session.auth = auth
+    session.headers.update({"Accept": "application/fhir+json", **settings.headers})
+    return session
+
+
+__all__ = ["ConnectionSettings", "StoredToken", "build_auth", "build_session", "settings_from_connection"]

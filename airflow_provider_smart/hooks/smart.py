@@ -1,0 +1,99 @@
+"""``SmartHook``: a ``smart`` Airflow connection turned into an authenticated FHIR ``requests`` session."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseHook
+
+if TYPE_CHECKING:
+    import requests
+
+    from airflow_provider_smart.auth.backend import TokenAuth
+    from airflow_provider_smart.auth.discovery import SmartConfiguration
+    from airflow_provider_smart.auth.tokens import StoredToken
+    from airflow_provider_smart.connection import ConnectionSettings
+
+
+def mask_secrets(*secrets: str | None) -> None:
+    """Register secrets with Airflow's masker so they never reach task logs or rendered fields."""
+    from airflow.providers.common.compat.sdk import mask_secret
+
+    for secret in secrets:
+        if secret:
+            mask_secret(secret)
+
+
+def _mask_token(token: StoredToken) -> None:
+    mask_secrets(token.access_token, token.refresh_token, token.id_token)
+
+
+class SmartHook(BaseHook):
+    """Talk to a FHIR server with SMART Backend Services auth.
+
+    The connection's host is the FHIR base URL, login the client id; extras hold the private key,
+    scope, kid, alg (see the README's connection table). Nothing touches the network until a token or
+    the session is asked for, so constructing the hook during DAG parsing is free.
+
+    :param smart_conn_id: the ``smart`` connection to use.
+    :param scope: request this scope instead of the connection's.
+    """
+
+    conn_name_attr = "smart_conn_id"
+    default_conn_name = "smart_default"
+    conn_type = "smart"
+    hook_name = "SMART on FHIR"
+
+    def __init__(self, smart_conn_id: str = default_conn_name, *, scope: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.smart_conn_id = smart_conn_id
+        self.scope = scope
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        from airflow_provider_smart.connection import settings_from_connection
+
+        conn = self.get_connection(self.smart_conn_id)
+        settings = settings_from_connection(
+            conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=self.smart_conn_id
+        )
+        mask_secrets(*settings.secrets)
+        return settings
+
+    @cached_property
+    def auth(self) -> TokenAuth:
+        """The ``requests`` auth that mints, caches and renews tokens for this connection."""
+        from airflow_provider_smart.connection import build_auth
+
+        return build_auth(self.settings, scope=self.scope, on_new_token=_mask_token)
+
+    @property
+    def fhir_base_url(self) -> str:
+        return self.settings.fhir_base_url
+
+    def get_conn(self, *, pool_size: int = 10) -> requests.Session:
+        """A ``requests.Session`` whose requests to the FHIR server carry a fresh bearer token."""
+        from airflow_provider_smart.connection import build_session
+
+        return build_session(self.settings, self.auth, pool_size=pool_size)
+
+    def get_token(self, *, force_refresh: bool = False) -> StoredToken:
+        """A valid token (cached until ``expiry_skew`` before expiry). Its ``repr`` hides the secret."""
+        return self.auth.get_token(force=force_refresh)
+
+    @property
+    def smart_configuration(self) -> SmartConfiguration:
+        return self.auth.smart_configuration
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Discover the token endpoint and request a real token; report scope and expiry, never the token."""
+        try:
+            token = self.get_token(force_refresh=True)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        summary = token.summary()
+        return True, (
+            f"Token obtained from {self.auth.token_url}: scope {summary['scope'] or '(none granted)'!r}, "
+            f"expires at {summary['expires_at']}."
+        )
