@@ -1,0 +1,108 @@
+"""``SmartBulkExportTrigger``: wait for a Bulk Data export in the triggerer, holding no worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+
+class SmartBulkExportTrigger(BaseTrigger):
+    """Poll a Bulk Data status URL until the export completes, fails or ``end_time`` passes.
+
+    Its serialised arguments are plain JSON and hold nothing secret: the auth is rebuilt from the
+    connection id (fetched the async way) every time the trigger starts, so a triggerer restart or a
+    move to another triggerer just resumes polling. Yields exactly one event:
+    ``{"status": "success" | "error" | "timeout", "status_url", "message", "progress", "polls"}``.
+
+    :param status_url: the export's status URL (``Content-Location`` of the kick-off).
+    :param smart_conn_id: the ``smart`` connection.
+    :param end_time: epoch seconds after which the wait gives up with a ``timeout`` event.
+    :param poll_interval: first wait when the server sends no ``Retry-After``; doubles up to ``max_poll_interval``.
+    :param max_poll_interval: cap on any wait, including a server's ``Retry-After``.
+    :param scope: the scope the operator asked for (tokens are scoped per request).
+    """
+
+    def __init__(
+        self,
+        *,
+        status_url: str,
+        smart_conn_id: str,
+        end_time: float,
+        poll_interval: float = 30.0,
+        max_poll_interval: float = 3600.0,
+        scope: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.status_url = status_url
+        self.smart_conn_id = smart_conn_id
+        self.end_time = end_time
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.scope = scope
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "status_url": self.status_url,
+                "smart_conn_id": self.smart_conn_id,
+                "end_time": self.end_time,
+                "poll_interval": self.poll_interval,
+                "max_poll_interval": self.max_poll_interval,
+                "scope": self.scope,
+            },
+        )
+
+    async def _client(self) -> Any:
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+        from airflow_provider_smart.bulk import BulkExportClient
+        from airflow_provider_smart.connection import build_auth, build_session, settings_from_connection
+        from airflow_provider_smart.hooks.smart import SmartHook, mask_secrets
+
+        conn = await get_async_connection(self.smart_conn_id, hook=SmartHook)
+        extra = await get_async_extra_dejson(conn)
+        settings = settings_from_connection(conn.host, conn.login, conn.password, extra, conn_id=self.smart_conn_id)
+        mask_secrets(*settings.secrets)
+        auth = build_auth(
+            settings, scope=self.scope, on_new_token=lambda t: mask_secrets(t.access_token, t.refresh_token)
+        )
+        return BulkExportClient(
+            build_session(settings, auth), settings.fhir_base_url, allowed_hosts=settings.allowed_hosts
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        event: dict[str, Any] = {"status_url": self.status_url, "polls": 0, "progress": None}
+        try:
+            client = await self._client()
+            from airflow_provider_smart.bulk.retry import next_poll_delay
+
+            started = time.monotonic()
+            while True:
+                # The client is synchronous (requests); a thread keeps the triggerer's event loop free.
+                result = await asyncio.to_thread(client.poll, self.status_url)
+                event["polls"] += 1
+                if result.state == "complete":
+                    yield TriggerEvent({**event, "status": "success", "message": "Export complete."})
+                    return
+                event["progress"] = result.progress
+                self.log.info(
+                    "Export %s in progress (%s) after %.0f s.",
+                    self.status_url,
+                    result.progress or "no progress reported",
+                    time.monotonic() - started,
+                )
+                remaining = self.end_time - time.time()
+                if remaining <= 0:
+                    yield TriggerEvent(
+                        {**event, "status": "timeout", "message": "The export did not finish before the timeout."}
+                    )
+                    return
+                delay = next_poll_delay(result.retry_after, event["polls"], self.poll_interval, self.max_poll_interval)
+                await asyncio.sleep(min(delay, remaining))
+        except Exception as exc:  # triggers report errors as events; the operator raises them
+            yield TriggerEvent({**event, "status": "error", "message": f"{type(exc).__name__}: {exc}"})

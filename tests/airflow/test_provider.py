@@ -1,0 +1,50 @@
+"""The provider is discovered through its entry point and its connection form is declared."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_provider_discovered_with_connection_type_and_fields() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    pm = ProvidersManager()
+    assert "airflow-provider-smart" in pm.providers
+    hook_info = pm.hooks["smart"]
+    assert hook_info is not None
+    assert hook_info.hook_class_name == "airflow_provider_smart.hooks.smart.SmartHook"
+    assert hook_info.connection_testable
+
+
+def test_api_server_hook_meta_lists_the_form_fields() -> None:
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    HookMetaService.hook_meta_data.cache_clear() if hasattr(HookMetaService.hook_meta_data, "cache_clear") else None
+    meta = {m.connection_type: m for m in HookMetaService.hook_meta_data()}
+    smart = meta["smart"]
+    assert smart.hook_name == "SMART on FHIR"
+    fields = smart.extra_fields or {}
+    assert {"private_key", "scope", "kid", "alg", "token_url", "auth_method", "allowed_hosts"} <= set(fields)
+    assert fields["private_key"]["schema"]["format"] == "multiline"
+    behaviour = smart.standard_fields
+    assert behaviour is not None
+
+
+def test_airflow_providers_list_shows_the_provider() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "list"], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "airflow-provider-smart" in out
+
+
+def test_operator_module_import_is_cheap() -> None:
+    code = (
+        "import sys, airflow.sdk; before=set(sys.modules);"
+        "import airflow_provider_smart.operators.bulk_export, airflow_provider_smart.operators.token;"
+        "heavy=[m for m in ('jwt','cryptography','requests','airflow_provider_smart.bulk.download') if m in sys.modules and m not in before];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,87 @@
+"""Shared fixtures: an isolated AIRFLOW_HOME, signing keys, the sandbox server and smart connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Airflow reads its configuration at import time: isolate it before anything imports airflow.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="smart-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent / "dags")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ.pop("AIRFLOW_CONN_SMART_DEFAULT", None)
+
+import pytest  # noqa: E402
+
+from airflow_provider_smart.auth.keys import generate_private_key, private_key_to_pem, public_jwks  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class KeyPair:
+    def __init__(self, alg: str, kid: str) -> None:
+        self.alg, self.kid = alg, kid
+        self.key = generate_private_key(alg)
+        self.pem = private_key_to_pem(self.key)
+        self.jwks = public_jwks(self.key, kid=kid, alg=alg)
+
+
+@pytest.fixture(scope="session")
+def es384() -> KeyPair:
+    return KeyPair("ES384", "es-key-1")
+
+
+@pytest.fixture(scope="session")
+def rs384() -> KeyPair:
+    return KeyPair("RS384", "rs-key-1")
+
+
+@pytest.fixture
+def sandbox(es384: KeyPair, rs384: KeyPair) -> Iterator[Any]:
+    """A fresh sandbox with an ES384 client ``es-client``, an RS384 client ``rs-client`` and a secret client."""
+    from airflow_provider_smart.testing import SmartSandbox
+
+    with SmartSandbox(patients=10, resources_per_patient=3, status_polls_before_ready=1, retry_after="1") as sb:
+        sb.register_client("es-client", jwks=es384.jwks, scopes="system/*.rs system/*.read")
+        sb.register_client("rs-client", jwks=rs384.jwks, scopes="system/Patient.rs system/Observation.rs")
+        sb.register_client("secret-client", client_secret="s3cret-value", scopes="system/*.read")
+        yield sb
+
+
+def connection_json(sandbox: Any, key: KeyPair, client_id: str = "es-client", **extra: Any) -> str:
+    fields: dict[str, Any] = {"private_key": key.pem, "kid": key.kid, "scope": "system/*.rs", **extra}
+    return json.dumps({"conn_type": "smart", "host": sandbox.url, "login": client_id, "extra": fields})
+
+
+@pytest.fixture
+def smart_conn(monkeypatch: pytest.MonkeyPatch, sandbox: Any, es384: KeyPair) -> Callable[..., str]:
+    """Install a smart connection as an AIRFLOW_CONN_* env var; returns a setter for variants."""
+
+    def install(conn_id: str = "smart_default", *, raw: dict[str, Any] | None = None, **extra: Any) -> str:
+        value = json.dumps(raw) if raw is not None else connection_json(sandbox, es384, **extra)
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
+        return conn_id
+
+    install()
+    return install
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Migrate a sqlite metadata DB in the isolated AIRFLOW_HOME once, for dag.test() runs."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env={**os.environ},
+        timeout=300,
+    )
+    return _AIRFLOW_HOME
