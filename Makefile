@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m airflow_provider_smart.demo
+	$(PY) scripts/demo.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -117,7 +117,8 @@ class ExportJob:
 
     def record_completion(self, status_url: str, manifest: Any, report: Any) -> dict[str, Any]:
         """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary."""
-        files = report.to_dict()["files"]
+        report_dict = report.to_dict()
+        files = report_dict["files"]
         summary = {
             "status_url": status_url,
             "transaction_time": manifest.transaction_time,
@@ -128,6 +129,8 @@ class ExportJob:
             "output": [_entry(f) for f in files if f["kind"] == "output"],
             "deleted": [_entry(f) for f in files if f["kind"] == "deleted"],
             "error": [_entry(f) for f in files if f["kind"] == "error"],
+            # fatal/error OperationOutcome issues from the error files: the task fails on them
+            "error_issues": report_dict.get("error_issues") or [],
         }
         raw = manifest.raw if hasattr(manifest, "raw") else asdict(manifest)
         _write_json_atomically(self.manifest_path, {"manifest": raw, "summary": summary})

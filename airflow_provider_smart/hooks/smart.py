@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from airflow_provider_smart.auth.backend import TokenAuth
     from airflow_provider_smart.auth.discovery import SmartConfiguration
     from airflow_provider_smart.auth.tokens import StoredToken
+    from airflow_provider_smart.bulk import BulkExportClient
     from airflow_provider_smart.connection import ConnectionSettings
 
 
@@ -61,6 +62,20 @@ class SmartHook(BaseHook):
         mask_secrets(*settings.secrets)
         return settings
 
+    async def aresolve_settings(self) -> ConnectionSettings:
+        """Fill :attr:`settings` without blocking an event loop (for triggers): the async connection API."""
+        if "settings" not in self.__dict__:
+            from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+            from airflow_provider_smart.connection import settings_from_connection
+
+            conn = await get_async_connection(self.smart_conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
+            settings = settings_from_connection(conn.host, conn.login, conn.password, extra, conn_id=self.smart_conn_id)
+            mask_secrets(*settings.secrets)
+            self.__dict__["settings"] = settings  # the same cache slot the sync property uses
+        return self.settings
+
     @cached_property
     def auth(self) -> TokenAuth:
         """The ``requests`` auth that mints, caches and renews tokens for this connection."""
@@ -77,6 +92,19 @@ class SmartHook(BaseHook):
         from airflow_provider_smart.connection import build_session
 
         return build_session(self.settings, self.auth, pool_size=pool_size)
+
+    def get_bulk_client(self, *, max_concurrent_downloads: int = 4, **kwargs: Any) -> BulkExportClient:
+        """A Bulk Data client over this connection's session (pool sized for the parallel downloads)."""
+        from airflow_provider_smart.bulk import BulkExportClient
+
+        session = self.get_conn(pool_size=max(10, max_concurrent_downloads + 2))
+        return BulkExportClient(
+            session,
+            self.fhir_base_url,
+            allowed_hosts=self.settings.allowed_hosts,
+            timeout=self.settings.timeout,
+            **kwargs,
+        )
 
     def get_token(self, *, force_refresh: bool = False) -> StoredToken:
         """A valid token (cached until ``expiry_skew`` before expiry). Its ``repr`` hides the secret."""

@@ -58,22 +58,11 @@ class SmartBulkExportTrigger(BaseTrigger):
         )
 
     async def _client(self) -> Any:
-        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+        from airflow_provider_smart.hooks.smart import SmartHook
 
-        from airflow_provider_smart.bulk import BulkExportClient
-        from airflow_provider_smart.connection import build_auth, build_session, settings_from_connection
-        from airflow_provider_smart.hooks.smart import SmartHook, mask_secrets
-
-        conn = await get_async_connection(self.smart_conn_id, hook=SmartHook)
-        extra = await get_async_extra_dejson(conn)
-        settings = settings_from_connection(conn.host, conn.login, conn.password, extra, conn_id=self.smart_conn_id)
-        mask_secrets(*settings.secrets)
-        auth = build_auth(
-            settings, scope=self.scope, on_new_token=lambda t: mask_secrets(t.access_token, t.refresh_token)
-        )
-        return BulkExportClient(
-            build_session(settings, auth), settings.fhir_base_url, allowed_hosts=settings.allowed_hosts
-        )
+        hook = SmartHook(self.smart_conn_id, scope=self.scope)
+        await hook.aresolve_settings()
+        return hook.get_bulk_client()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         event: dict[str, Any] = {"status_url": self.status_url, "polls": 0, "progress": None}

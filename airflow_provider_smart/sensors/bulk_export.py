@@ -1,0 +1,95 @@
+"""``SmartBulkExportSensor``: wait for a Bulk Data export kicked off by another task."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowException, BaseSensorOperator, PokeReturnValue, conf
+
+from airflow_provider_smart.hooks.smart import SmartHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class SmartBulkExportSensor(BaseSensorOperator):
+    """Wait until the export at ``status_url`` is complete; return its files, planned in batches.
+
+    The return value (XCom) is a list of batches ``{"status_url", "requires_access_token", "files"}``
+    ready for ``SmartBulkExportDownloadOperator.partial(...).expand(batch=sensor.output)``. Files are
+    grouped so the list never exceeds ``max_batches`` (Airflow caps a mapped list at
+    ``[core] max_map_length``, 1,024 by default, while Cerner-style exports hold 20,000+ small files).
+
+    :param status_url: the status URL (templated; e.g. ``"{{ ti.xcom_pull('kickoff', key='status_url') }}"``).
+    :param max_batches: at most this many batches (and so mapped download tasks).
+    :param deferrable: wait in the triggerer instead of poking from a worker.
+    :param max_poll_interval: cap on the wait between polls in deferrable mode (Retry-After included).
+    """
+
+    template_fields: Sequence[str] = ("status_url", "smart_conn_id", "scope")
+    ui_color = "#c9e4f5"
+
+    def __init__(
+        self,
+        *,
+        status_url: str,
+        smart_conn_id: str = SmartHook.default_conn_name,
+        max_batches: int = 32,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_poll_interval: float = 600.0,
+        scope: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.status_url = status_url
+        self.smart_conn_id = smart_conn_id
+        self.max_batches = max_batches
+        self.deferrable = deferrable
+        self.max_poll_interval = max_poll_interval
+        self.scope = scope
+
+    def _client(self) -> Any:
+        return SmartHook(self.smart_conn_id, scope=self.scope).get_bulk_client()
+
+    def _batches(self, manifest: Any) -> list[dict[str, Any]]:
+        from airflow_provider_smart.bulk import batch, plan_files
+
+        return [
+            {"status_url": self.status_url, "requires_access_token": manifest.requires_access_token, "files": files}
+            for files in batch(plan_files(manifest), max_batches=self.max_batches)
+        ]
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        result = self._client().poll(self.status_url)
+        if result.state == "complete":
+            return PokeReturnValue(is_done=True, xcom_value=self._batches(result.manifest))
+        self.log.info("Export %s in progress: %s", self.status_url, result.progress or "no progress reported")
+        return PokeReturnValue(is_done=False)
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        first = self.poke(context)
+        if first.is_done:
+            return first.xcom_value
+        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
+
+        self.defer(
+            trigger=SmartBulkExportTrigger(
+                status_url=self.status_url,
+                smart_conn_id=self.smart_conn_id,
+                end_time=time.time() + float(self.timeout),
+                poll_interval=float(self.poke_interval),
+                max_poll_interval=self.max_poll_interval,
+                scope=self.scope,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        if not event or event.get("status") != "success":
+            status = event.get("status") if event else "ended without an event"
+            raise AirflowException(f"Bulk export {status}: {(event or {}).get('message')} ({self.status_url})")
+        return self._batches(self._client().poll(self.status_url).manifest)
