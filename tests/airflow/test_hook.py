@@ -72,24 +72,3 @@ def test_tokens_and_keys_are_registered_with_the_secret_masker(smart_conn: Any, 
     assert redact(token.access_token) == "***"
     assert "BEGIN PRIVATE KEY" not in str(redact(es384.pem))
     assert token.access_token not in repr(hook.auth) and token.access_token not in repr(token)
-
-
-def test_connection_from_the_metadata_db(airflow_db: str, sandbox: Any, es384: Any, monkeypatch: Any) -> None:
-    import json
-
-    from airflow.models.connection import Connection
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        session.query(Connection).filter(Connection.conn_id == "smart_db").delete()
-        session.add(
-            Connection(
-                conn_id="smart_db",
-                conn_type="smart",
-                host=sandbox.url,
-                login="es-client",
-                extra=json.dumps({"private_key": es384.pem, "kid": es384.kid, "scope": "system/Patient.rs"}),
-            )
-        )
-    monkeypatch.delenv("AIRFLOW_CONN_SMART_DB", raising=False)
-    assert SmartHook("smart_db").get_token().scope == "system/Patient.rs"

@@ -66,3 +66,28 @@ def test_push_token_masks_it_in_logs(
     assert token in sandbox.issued_tokens()
     output = capfd.readouterr()
     assert token not in output.out + output.err
+
+
+def test_connection_stored_in_the_metadata_db(
+    airflow_db: str, sandbox: Any, es384: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id == "smart_db").delete()
+        session.add(
+            Connection(
+                conn_id="smart_db",
+                conn_type="smart",
+                host=sandbox.url,
+                login="es-client",
+                extra=json.dumps({"private_key": es384.pem, "kid": es384.kid, "scope": "system/Patient.rs"}),
+            )
+        )
+    monkeypatch.setenv("SMART_TEST_CONN_ID", "smart_db")
+    run, value = run_and_get_xcom(load_dag("smart_token_check"))
+    assert run.state == "success"
+    assert value["scope"] == "system/Patient.rs"
