@@ -1,39 +1,50 @@
-"""SMART Backend Services: ``requests`` auth objects that mint, cache and renew access tokens.
+"""SMART token auths for ``requests``: mint, cache and renew access tokens.
 
-``BackendServicesAuth`` signs a JWT client assertion (``private_key_jwt``); ``ClientSecretAuth``
-covers servers that give system clients a secret (``client_secret_basic`` / ``client_secret_post``).
-Both share :class:`TokenAuth`: a token cache renewed ``expiry_skew`` seconds before expiry, one token
-request at a time across threads, the token sent only to allowed origins, and one replay on a 401.
+``BackendServicesAuth`` (``client_credentials`` with a signed JWT assertion) and ``ClientSecretAuth``
+(``client_credentials`` with a secret) live here; ``SmartClient`` (App Launch refresh tokens) builds on
+the same :class:`TokenAuth`: a token cache renewed ``expiry_skew`` seconds before expiry, one token
+request at a time across threads (and across processes when the store can lock), the token sent only
+to allowed origins, and one replay on a 401.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import requests
 from requests.auth import AuthBase
 
+from airflow_provider_smart.auth.client_auth import (
+    ASSERTION_LIFETIME,
+    ClientAuthentication,
+    ClientSecret,
+    PrivateKeyJwt,
+)
 from airflow_provider_smart.auth.discovery import (
     DEFAULT_TIMEOUT,
     SmartConfiguration,
     discover_smart_configuration,
     normalise_base_url,
 )
-from airflow_provider_smart.auth.keys import PrivateKey, choose_alg, load_private_key
+from airflow_provider_smart.auth.keys import PrivateKey
 from airflow_provider_smart.auth.origins import OriginPolicy
-from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore, parse_token_response
+from airflow_provider_smart.auth.tokens import (
+    InMemoryTokenStore,
+    StoredToken,
+    TokenStore,
+    parse_token_response,
+)
 from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError
 
 log = logging.getLogger(__name__)
 
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_LIFETIME = 270  # SMART: exp SHALL be <= 5 min ahead; keep a margin for clock skew.
-TOKEN_REQUEST_ATTEMPTS = 3  # transport errors and 5xx from the token endpoint are retried with a new assertion
+TOKEN_REQUEST_ATTEMPTS = 3  # transport errors and 5xx from the token endpoint are retried (new assertion each)
 
 
 class TokenAuth(AuthBase):
@@ -42,7 +53,7 @@ class TokenAuth(AuthBase):
     def __init__(
         self,
         *,
-        client_id: str,
+        client_auth: ClientAuthentication,
         scope: str | None,
         token_url: str | None = None,
         fhir_base_url: str | None = None,
@@ -55,11 +66,13 @@ class TokenAuth(AuthBase):
         allowed_hosts: Iterable[str] = (),
         on_new_token: Callable[[StoredToken], None] | None = None,
     ) -> None:
+        client_id = client_auth.client_id
         if not client_id:
             raise SmartConfigError("client_id is required (the connection's Login field).", field="login")
         if not (token_url or fhir_base_url or smart_configuration):
             raise SmartConfigError("Give token_url, fhir_base_url or smart_configuration to find the token endpoint.")
         self.client_id = client_id
+        self.client_auth = client_auth
         self.scope = scope or ""
         self.fhir_base_url = normalise_base_url(fhir_base_url, field="fhir_base_url") if fhir_base_url else None
         self._token_url = token_url
@@ -101,17 +114,27 @@ class TokenAuth(AuthBase):
         return self.origins.allows(url)
 
     # --- tokens ---------------------------------------------------------------------------------
-    def _token_request(self, token_url: str) -> requests.Response:
+    def _grant_form(self, current: StoredToken | None) -> dict[str, str]:
+        """The grant's own form fields (``grant_type``...); client authentication is added separately."""
         raise NotImplementedError
 
-    def _mint(self) -> StoredToken:
+    def _keep_from_previous(self, new: StoredToken, current: StoredToken | None) -> StoredToken:
+        """What a fresh token inherits from the one it replaces (nothing, for client_credentials)."""
+        return new
+
+    def _token_request(self, token_url: str, current: StoredToken | None) -> requests.Response:
+        form = self._grant_form(current)
+        auth = self.client_auth.apply(form, token_url)
+        return self._http.post(
+            token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=self.timeout
+        )
+
+    def _mint(self, current: StoredToken | None) -> StoredToken:
         token_url = self.token_url
-        if not self.scope.strip():
-            raise SmartConfigError("scope is empty: Backend Services token requests require one.", field="scope")
         response: requests.Response | None = None
         for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
             try:
-                response = self._token_request(token_url)
+                response = self._token_request(token_url, current)
             except requests.RequestException as exc:
                 if attempt == TOKEN_REQUEST_ATTEMPTS:
                     raise SmartAuthError(
@@ -122,11 +145,11 @@ class TokenAuth(AuthBase):
             else:
                 if response.status_code < 500 or attempt == TOKEN_REQUEST_ATTEMPTS:
                     break
-            log.warning("Token endpoint %s failed (attempt %d); retrying with a new assertion.", token_url, attempt)
+            log.warning("Token endpoint %s failed (attempt %d); retrying.", token_url, attempt)
             time.sleep(0.5 * attempt)
         assert response is not None
         self.token_requests += 1
-        token = parse_token_response(response, token_url)
+        token = self._keep_from_previous(parse_token_response(response, token_url), current)
         if self._on_new_token is not None:
             self._on_new_token(token)
         log.info(
@@ -138,25 +161,34 @@ class TokenAuth(AuthBase):
         return token
 
     def get_token(self, *, force: bool = False) -> StoredToken:
-        """A token with more than ``expiry_skew`` seconds left, minting one if needed (one at a time)."""
+        """A token with more than ``expiry_skew`` seconds left, minting one if needed (one at a time).
+
+        When the store offers ``lock(key)`` (the file store does), minting also holds that lock, so
+        separate processes sharing the store mint once, and never use a refresh token twice.
+        """
         if not force:
             token = self.token_store.get(self.store_key)
-            if token is not None and token.is_fresh(self.expiry_skew):
+            if token is not None and token.access_token and token.is_fresh(self.expiry_skew):
                 return token
-        with self._lock:
-            token = self.token_store.get(self.store_key)
-            if token is not None and token.is_fresh(self.expiry_skew) and not force:
-                return token
-            token = self._mint()
+        store_lock = getattr(self.token_store, "lock", None)
+        with self._lock, store_lock(self.store_key) if store_lock else contextlib.nullcontext():
+            # Re-read: another thread or process may have minted while we waited for the locks.
+            current = self.token_store.get(self.store_key)
+            if current is not None and current.access_token and current.is_fresh(self.expiry_skew) and not force:
+                return current
+            token = self._mint(current)
             self.token_store.set(self.store_key, token)
             return token
 
     def invalidate(self, access_token: str | None = None) -> None:
-        """Forget the cached token (only if it is still ``access_token``, so concurrent 401s mint once)."""
+        """Mark the cached token expired (only if it is still ``access_token``, so concurrent 401s mint once).
+
+        The entry is kept, expired, rather than deleted: it may hold a refresh token still needed.
+        """
         with self._lock:
             current = self.token_store.get(self.store_key)
             if current is not None and (access_token is None or current.access_token == access_token):
-                self.token_store.delete(self.store_key)
+                self.token_store.set(self.store_key, dataclasses.replace(current, expires_at=0.0))
 
     # --- requests integration -------------------------------------------------------------------
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -190,7 +222,16 @@ class TokenAuth(AuthBase):
         )
 
 
-class BackendServicesAuth(TokenAuth):
+class ClientCredentialsAuth(TokenAuth):
+    """The ``client_credentials`` grant (SMART Backend Services), with any client authentication."""
+
+    def _grant_form(self, current: StoredToken | None) -> dict[str, str]:
+        if not self.scope.strip():
+            raise SmartConfigError("scope is empty: Backend Services token requests require one.", field="scope")
+        return {"grant_type": "client_credentials", "scope": self.scope}
+
+
+class BackendServicesAuth(ClientCredentialsAuth):
     """SMART Backend Services with a signed JWT client assertion (``private_key_jwt``).
 
     :param private_key: PEM (str/bytes) or a ``cryptography`` RSA/EC private key.
@@ -212,66 +253,41 @@ class BackendServicesAuth(TokenAuth):
         assertion_lifetime: int = ASSERTION_LIFETIME,
         **kwargs: Any,
     ) -> None:
-        super().__init__(client_id=client_id, scope=scope, **kwargs)
-        self._key = load_private_key(private_key)
-        if alg:
-            choose_alg(self._key, alg)  # fail now, at construction, on a key/alg mismatch
-        self._alg = alg.upper() if alg else None
-        self.kid = kid
-        self.jku = jku
-        if not 0 < assertion_lifetime <= 300:
-            raise SmartConfigError("assertion_lifetime must be between 1 and 300 seconds (SMART's 5-minute cap).")
-        self.assertion_lifetime = assertion_lifetime
+        jwt_auth = PrivateKeyJwt(
+            client_id,
+            private_key,
+            alg=alg,
+            kid=kid,
+            jku=jku,
+            lifetime=assertion_lifetime,
+            server_algs=self._server_algs,
+        )
+        super().__init__(client_auth=jwt_auth, scope=scope, **kwargs)
+        self._jwt = jwt_auth
+
+    def _server_algs(self) -> list[str] | None:
+        # Only consult discovery when it happens anyway (no token_url given), never just for the alg.
+        if self._token_url is None or self._smart_configuration is not None:
+            return self.smart_configuration.token_endpoint_auth_signing_alg_values_supported
+        return None
 
     @property
     def alg(self) -> str:
-        if self._alg is None:
-            server_algs = None
-            if self._token_url is None or self._smart_configuration is not None:
-                server_algs = self.smart_configuration.token_endpoint_auth_signing_alg_values_supported
-            self._alg = choose_alg(self._key, None, server_algs)
-        return self._alg
+        return self._jwt.alg
+
+    @property
+    def kid(self) -> str | None:
+        return self._jwt.kid
 
     def client_assertion(self, token_url: str) -> str:
-        """A fresh, one-time JWT: new ``jti`` on every call, also on retries."""
-        import jwt
-
-        now = int(time.time())
-        headers: dict[str, Any] = {"typ": "JWT"}
-        if self.kid:
-            headers["kid"] = self.kid
-        if self.jku:
-            headers["jku"] = self.jku
-        claims = {
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": token_url,
-            "exp": now + self.assertion_lifetime,
-            "iat": now,
-            "jti": uuid.uuid4().hex,
-        }
-        return jwt.encode(claims, self._key, algorithm=self.alg, headers=headers)
-
-    def _token_request(self, token_url: str) -> requests.Response:
-        form = {
-            "grant_type": "client_credentials",
-            "scope": self.scope,
-            "client_assertion_type": JWT_BEARER,
-            "client_assertion": self.client_assertion(token_url),
-        }
-        return self._http.post(token_url, data=form, headers={"Accept": "application/json"}, timeout=self.timeout)
+        return self._jwt.assertion(token_url)
 
     def __repr__(self) -> str:
-        return (
-            f"BackendServicesAuth(client_id={self.client_id!r}, kid={self.kid!r}, alg={self._alg!r}, "
-            f"scope={self.scope!r})"
-        )
+        return f"BackendServicesAuth(client_id={self.client_id!r}, kid={self.kid!r}, scope={self.scope!r})"
 
 
-class ClientSecretAuth(TokenAuth):
+class ClientSecretAuth(ClientCredentialsAuth):
     """``client_credentials`` with a client secret, sent as HTTP Basic (default) or in the form body."""
-
-    METHODS = ("client_secret_basic", "client_secret_post")
 
     def __init__(
         self,
@@ -282,23 +298,8 @@ class ClientSecretAuth(TokenAuth):
         method: str = "client_secret_basic",
         **kwargs: Any,
     ) -> None:
-        super().__init__(client_id=client_id, scope=scope, **kwargs)
-        if not client_secret:
-            raise SmartConfigError(
-                f"{method} needs a client secret (the connection's Password field).", field="password"
-            )
-        if method not in self.METHODS:
-            raise SmartConfigError(f"Unknown client secret method {method!r}: use {' or '.join(self.METHODS)}.")
-        self._secret = client_secret
+        super().__init__(client_auth=ClientSecret(client_id, client_secret, method), scope=scope, **kwargs)
         self.method = method
 
-    def _token_request(self, token_url: str) -> requests.Response:
-        form = {"grant_type": "client_credentials", "scope": self.scope}
-        auth = None
-        if self.method == "client_secret_post":
-            form.update(client_id=self.client_id, client_secret=self._secret)
-        else:
-            auth = requests.auth.HTTPBasicAuth(self.client_id, self._secret)
-        return self._http.post(
-            token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=self.timeout
-        )
+    def __repr__(self) -> str:
+        return f"ClientSecretAuth(client_id={self.client_id!r}, method={self.method!r}, scope={self.scope!r})"

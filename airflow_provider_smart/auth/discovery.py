@@ -18,7 +18,9 @@ def normalise_base_url(url: str | None, *, field: str = "host") -> str:
     """Check a FHIR base URL has a scheme and host; drop the trailing slash (we append paths to it)."""
     url = (url or "").strip()
     if not url:
-        raise SmartConfigError(f"{field} is empty: set it to the FHIR base URL, e.g. https://fhir.example.org/r4.")
+        raise SmartConfigError(
+            f"{field} is empty: set it to the FHIR base URL, e.g. https://fhir.example.org/r4.", field=field
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SmartConfigError(
