@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -58,6 +59,94 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_LAUNCH_SCOPE = "openid fhirUser offline_access user/*.rs"
+
+
+def _authorize_inputs(args: argparse.Namespace) -> tuple[dict, Any]:
+    """The client and server to authorise against: from --conn-id, or from the explicit flags."""
+    conn = None
+    inputs: dict[str, Any] = {
+        "fhir_url": args.fhir_url,
+        "client_id": args.client_id,
+        "scope": args.scope,
+        "client_secret": args.client_secret,
+    }
+    if args.conn_id:
+        from airflow.providers.common.compat.sdk import BaseHook
+
+        conn = BaseHook.get_connection(args.conn_id)
+        extra = conn.extra_dejson
+        inputs["fhir_url"] = inputs["fhir_url"] or conn.host
+        inputs["client_id"] = inputs["client_id"] or conn.login
+        inputs["client_secret"] = inputs["client_secret"] or conn.password
+        inputs["scope"] = inputs["scope"] or extra.get("launch_scope")
+        from airflow_provider_smart.connection import _read_private_key
+
+        if key := _read_private_key(extra):
+            inputs.update(private_key=key, kid=extra.get("kid"), alg=extra.get("alg"))
+    if not (inputs["fhir_url"] and inputs["client_id"]):
+        raise SystemExit("authorize needs --conn-id, or --fhir-url and --client-id.")
+    inputs["scope"] = inputs["scope"] or DEFAULT_LAUNCH_SCOPE
+    return inputs, conn
+
+
+def _save_refresh_token(conn_id: str | None, conn: Any, inputs: dict, token: Any) -> None:
+    extra_update = {"auth_method": "refresh_token", "refresh_token": token.refresh_token}
+    if conn_id:
+        from airflow.models.connection import Connection
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            stored = session.query(Connection).filter(Connection.conn_id == conn_id).one_or_none()
+            if stored is not None:
+                stored.set_extra(json.dumps({**stored.extra_dejson, **extra_update}))
+                print(f"Refresh token saved in connection {conn_id!r} (auth_method refresh_token).")
+                return
+    connection = {
+        "conn_type": "smart",
+        "host": inputs["fhir_url"],
+        "login": inputs["client_id"],
+        "password": inputs.get("client_secret") or None,
+        "extra": {**(conn.extra_dejson if conn is not None else {}), **extra_update},
+    }
+    print("The connection is not in the metadata DB, so it cannot be updated here. Store this JSON")
+    print("(it holds the refresh token: treat it as a secret) in your secrets backend or env var:")
+    print(json.dumps({k: v for k, v in connection.items() if v is not None}))
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    from airflow_provider_smart.auth.discovery import discover_smart_configuration
+    from airflow_provider_smart.auth.loopback import authorize_with_loopback
+
+    inputs, conn = _authorize_inputs(args)
+    smart_config = discover_smart_configuration(inputs["fhir_url"])
+
+    def open_url(url: str) -> None:
+        print(f"Open this URL in a browser to authorise:\n{url}", flush=True)
+        if not args.no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    credentials = {k: inputs[k] for k in ("client_secret", "private_key", "kid", "alg") if inputs.get(k)}
+    token = authorize_with_loopback(
+        smart_config=smart_config,
+        client_id=inputs["client_id"],
+        scope=inputs["scope"],
+        open_url=open_url,
+        redirect_uri=args.redirect_uri,
+        port=args.port,
+        timeout=args.timeout,
+        **credentials,
+    )
+    print(f"Authorised: scope {token.scope!r}, patient {token.patient}, fhirUser {token.fhir_user}.")
+    if not token.refresh_token:
+        print("The server issued no refresh token (ask for offline_access); nothing to save.", file=sys.stderr)
+        return 1
+    _save_refresh_token(args.conn_id, conn, inputs, token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-smart", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    authorize = sub.add_parser(
+        "authorize", help="run a standalone App Launch (PKCE) and store the refresh token in a connection"
+    )
+    authorize.add_argument("--conn-id", help="the smart connection to read the client from and save the token to")
+    authorize.add_argument("--fhir-url", help="FHIR base URL (instead of --conn-id)")
+    authorize.add_argument("--client-id", help="client id (instead of --conn-id)")
+    authorize.add_argument("--client-secret", help="client secret, for confidential symmetric clients")
+    authorize.add_argument("--scope", help=f"scopes to ask for (default {DEFAULT_LAUNCH_SCOPE!r})")
+    authorize.add_argument(
+        "--redirect-uri", help="registered loopback redirect URI, e.g. http://127.0.0.1:8765/callback"
+    )
+    authorize.add_argument("--port", type=int, default=0, help="loopback port when no --redirect-uri (default: any)")
+    authorize.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the redirect")
+    authorize.add_argument("--no-browser", action="store_true", help="only print the URL; do not open a browser")
+
     token = sub.add_parser("token", help="acquire a token through an Airflow connection; print scope and expiry")
     token.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
     token.add_argument("--scope", help="request this scope instead of the connection's")
@@ -91,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return _sandbox(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
     try:
-        return {"keygen": _keygen, "token": _token}[args.command](args)
+        return {"keygen": _keygen, "token": _token, "authorize": _authorize}[args.command](args)
     except Exception as exc:  # a CLI prints the error, not a traceback full of internals
         from airflow_provider_smart.exceptions import SmartError
 

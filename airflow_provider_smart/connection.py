@@ -21,7 +21,8 @@ from airflow_provider_smart.auth.keys import choose_alg, load_private_key
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
 from airflow_provider_smart.exceptions import SmartConfigError
 
-AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post")
+AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token")
+TOKEN_STORES = ("variable", "file:<path>", "memory")
 DEFAULT_SCOPE = "system/*.read"
 DEFAULT_TIMEOUT = 60.0
 # Tokens are shared by every hook in a process (a sensor and a download in one worker reuse them).
@@ -46,10 +47,12 @@ class ConnectionSettings:
     headers: dict[str, str] = field(default_factory=dict)
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
+    refresh_token: str | None = field(default=None, repr=False)
+    token_store: str = "variable"
 
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.private_key, self.client_secret) if s]
+        return [s for s in (self.private_key, self.client_secret, self.refresh_token) if s]
 
 
 def _as_list(value: Any, name: str) -> list[str]:
@@ -121,6 +124,43 @@ def _read_private_key(extra: dict[str, Any]) -> str | None:
     return key or None
 
 
+def _refresh_token_settings(settings: ConnectionSettings, password: str | None, extra: dict[str, Any]) -> None:
+    """A user-authorised connection: a refresh token plus public, symmetric or asymmetric client auth."""
+    settings.refresh_token = extra.get("refresh_token") or None
+    if not settings.refresh_token:
+        raise SmartConfigError(
+            "auth_method refresh_token needs extra.refresh_token: run 'airflow-smart authorize --conn-id <id>' "
+            "to obtain one (ask for offline_access).",
+            field="refresh_token",
+        )
+    settings.scope = (extra.get("scope") or "").strip()  # empty: refreshes keep the original grant
+    settings.private_key = _read_private_key(extra)
+    if settings.private_key:
+        load_private_key(settings.private_key, field="private_key")
+        if not settings.kid:
+            raise SmartConfigError("extra.kid is needed with extra.private_key.", field="kid")
+    else:
+        settings.client_secret = password or None  # none at all: a public client
+    store = (extra.get("token_store") or "variable").strip()
+    if store not in ("variable", "memory") and not (store.startswith("file:") and len(store) > 5):
+        raise SmartConfigError(
+            f"extra.token_store {store!r} is unknown: use one of {', '.join(TOKEN_STORES)}.", field="token_store"
+        )
+    settings.token_store = store
+
+
+def token_store_for(settings: ConnectionSettings) -> TokenStore:
+    if settings.token_store.startswith("file:"):
+        from airflow_provider_smart.auth.stores import FileTokenStore
+
+        return FileTokenStore(settings.token_store[len("file:") :])
+    if settings.token_store == "variable":
+        from airflow_provider_smart.auth.stores import AirflowVariableTokenStore
+
+        return AirflowVariableTokenStore()
+    return PROCESS_TOKEN_STORE
+
+
 def settings_from_connection(
     host: str | None, login: str | None, password: str | None, extra: dict[str, Any] | None, *, conn_id: str = ""
 ) -> ConnectionSettings:
@@ -152,7 +192,9 @@ def settings_from_connection(
             verify=_as_verify(extra.get("verify")),
             timeout=_as_timeout(extra.get("timeout")),
         )
-        if method == "private_key_jwt":
+        if method == "refresh_token":
+            _refresh_token_settings(settings, password, extra)
+        elif method == "private_key_jwt":
             settings.private_key = _read_private_key(extra)
             if not settings.private_key:
                 raise SmartConfigError(
@@ -197,6 +239,23 @@ def build_auth(
     common["store_key"] = (
         f"{settings.auth_method}:{settings.client_id}@{settings.token_url or settings.fhir_base_url}#{common['scope']}"
     )
+    if settings.auth_method == "refresh_token":
+        from airflow_provider_smart.auth.smart_client import SmartClient
+
+        common.update(
+            scope=scope or settings.scope or None,
+            token_store=token_store or token_store_for(settings),
+            store_key=f"refresh_token:{settings.client_id}@{settings.fhir_base_url}",
+        )
+        seed = StoredToken(access_token="", expires_at=0.0, refresh_token=settings.refresh_token)
+        return SmartClient(
+            tokens=seed,
+            client_secret=settings.client_secret,
+            private_key=settings.private_key,
+            kid=settings.kid,
+            alg=settings.alg,
+            **common,
+        )
     if settings.auth_method == "private_key_jwt":
         assert settings.private_key is not None
         return BackendServicesAuth(

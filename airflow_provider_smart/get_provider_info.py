@@ -18,8 +18,9 @@ def _text(label: str, description: str, **schema: Any) -> dict[str, Any]:
 CONN_FIELDS: dict[str, Any] = {
     "auth_method": _text(
         "Auth method",
-        "private_key_jwt (SMART Backend Services, default), client_secret_basic or client_secret_post.",
-        enum=["private_key_jwt", "client_secret_basic", "client_secret_post"],
+        "private_key_jwt (SMART Backend Services, default), client_secret_basic, client_secret_post, or "
+        "refresh_token (a user-authorised App Launch; run 'airflow-smart authorize --conn-id ...').",
+        enum=["private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token"],
         default="private_key_jwt",
     ),
     "private_key": _text(
@@ -50,6 +51,18 @@ CONN_FIELDS: dict[str, Any] = {
     ),
     "headers": _text(
         "Extra headers (JSON)", 'Static headers for every FHIR request, e.g. {"Epic-Client-ID": "..."}', format="json"
+    ),
+    "refresh_token": _text(
+        "Refresh token",
+        "auth_method refresh_token only: the initial offline_access refresh token (airflow-smart authorize "
+        "writes it). Rotated tokens are kept in the token store below.",
+        format="password",
+    ),
+    "token_store": _text(
+        "Token store",
+        "auth_method refresh_token only: where rotated tokens persist between tasks: variable (Airflow "
+        "Variables, Fernet-encrypted; default), file:/path/tokens.json, or memory.",
+        default="variable",
     ),
     "verify": _text("Verify TLS", "true (default), false, or the path of a CA bundle."),
     "timeout": {

@@ -1,0 +1,134 @@
+"""Persistent token stores. In Airflow every task is a new process: rotated refresh tokens must live
+somewhere that outlives it.
+
+* :class:`FileTokenStore`: a JSON file (mode 0600, atomic replace) with a lock file, so processes on one
+  machine never refresh at the same time and never burn a refresh token.
+* :class:`AirflowVariableTokenStore`: Airflow Variables, encrypted at rest by Airflow's Fernet key.
+  Without a Fernet key (``[core] fernet_key`` empty) Variables are stored in plain text: set one.
+  Variables have no lock across machines, so with workers on several machines run token-refreshing
+  tasks one at a time (a pool of one slot) or use a FileTokenStore on shared storage that honours flock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_smart.auth.tokens import StoredToken
+
+
+class FileTokenStore:
+    """Tokens in one JSON file; safe for threads and for processes sharing the file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._local = threading.local()
+        self._thread_lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def lock(self, key: str = "") -> Iterator[None]:
+        """An exclusive lock across processes (flock) and threads; re-entrant within a thread."""
+        with self._thread_lock:
+            depth = getattr(self._local, "depth", 0)
+            if depth == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._local.fd = fd
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+                if self._local.depth == 0:
+                    fcntl.flock(self._local.fd, fcntl.LOCK_UN)
+                    os.close(self._local.fd)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, data: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o600)  # mkstemp already creates 0600; be explicit, the file holds secrets
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def get(self, key: str) -> StoredToken | None:
+        entry = self._read().get(key)
+        return StoredToken.from_dict(entry) if isinstance(entry, dict) else None
+
+    def set(self, key: str, token: StoredToken) -> None:
+        with self.lock(key):
+            data = self._read()
+            data[key] = token.to_dict()
+            self._write(data)
+
+    def delete(self, key: str) -> None:
+        with self.lock(key):
+            data = self._read()
+            if data.pop(key, None) is not None:
+                self._write(data)
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({str(self.path)!r})"
+
+
+class AirflowVariableTokenStore:
+    """Tokens in Airflow Variables (one per key), read and written through the Task SDK."""
+
+    def __init__(self, prefix: str = "smart_token") -> None:
+        self.prefix = prefix
+
+    def _variable_key(self, key: str) -> str:
+        return f"{self.prefix}__{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+
+    def get(self, key: str) -> StoredToken | None:
+        from airflow.sdk import Variable
+
+        from airflow_provider_smart.hooks.smart import mask_secrets
+
+        entry = Variable.get(self._variable_key(key), default=None, deserialize_json=True)
+        if not isinstance(entry, dict):
+            return None
+        token = StoredToken.from_dict(entry)
+        mask_secrets(token.access_token, token.refresh_token, token.id_token)
+        return token
+
+    def set(self, key: str, token: StoredToken) -> None:
+        from airflow.sdk import Variable
+
+        Variable.set(
+            self._variable_key(key),
+            token.to_dict(),
+            description="SMART tokens kept by airflow-provider-smart (secret)",
+            serialize_json=True,
+        )
+
+    def delete(self, key: str) -> None:
+        from airflow.sdk import Variable
+
+        Variable.delete(self._variable_key(key))
+
+    def __repr__(self) -> str:
+        return f"AirflowVariableTokenStore(prefix={self.prefix!r})"
