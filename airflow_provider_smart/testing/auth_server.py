@@ -1,7 +1,9 @@
-"""The sandbox's token endpoint: client registry, real JWT client-assertion checks, scopes and tokens.
+"""The sandbox's token endpoint: client registry, real JWT client-assertion checks and tokens (scopes: ``scopes``).
 
 Implements SMART Backend Services (``client_credentials`` with ``private_key_jwt``) plus the symmetric
-``client_secret_basic`` / ``client_secret_post`` methods. Errors follow RFC 6749 section 5.2.
+``client_secret_basic`` / ``client_secret_post`` methods and public clients (``client_id`` only, for the
+App Launch grants that ``launch_server`` adds through :attr:`AuthServer.grants`). Errors follow RFC 6749
+section 5.2.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from airflow_provider_smart.testing.common import Request, Response, json_response, operation_outcome
+from airflow_provider_smart.testing.scopes import LAUNCH_SCOPES, Scope, grant_scopes, parse_scopes
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
@@ -25,65 +28,7 @@ LEEWAY = 5
 JTI_WINDOW = 300
 DEFAULT_SIGNING_ALGS = ("RS384", "ES384", "ES256", "RS256")
 _EC_CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
-_V1_PERMS = {"read": "rs", "write": "cud", "*": "cruds"}
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-# -- scopes ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scope:
-    """A parsed ``context/Type.perms[?query]`` scope; v1 ``.read/.write/.*`` mapped to v2 letters."""
-
-    context: str
-    resource: str
-    perms: frozenset[str]
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> Scope | None:
-        context, slash, rest = text.partition("/")
-        if not slash or context not in ("system", "user", "patient"):
-            return None
-        resource, dot, perms = rest.partition(".")
-        perms = perms.split("?", 1)[0]
-        if not dot or not resource or not (resource == "*" or resource.isalnum()):
-            return None
-        letters = _V1_PERMS.get(perms, perms)
-        if not letters or not _in_order_subset(letters, "cruds"):
-            return None
-        return cls(context, resource, frozenset(letters), text)
-
-    def covers(self, other: Scope) -> bool:
-        return self.context == other.context and self.resource in ("*", other.resource) and other.perms <= self.perms
-
-    def allows(self, resource_type: str, need: str, context: str = "system") -> bool:
-        return self.context == context and self.resource in ("*", resource_type) and set(need) <= self.perms
-
-
-def _in_order_subset(letters: str, alphabet: str) -> bool:
-    position = -1
-    for letter in letters:
-        index = alphabet.find(letter)
-        if index <= position:
-            return False
-        position = index
-    return True
-
-
-def parse_scopes(text: str) -> list[Scope]:
-    return [scope for scope in (Scope.parse(s) for s in text.split()) if scope is not None]
-
-
-def grant_scopes(requested: str, registered: list[Scope]) -> list[str]:
-    """The requested scope strings that some registered scope covers, in request order."""
-    granted: list[str] = []
-    for text in requested.split():
-        scope = Scope.parse(text)
-        if scope and text not in granted and any(r.covers(scope) for r in registered):
-            granted.append(text)
-    return granted
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 # -- registry and tokens --------------------------------------------------------------------------
@@ -95,6 +40,9 @@ class Client:
     keys: dict[str, dict[str, Any]]  # kid -> public JWK
     secret: str | None
     scopes: list[Scope]
+    extra_scopes: frozenset[str] = frozenset()  # registered members of LAUNCH_SCOPES
+    redirect_uris: list[str] = field(default_factory=list)
+    public: bool = False
 
 
 @dataclass
@@ -106,7 +54,8 @@ class AccessToken:
     expires_at: float
 
     def allows(self, resource_type: str, need: str = "rs") -> bool:
-        return any(s.allows(resource_type, need) for s in self.scopes)
+        """``system/``, ``user/`` and ``patient/`` scopes all permit (the sandbox has no compartments)."""
+        return any(s.allows(resource_type, need, context=None) for s in self.scopes)
 
 
 class TokenError(Exception):
@@ -117,10 +66,16 @@ class TokenError(Exception):
 
 
 @dataclass
-class _Attempt:
+class Attempt:
+    """What is known about a token request so far (for ``token_log``, also when it fails)."""
+
     client_id: str | None = None
     auth_method: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# A grant: (request, form, attempt) -> the 200 token response body; raises TokenError.
+GrantHandler = Callable[[Request, dict[str, str], Attempt], dict[str, Any]]
 
 
 class AuthServer:
@@ -143,6 +98,7 @@ class AuthServer:
         self.response_patch: dict[str, Any] | None = None
         self._jti_seen: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+        self.grants: dict[str, GrantHandler] = {"client_credentials": self._client_credentials}
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -153,11 +109,20 @@ class AuthServer:
         jwks: dict[str, Any] | None = None,
         client_secret: str | None = None,
         scopes: str = "system/*.rs system/*.read",
+        redirect_uris: list[str] | None = None,
+        public: bool = False,
     ) -> None:
         if not client_id:
             raise ValueError("client_id is required")
-        if jwks is None and client_secret is None:
-            raise ValueError("register_client needs jwks (asymmetric) or client_secret (symmetric)")
+        if public and (jwks is not None or client_secret is not None):
+            raise ValueError("a public client has neither jwks nor client_secret")
+        if not public and jwks is None and client_secret is None:
+            raise ValueError("register_client needs jwks (asymmetric) or client_secret (symmetric), or public=True")
+        uris = list(redirect_uris or [])
+        for uri in uris:
+            parts = urlsplit(uri)
+            if not parts.scheme or not (parts.netloc or parts.path) or "#" in uri:
+                raise ValueError(f"redirect URI {uri!r} must be absolute and have no fragment")
         keys: dict[str, dict[str, Any]] = {}
         for jwk in (jwks or {}).get("keys", []):
             if not isinstance(jwk, dict) or not jwk.get("kid") or jwk.get("kty") not in ("RSA", "EC"):
@@ -168,7 +133,15 @@ class AuthServer:
         if jwks is not None and not keys:
             raise ValueError("jwks must be a JWK Set: {'keys': [...]} with at least one key")
         with self._lock:
-            self.clients[client_id] = Client(client_id, keys, client_secret, parse_scopes(scopes))
+            self.clients[client_id] = Client(
+                client_id,
+                keys,
+                client_secret,
+                parse_scopes(scopes),
+                frozenset(s for s in scopes.split() if s in LAUNCH_SCOPES),
+                uris,
+                public,
+            )
 
     def expire_all(self) -> None:
         with self._lock:
@@ -190,49 +163,63 @@ class AuthServer:
             return None
         return token
 
+    def issue_access_token(self, client_id: str, scope_text: str) -> str:
+        """Mint and remember a new access token for ``scope_text``; returns its value."""
+        value = secrets.token_urlsafe(32)
+        with self._lock:
+            self.tokens[value] = AccessToken(
+                value, client_id, parse_scopes(scope_text), scope_text, time.time() + self.token_lifetime
+            )
+            self.token_requests += 1
+        return value
+
+    def revoke_access_tokens(self, values: list[str]) -> None:
+        with self._lock:
+            for value in values:
+                if value in self.tokens:
+                    self.tokens[value].expires_at = 0.0
+
     # -- token endpoint -------------------------------------------------------------------------
 
     def handle_token(self, request: Request) -> Response:
-        attempt = _Attempt()
+        attempt = Attempt()
         form: dict[str, str] = {}
         try:
             form = self._parse_form(request)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise TokenError(400, "invalid_request", "grant_type is required")
-            if grant_type != "client_credentials":
+            grant = self.grants.get(grant_type)
+            if grant is None:
                 raise TokenError(400, "unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
-            client = self._authenticate(request, form, attempt)
-            requested = form.get("scope", "")
-            if not requested.strip():
-                raise TokenError(400, "invalid_request", "scope is required")
-            granted = grant_scopes(requested, client.scopes)
-            if not granted:
-                raise TokenError(400, "invalid_scope", f"none of the requested scopes may be granted: {requested}")
+            body = grant(request, form, attempt)
         except TokenError as exc:
             self._log(attempt, form, ok=False, error=exc.error, description=exc.description)
-            body = {"error": exc.error, "error_description": exc.description}
-            return json_response(exc.status, body, headers={**_NO_STORE, **exc.headers})
-        scope_text = " ".join(granted)
-        value = secrets.token_urlsafe(32)
-        with self._lock:
-            self.tokens[value] = AccessToken(
-                value, client.client_id, parse_scopes(scope_text), scope_text, time.time() + self.token_lifetime
-            )
-            self.token_requests += 1
-        self._log(attempt, form, ok=True, granted=scope_text)
-        body: dict[str, Any] = {
-            "access_token": value,
-            "token_type": "bearer",
-            "expires_in": self.token_lifetime,
-            "scope": scope_text,
-        }
+            error = {"error": exc.error, "error_description": exc.description}
+            return json_response(exc.status, error, headers={**NO_STORE, **exc.headers})
+        self._log(attempt, form, ok=True, granted=body["scope"])
         for key, patch in (self.response_patch or {}).items():
             if patch is None:
                 body.pop(key, None)
             else:
                 body[key] = patch
-        return json_response(200, body, headers=dict(_NO_STORE))
+        return json_response(200, body, headers=dict(NO_STORE))
+
+    def _client_credentials(self, request: Request, form: dict[str, str], attempt: Attempt) -> dict[str, Any]:
+        client = self.authenticate(request, form, attempt)
+        requested = form.get("scope", "")
+        if not requested.strip():
+            raise TokenError(400, "invalid_request", "scope is required")
+        granted = grant_scopes(requested, client.scopes)
+        if not granted:
+            raise TokenError(400, "invalid_scope", f"none of the requested scopes may be granted: {requested}")
+        scope_text = " ".join(granted)
+        return {
+            "access_token": self.issue_access_token(client.client_id, scope_text),
+            "token_type": "bearer",
+            "expires_in": self.token_lifetime,
+            "scope": scope_text,
+        }
 
     @staticmethod
     def _parse_form(request: Request) -> dict[str, str]:
@@ -250,7 +237,10 @@ class AuthServer:
             form[key] = value
         return form
 
-    def _authenticate(self, request: Request, form: dict[str, str], attempt: _Attempt) -> Client:
+    def authenticate(
+        self, request: Request, form: dict[str, str], attempt: Attempt, *, allow_public: bool = False
+    ) -> Client:
+        """The client a token request authenticates as; ``allow_public`` admits public ``client_id``-only."""
         basic = request.header("authorization")
         uses_basic = basic[:6].lower() == "basic "
         uses_assertion = "client_assertion" in form or "client_assertion_type" in form
@@ -281,7 +271,23 @@ class AuthServer:
             if not form.get("client_id"):
                 raise TokenError(401, "invalid_client", "client_secret_post requires client_id")
             return self._check_secret(form["client_id"], form["client_secret"], {})
+        if allow_public and form.get("client_id"):
+            attempt.auth_method = "none"
+            return self._public_client(form["client_id"])
         raise TokenError(401, "invalid_client", "no client authentication (client_assertion or client secret)")
+
+    def _public_client(self, client_id: str) -> Client:
+        client = self.clients.get(client_id)
+        if client is None:
+            raise TokenError(401, "invalid_client", f"unknown client {client_id!r}")
+        if not client.public:
+            raise TokenError(
+                401,
+                "invalid_client",
+                f"client {client_id!r} is confidential: authenticate with client_secret_basic, "
+                "client_secret_post or private_key_jwt",
+            )
+        return client
 
     def _check_secret(self, client_id: str, secret: str, challenge: dict[str, str]) -> Client:
         client = self.clients.get(client_id)
@@ -293,7 +299,7 @@ class AuthServer:
             raise TokenError(401, "invalid_client", "client secret mismatch", challenge)
         return client
 
-    def _verify_assertion(self, form: dict[str, str], attempt: _Attempt) -> Client:
+    def _verify_assertion(self, form: dict[str, str], attempt: Attempt) -> Client:
         import jwt  # imported lazily: PyJWT + cryptography cost ~150 ms at import
         from jwt.algorithms import get_default_algorithms
 
@@ -392,7 +398,7 @@ class AuthServer:
 
     def _log(
         self,
-        attempt: _Attempt,
+        attempt: Attempt,
         form: dict[str, str],
         *,
         ok: bool,

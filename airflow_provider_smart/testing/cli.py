@@ -11,6 +11,9 @@ from pathlib import Path
 
 from airflow_provider_smart.testing.sandbox import SmartSandbox
 
+BACKEND_SCOPES = "system/*.rs system/*.read"
+LAUNCH_SCOPES = "launch launch/patient launch/encounter openid fhirUser offline_access patient/*.rs user/*.rs"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,7 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     add("--client-id", default="sandbox-client", help="client to register (default sandbox-client)")
     add("--jwks", type=Path, help="register --client-id as an asymmetric client with the public JWKS in FILE")
     add("--client-secret", help="register --client-id as a symmetric client with this secret")
-    add("--scopes", default="system/*.rs system/*.read", help="scopes the client may be granted")
+    add(
+        "--scopes",
+        help=f"scopes the client may be granted (default {BACKEND_SCOPES!r}; with --redirect-uri or "
+        f"--public: {LAUNCH_SCOPES!r})",
+    )
+    add("--redirect-uri", action="append", default=[], help="App Launch redirect URI of the client (repeatable)")
+    add("--public", action="store_true", help="register --client-id as a public App Launch client (no secret)")
     add("--token-lifetime", type=int, default=300, help="access token expires_in, seconds (default 300)")
     add("--patients", type=int, default=20)
     add("--resources-per-patient", type=int, default=5, help="Observations per patient")
@@ -41,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.public and (args.jwks or args.client_secret is not None):
+        parser.error("--public excludes --jwks and --client-secret (a public client has no credentials)")
     jwks = json.loads(args.jwks.read_text()) if args.jwks else None
     sandbox = SmartSandbox(
         host=args.host,
@@ -59,8 +71,18 @@ def serve(argv: list[str] | None = None) -> int:
         redirect_files=args.redirect_files,
         data_dir=args.data_dir,
     )
-    if jwks is not None or args.client_secret is not None:
-        sandbox.register_client(args.client_id, jwks=jwks, client_secret=args.client_secret, scopes=args.scopes)
+    launch = bool(args.redirect_uri) or args.public
+    scopes = args.scopes or (LAUNCH_SCOPES if launch else BACKEND_SCOPES)
+    registered = jwks is not None or args.client_secret is not None or args.public
+    if registered:
+        sandbox.register_client(
+            args.client_id,
+            jwks=jwks,
+            client_secret=args.client_secret,
+            scopes=scopes,
+            redirect_uris=args.redirect_uri,
+            public=args.public,
+        )
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -68,10 +90,12 @@ def serve(argv: list[str] | None = None) -> int:
     with sandbox:
         print(f"SMART sandbox FHIR base URL: {sandbox.url}", flush=True)
         print(f"token endpoint: {sandbox.token_url}", flush=True)
-        if jwks is None and args.client_secret is None:
-            print("warning: no client registered (use --jwks FILE and/or --client-secret)", file=sys.stderr)
+        if launch:
+            print(f"authorize endpoint: {sandbox.authorize_url}", flush=True)
+        if not registered:
+            print("warning: no client registered (use --jwks FILE, --client-secret or --public)", file=sys.stderr)
         else:
-            print(f"client {args.client_id!r} may be granted: {args.scopes}", flush=True)
+            print(f"client {args.client_id!r} may be granted: {scopes}", flush=True)
         if args.ready_file:
             tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
             tmp.write_text(sandbox.url + "\n")

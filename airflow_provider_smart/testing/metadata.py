@@ -3,18 +3,61 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_provider_smart.testing.data import RESOURCE_TYPES
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 _BULK_OPS = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+LAUNCH_CAPABILITIES = (
+    "launch-ehr",
+    "launch-standalone",
+    "authorize-post",
+    "client-public",
+    "context-banner",
+    "context-style",
+    "context-ehr-patient",
+    "context-ehr-encounter",
+    "context-standalone-patient",
+    "context-standalone-encounter",
+    "permission-offline",
+    "permission-online",
+    "permission-patient",
+    "permission-user",
+    "sso-openid-connect",
+)
+_LAUNCH_SCOPES = ["openid", "fhirUser", "launch", "launch/patient", "launch/encounter", "offline_access"]
+_LAUNCH_SCOPES += ["online_access", "patient/*.rs", "patient/*.read", "user/*.rs", "user/*.read"]
 
 
-def smart_configuration(token_url: str, signing_algs: list[str]) -> dict[str, Any]:
+class LaunchEndpoints(NamedTuple):
+    """Where App Launch lives; passed only when the sandbox advertises App Launch."""
+
+    authorize: str
+    jwks: str
+    issuer: str
+
+
+def smart_configuration(
+    token_url: str, signing_algs: list[str], launch: LaunchEndpoints | None = None
+) -> dict[str, Any]:
     scopes = ["system/*.rs", "system/*.read"]
     for rtype in (*RESOURCE_TYPES, "Group"):
         scopes += [f"system/{rtype}.rs", f"system/{rtype}.read"]
+    config = _backend_configuration(token_url, signing_algs, scopes)
+    if launch is not None:
+        config["issuer"] = launch.issuer
+        config["jwks_uri"] = launch.jwks
+        config["authorization_endpoint"] = launch.authorize
+        config["grant_types_supported"] += ["authorization_code", "refresh_token"]
+        config["response_types_supported"] = ["code"]
+        config["code_challenge_methods_supported"] = ["S256"]
+        config["scopes_supported"] += _LAUNCH_SCOPES
+        config["capabilities"] += LAUNCH_CAPABILITIES
+    return config
+
+
+def _backend_configuration(token_url: str, signing_algs: list[str], scopes: list[str]) -> dict[str, Any]:
     return {
         "token_endpoint": token_url,
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],
@@ -30,10 +73,13 @@ def smart_configuration(token_url: str, signing_algs: list[str]) -> dict[str, An
     }
 
 
-def capability_statement(base_url: str, token_url: str) -> dict[str, Any]:
+def capability_statement(base_url: str, token_url: str, launch: LaunchEndpoints | None = None) -> dict[str, Any]:
     def export(name: str, definition: str) -> dict[str, str]:
         return {"name": name, "definition": f"{_BULK_OPS}/{definition}"}
 
+    oauth_uris = [{"url": "token", "valueUri": token_url}]
+    if launch is not None:
+        oauth_uris.append({"url": "authorize", "valueUri": launch.authorize})
     resources: list[dict[str, Any]] = []
     for rtype in RESOURCE_TYPES:
         entry: dict[str, Any] = {"type": rtype, "interaction": [{"code": "search-type"}]}
@@ -66,7 +112,7 @@ def capability_statement(base_url: str, token_url: str) -> dict[str, Any]:
                             ]
                         }
                     ],
-                    "extension": [{"url": OAUTH_URIS, "extension": [{"url": "token", "valueUri": token_url}]}],
+                    "extension": [{"url": OAUTH_URIS, "extension": oauth_uris}],
                 },
                 "resource": resources,
                 "operation": [export("export", "export")],

@@ -1,8 +1,8 @@
 """``SmartSandbox``: an offline SMART Backend Services + FHIR Bulk Data server for tests, demos, benchmarks.
 
 Routing, request logs, test hooks and fault injection live here. The HTTP/1.1 layer is ``httpd``, the
-token endpoint ``auth_server``, export jobs ``bulk_server`` (parameters in ``export_params``) and the
-synthetic data ``data``.
+token endpoint ``auth_server``, SMART App Launch (authorize, code and refresh grants) ``launch_server``,
+export jobs ``bulk_server`` (parameters in ``export_params``) and the synthetic data ``data``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from airflow_provider_smart.testing.common import (
 from airflow_provider_smart.testing.data import RESOURCE_TYPES, Dataset, DataState
 from airflow_provider_smart.testing.faults import Fault, FaultBoard
 from airflow_provider_smart.testing.httpd import SandboxHTTPServer
-from airflow_provider_smart.testing.metadata import capability_statement, search_bundle, smart_configuration
+from airflow_provider_smart.testing.launch_server import SMART_STYLE, LaunchServer
+from airflow_provider_smart.testing.metadata import (
+    LaunchEndpoints,
+    capability_statement,
+    search_bundle,
+    smart_configuration,
+)
 
 _GROUP_EXPORT = re.compile(r"/fhir/Group/([^/]+)/\$export")
 _PATIENT_READ = re.compile(r"/fhir/Patient/([^/$]+)")
@@ -62,7 +68,10 @@ class SmartSandbox:
         redirect_files: bool = False,
         churn_per_export: int = 0,
         data_dir: str | Path | None = None,
+        app_launch: bool | None = None,
     ) -> None:
+        """``app_launch``: advertise App Launch in discovery and accept its grants; ``None`` (default) does so
+        once a client with ``redirect_uris`` is registered, so a Backend Services sandbox looks backend-only."""
         self.host, self._requested_port = host, port
         self.resources_per_file = resources_per_file
         self.status_polls_before_ready = status_polls_before_ready
@@ -81,6 +90,9 @@ class SmartSandbox:
         self._state = DataState()
         self._clock = Clock()
         self._auth = AuthServer(lambda: self.token_url, token_lifetime=token_lifetime, signing_algs=signing_algs)
+        self._launch = LaunchServer(
+            self._auth, fhir_url=lambda: self.url, origin=lambda: self.origin, app_launch=app_launch
+        )
         self._bulk = BulkServer(self)
         self._faults = FaultBoard()
         self._pending: dict[str, Any] = {}
@@ -151,6 +163,15 @@ class SmartSandbox:
         return f"{self.origin}/auth/token"
 
     @property
+    def authorize_url(self) -> str:
+        return f"{self.origin}/auth/authorize"
+
+    @property
+    def jwks_url(self) -> str:
+        """The sandbox's own JWK Set (the ``id_token`` signing key)."""
+        return f"{self.origin}/auth/jwks"
+
+    @property
     def file_origin_url(self) -> str:
         if not self.file_origin:
             return self.origin
@@ -179,9 +200,20 @@ class SmartSandbox:
         jwks: dict[str, Any] | None = None,
         client_secret: str | None = None,
         scopes: str = "system/*.rs system/*.read",
+        redirect_uris: list[str] | None = None,
+        public: bool = False,
     ) -> None:
-        """Register an asymmetric (``jwks``: public JWK Set) and/or symmetric (``client_secret``) client."""
-        self._auth.register_client(client_id, jwks=jwks, client_secret=client_secret, scopes=scopes)
+        """Register an asymmetric (``jwks``: public JWK Set) and/or symmetric (``client_secret``) client, or a
+        ``public`` one (neither; it sends ``client_id`` only). ``redirect_uris`` enable App Launch for it;
+        ``scopes`` may then hold ``patient/``/``user/`` scopes and ``launch``, ``openid``, ``offline_access``..."""
+        self._auth.register_client(
+            client_id,
+            jwks=jwks,
+            client_secret=client_secret,
+            scopes=scopes,
+            redirect_uris=redirect_uris,
+            public=public,
+        )
 
     @property
     def token_requests(self) -> int:
@@ -226,6 +258,59 @@ class SmartSandbox:
             self.kickoffs.clear()
             self._status_polls = 0
         self._auth.reset_logs()
+        self._launch.reset_logs()
+
+    # -- App Launch (authorization code + PKCE, refresh tokens) ---------------------------------
+
+    @property
+    def app_launch(self) -> bool:
+        """Whether App Launch is advertised and its grants accepted (see ``__init__``); settable."""
+        return self._launch.enabled
+
+    @app_launch.setter
+    def app_launch(self, value: bool | None) -> None:
+        self._launch.app_launch = value
+
+    @property
+    def launch_context(self) -> dict[str, Any]:
+        """Context of new launches: patient, encounter, fhirUser, need_patient_banner, smart_style_url, tenant."""
+        return self._launch.launch_context
+
+    @launch_context.setter
+    def launch_context(self, context: dict[str, Any]) -> None:
+        self._launch.launch_context = context
+
+    @property
+    def rotate_refresh_tokens(self) -> bool:
+        return self._launch.rotate_refresh_tokens
+
+    @rotate_refresh_tokens.setter
+    def rotate_refresh_tokens(self, value: bool) -> None:
+        self._launch.rotate_refresh_tokens = value
+
+    @property
+    def refresh_token_lifetime(self) -> int:
+        return self._launch.refresh_token_lifetime
+
+    @refresh_token_lifetime.setter
+    def refresh_token_lifetime(self, seconds: int) -> None:
+        self._launch.refresh_token_lifetime = seconds
+
+    def create_ehr_launch(self, patient: str | None = None, encounter: str | None = None) -> str:
+        """A launch id for an EHR launch; ``None`` takes the patient/encounter of ``launch_context``."""
+        return self._launch.create_ehr_launch(patient, encounter)
+
+    @property
+    def refresh_requests(self) -> int:
+        return self._launch.refresh_requests
+
+    @property
+    def authorize_log(self) -> list[dict[str, Any]]:
+        return self._launch.authorize_log
+
+    def revoke_refresh_tokens(self) -> None:
+        """Invalidate every refresh token issued so far (the next refresh answers invalid_grant)."""
+        self._launch.revoke_refresh_tokens()
 
     # -- data mutations -------------------------------------------------------------------------
 
@@ -379,6 +464,12 @@ class SmartSandbox:
     def _resolve(self, path: str, method: str) -> tuple[str, set[str], Any]:
         if path == "/auth/token":
             return "token", {"POST"}, self._auth.handle_token
+        if path == "/auth/authorize":
+            return "authorize", {"GET", "POST"}, self._launch.handle_authorize
+        if path == "/auth/jwks":
+            return "jwks", {"GET"}, lambda r: json_response(200, self._launch.signer.jwks())
+        if path == "/smart-style.json":
+            return "style", {"GET"}, lambda r: json_response(200, SMART_STYLE)
         if path == "/fhir/.well-known/smart-configuration":
             return "discovery", {"GET"}, self._discovery
         if path == "/fhir/metadata":
@@ -430,10 +521,17 @@ class SmartSandbox:
     def _discovery(self, request: Request) -> Response:
         if not self.well_known:
             return outcome_response(404, "not-found", "this server does not publish .well-known/smart-configuration")
-        return json_response(200, smart_configuration(self.token_url, self._auth.signing_algs))
+        launch = self._launch_endpoints()
+        return json_response(200, smart_configuration(self.token_url, self._auth.signing_algs, launch))
 
     def _metadata(self, request: Request) -> Response:
-        return json_response(200, capability_statement(self.url, self.token_url), content_type=FHIR_JSON)
+        statement = capability_statement(self.url, self.token_url, self._launch_endpoints())
+        return json_response(200, statement, content_type=FHIR_JSON)
+
+    def _launch_endpoints(self) -> LaunchEndpoints | None:
+        if not self._launch.enabled:
+            return None
+        return LaunchEndpoints(authorize=self.authorize_url, jwks=self.jwks_url, issuer=self.url)
 
     def _kickoff(self, request: Request, level: str, group_id: str | None) -> Response:
         token = self._auth.check_bearer(request)
