@@ -1,0 +1,234 @@
+"""App Launch over real HTTP: authorize (PKCE), code exchange, SmartClient refresh and rotation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from airflow_provider_smart.auth import (
+    FileTokenStore,
+    SmartAuthError,
+    SmartClient,
+    build_authorize_url,
+    code_challenge_s256,
+    discover_smart_configuration,
+    exchange_code,
+    generate_code_verifier,
+    generate_state,
+    refresh_access_token,
+)
+
+REDIRECT = "http://127.0.0.1:9/callback"  # never contacted: the test reads the redirect's Location
+LAUNCH_SCOPES = "launch launch/patient openid fhirUser offline_access user/*.rs patient/*.rs"
+
+
+@pytest.fixture
+def launch_sandbox(es384: Any) -> Any:
+    from airflow_provider_smart.testing import SmartSandbox
+
+    with SmartSandbox(patients=5, resources_per_patient=2) as sb:
+        sb.register_client("public-app", public=True, scopes=LAUNCH_SCOPES, redirect_uris=[REDIRECT])
+        sb.register_client("secret-app", client_secret="app-secret", scopes=LAUNCH_SCOPES, redirect_uris=[REDIRECT])
+        sb.register_client("jwt-app", jwks=es384.jwks, scopes=LAUNCH_SCOPES, redirect_uris=[REDIRECT])
+        yield sb
+
+
+def authorize(sb: Any, client_id: str, scope: str, launch: str | None = None) -> tuple[Any, str, str]:
+    """Drive the authorize endpoint like a browser; return (smart_config, code, verifier)."""
+    config = discover_smart_configuration(sb.url)
+    verifier, state = generate_code_verifier(), generate_state()
+    url = build_authorize_url(
+        smart_config=config,
+        client_id=client_id,
+        redirect_uri=REDIRECT,
+        scope=scope,
+        state=state,
+        code_challenge=code_challenge_s256(verifier),
+        launch=launch,
+    )
+    response = requests.get(url, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text
+    params = {k: v[0] for k, v in parse_qs(urlsplit(response.headers["Location"]).query).items()}
+    assert params["state"] == state
+    return config, params["code"], verifier
+
+
+def test_standalone_launch_public_client(launch_sandbox: Any) -> None:
+    config, code, verifier = authorize(
+        launch_sandbox, "public-app", "launch/patient openid fhirUser offline_access patient/*.rs"
+    )
+    tokens = exchange_code(
+        smart_config=config, client_id="public-app", redirect_uri=REDIRECT, code=code, code_verifier=verifier
+    )
+    assert tokens.token_type.lower() == "bearer" and tokens.refresh_token
+    assert tokens.patient == launch_sandbox.launch_context["patient"]
+    assert tokens.fhir_user and tokens.fhir_user.endswith(launch_sandbox.launch_context["fhirUser"])
+    assert tokens.access_token not in repr(tokens) and tokens.refresh_token not in repr(tokens)
+
+
+def test_ehr_launch_carries_patient_and_encounter(launch_sandbox: Any) -> None:
+    launch = launch_sandbox.create_ehr_launch(patient="pat-0002")
+    config, code, verifier = authorize(launch_sandbox, "secret-app", "launch openid fhirUser user/*.rs", launch=launch)
+    tokens = exchange_code(
+        smart_config=config,
+        client_id="secret-app",
+        client_secret="app-secret",
+        redirect_uri=REDIRECT,
+        code=code,
+        code_verifier=verifier,
+    )
+    assert tokens.patient == "pat-0002"
+    assert tokens.encounter and tokens.fhir_context
+    assert tokens.need_patient_banner is not None and tokens.smart_style_url
+
+
+def test_asymmetric_client_code_exchange(launch_sandbox: Any, es384: Any) -> None:
+    config, code, verifier = authorize(launch_sandbox, "jwt-app", "openid fhirUser offline_access user/*.rs")
+    tokens = exchange_code(
+        smart_config=config,
+        client_id="jwt-app",
+        private_key=es384.pem,
+        kid=es384.kid,
+        redirect_uri=REDIRECT,
+        code=code,
+        code_verifier=verifier,
+    )
+    assert tokens.refresh_token and "user/*.rs" in tokens.scope
+
+
+def test_wrong_verifier_and_reused_code_are_invalid_grant(launch_sandbox: Any) -> None:
+    config, code, verifier = authorize(launch_sandbox, "public-app", "offline_access user/*.rs")
+    with pytest.raises(SmartAuthError) as err:
+        exchange_code(
+            smart_config=config,
+            client_id="public-app",
+            redirect_uri=REDIRECT,
+            code=code,
+            code_verifier=generate_code_verifier(),
+        )
+    assert err.value.error == "invalid_grant"
+    exchange_code(smart_config=config, client_id="public-app", redirect_uri=REDIRECT, code=code, code_verifier=verifier)
+    with pytest.raises(SmartAuthError) as err:
+        exchange_code(
+            smart_config=config, client_id="public-app", redirect_uri=REDIRECT, code=code, code_verifier=verifier
+        )
+    assert err.value.error == "invalid_grant"
+
+
+def smart_client(sb: Any, **kwargs: Any) -> tuple[SmartClient, Any]:
+    config, code, verifier = authorize(sb, "public-app", "launch/patient offline_access user/*.rs")
+    tokens = exchange_code(
+        smart_config=config, client_id="public-app", redirect_uri=REDIRECT, code=code, code_verifier=verifier
+    )
+    return SmartClient(smart_config=config, client_id="public-app", tokens=tokens, **kwargs), tokens
+
+
+def test_smart_client_refreshes_before_expiry_and_keeps_rotated_token(launch_sandbox: Any) -> None:
+    launch_sandbox.token_lifetime = 3
+    client, tokens = smart_client(launch_sandbox, expiry_skew=2)
+    assert client.patient_id == launch_sandbox.launch_context["patient"]
+    session = requests.Session()
+    session.auth = client
+    assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
+    assert launch_sandbox.refresh_requests == 0
+    time.sleep(1.2)
+    assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
+    assert launch_sandbox.refresh_requests == 1
+    rotated = client.tokens.refresh_token
+    assert rotated and rotated != tokens.refresh_token
+    assert client.patient_id == launch_sandbox.launch_context["patient"]  # context survives refreshes
+    with pytest.raises(SmartAuthError) as err:  # the old refresh token was discarded by the server
+        refresh_access_token(
+            smart_config=client.smart_configuration, client_id="public-app", refresh_token=tokens.refresh_token
+        )
+    assert err.value.error == "invalid_grant"
+
+
+def test_smart_client_refreshes_on_401(launch_sandbox: Any) -> None:
+    client, _ = smart_client(launch_sandbox)
+    session = requests.Session()
+    session.auth = client
+    session.get(f"{launch_sandbox.url}/Patient").raise_for_status()
+    launch_sandbox.expire_tokens()
+    response = session.get(f"{launch_sandbox.url}/Patient")
+    assert response.status_code == 200 and [r.status_code for r in response.history] == [401]
+    assert launch_sandbox.refresh_requests == 1
+
+
+def test_concurrent_refresh_makes_one_request(launch_sandbox: Any) -> None:
+    client, _ = smart_client(launch_sandbox)
+    client.invalidate()
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(client.get_token().access_token)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(results)) == 1
+    assert launch_sandbox.refresh_requests == 1
+
+
+def test_revoked_refresh_token_surfaces_invalid_grant(launch_sandbox: Any) -> None:
+    client, _ = smart_client(launch_sandbox)
+    client.invalidate()
+    launch_sandbox.revoke_refresh_tokens()
+    with pytest.raises(SmartAuthError) as err:
+        client.get_token()
+    assert err.value.error == "invalid_grant"
+    assert "re-authorise" in str(err.value)
+
+
+def test_rotation_persists_in_file_store_across_processes(launch_sandbox: Any, tmp_path: Path) -> None:
+    store_path = tmp_path / "tokens.json"
+    client, tokens = smart_client(launch_sandbox, token_store=FileTokenStore(store_path), store_key="k")
+    client.invalidate()
+    client.get_token()  # refresh #1, rotates the refresh token and persists it
+    script = textwrap.dedent(
+        f"""
+        from airflow_provider_smart.auth import FileTokenStore, SmartClient, StoredToken
+        seed = StoredToken(access_token="", expires_at=0.0, refresh_token={tokens.refresh_token!r})
+        client = SmartClient(client_id="public-app", fhir_base_url={launch_sandbox.url!r}, tokens=seed,
+                             token_store=FileTokenStore({str(store_path)!r}), store_key="k")
+        client.invalidate()
+        print(client.get_token().scope)
+        """
+    )
+    # A second process, seeded with the ORIGINAL refresh token like a connection would be: it must use
+    # the rotated one from the store; the original was burnt by refresh #1.
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "user/*.rs" in out.stdout
+    assert launch_sandbox.refresh_requests == 2
+
+
+def test_two_processes_refreshing_at_once_do_not_burn_the_token(launch_sandbox: Any, tmp_path: Path) -> None:
+    store_path = tmp_path / "tokens.json"
+    client, tokens = smart_client(launch_sandbox, token_store=FileTokenStore(store_path), store_key="k")
+    client.invalidate()
+    script = textwrap.dedent(
+        f"""
+        from airflow_provider_smart.auth import FileTokenStore, SmartClient, StoredToken
+        client = SmartClient(client_id="public-app", fhir_base_url={launch_sandbox.url!r},
+                             token_store=FileTokenStore({str(store_path)!r}), store_key="k")
+        for _ in range(3):
+            client.get_token()
+            client.invalidate()
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+    assert launch_sandbox.refresh_requests == 9  # every refresh used the latest rotated token
