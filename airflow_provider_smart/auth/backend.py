@@ -202,6 +202,8 @@ class TokenAuth(AuthBase):
     def _replay_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
         if response.status_code != 401 or getattr(response.request, "_smart_replayed", False):
             return response
+        if not self.is_allowed(response.request.url or ""):
+            return response  # a redirect led elsewhere: never hand that origin a fresh token
         sent = (response.request.headers.get("Authorization") or "").removeprefix("Bearer ")
         log.info("HTTP 401 from %s: renewing the access token and replaying the request once.", response.url)
         response.content  # noqa: B018 - drain the body so the connection returns to the pool

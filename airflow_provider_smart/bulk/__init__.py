@@ -1,0 +1,90 @@
+"""The Airflow-free FHIR Bulk Data client: kick-off, status, manifest, download, cancel.
+
+Importing this package is cheap: names are loaded on first use (PEP 562), so e.g. the Airflow
+trigger can import :mod:`airflow_provider_smart.bulk.retry` without pulling in ``requests``.
+
+    client = BulkExportClient(session, "https://ehr.example/fhir")
+    status_url = client.kick_off(ExportRequest(level="group", group_id="g1", resource_types=["Patient"]))
+    manifest = client.wait(status_url)
+    report = client.download(manifest, "/data/export")
+    client.cancel(status_url)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_smart.bulk.client import BulkExportClient
+    from airflow_provider_smart.bulk.kickoff import KickoffRequest, build_kickoff
+    from airflow_provider_smart.bulk.models import (
+        DownloadReport,
+        ExportManifest,
+        ExportRequest,
+        FileReport,
+        ManifestFile,
+        StatusResult,
+    )
+    from airflow_provider_smart.bulk.ndjson import NdjsonScanner
+    from airflow_provider_smart.bulk.plan import batch, plan_files, safe_type_name
+    from airflow_provider_smart.bulk.retry import backoff_delay, next_poll_delay, parse_retry_after
+    from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
+
+_EXPORTS = {
+    "BulkExportClient": "client",
+    "KickoffRequest": "kickoff",
+    "build_kickoff": "kickoff",
+    "DownloadReport": "models",
+    "ExportManifest": "models",
+    "ExportRequest": "models",
+    "FileReport": "models",
+    "ManifestFile": "models",
+    "StatusResult": "models",
+    "NdjsonScanner": "ndjson",
+    "batch": "plan",
+    "plan_files": "plan",
+    "safe_type_name": "plan",
+    "backoff_delay": "retry",
+    "next_poll_delay": "retry",
+    "parse_retry_after": "retry",
+}
+_ERRORS = ("BulkDownloadError", "BulkExportError")
+
+__all__ = [
+    "BulkDownloadError",
+    "BulkExportClient",
+    "BulkExportError",
+    "DownloadReport",
+    "ExportManifest",
+    "ExportRequest",
+    "FileReport",
+    "KickoffRequest",
+    "ManifestFile",
+    "NdjsonScanner",
+    "StatusResult",
+    "backoff_delay",
+    "batch",
+    "build_kickoff",
+    "next_poll_delay",
+    "parse_retry_after",
+    "plan_files",
+    "safe_type_name",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ERRORS:
+        from airflow_provider_smart import exceptions
+
+        return getattr(exceptions, name)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,440 @@
+"""Parallel, streaming, checked downloads of Bulk Data files into a local or object-storage directory.
+
+Per file: stream it in 1 MiB chunks (gzip decoded on the fly) into ``.<name>.part`` next to its
+final name, count lines and check resourceTypes on the way, compare with the manifest ``count``,
+then rename. A file with its final name was therefore complete and checked, which is what lets a
+rerun skip it. Transient failures (429, 5xx, dropped connections, short bodies) retry the whole
+file with backoff; everything else fails the file at once. All files are attempted; failures are
+collected and raised together at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from airflow_provider_smart.bulk.models import DownloadReport, FileReport
+from airflow_provider_smart.bulk.ndjson import NdjsonCheckError, NdjsonScanner
+from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
+from airflow_provider_smart.bulk.plan import SAFE_TYPE, check_entry
+from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, backoff_delay, parse_retry_after
+from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
+from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
+
+if TYPE_CHECKING:
+    from airflow_provider_smart.bulk.client import BulkExportClient
+
+log = logging.getLogger("airflow_provider_smart.bulk")
+
+CHUNK_SIZE = 1024 * 1024
+DOWNLOAD_HEADERS = {"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"}
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 64 * 1024
+MAX_LISTED_ISSUES = 1000  # per list in the report (it may travel via XCom)
+MAX_LOGGED_ISSUES = 50  # per kind in the log; the report counts them all
+PROGRESS_LOG_EVERY = 30.0  # seconds between progress lines for one long file
+EXPECTED_TYPE = {"deleted": "Bundle", "error": "OperationOutcome"}  # what the spec puts in those files
+
+
+class _Transient(Exception):
+    """Worth retrying the whole file."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def as_destination(destination: Any) -> Any:
+    """A ``Path`` for a plain path; any pathlib-like object (``ObjectStoragePath``) is used as is."""
+    if isinstance(destination, str):
+        if "://" in destination:
+            raise BulkExportError(
+                f"destination {destination!r} is a URI: pass an ObjectStoragePath (or another pathlib-like "
+                "object) for object storage, or a local directory path."
+            )
+        return Path(destination).expanduser()
+    if hasattr(destination, "open") and hasattr(destination, "__truediv__"):
+        return destination
+    return Path(os.fspath(destination))
+
+
+def _replace(part: Any, final: Any) -> None:
+    try:
+        part.replace(final)  # atomic and overwriting on local disks, also on Windows
+    except (AttributeError, NotImplementedError):
+        part.rename(final)
+
+
+def _discard(part: Any) -> None:
+    try:
+        if part.exists():
+            part.unlink()
+    except Exception:  # cleanup must not hide the original error
+        log.debug("Could not delete the partial file %s.", part, exc_info=True)
+
+
+def _size(path: Any) -> int | None:
+    try:
+        return int(path.stat().st_size)
+    except Exception:
+        return None
+
+
+def _expected_type(kind: str, rtype: str | None) -> str | None:
+    if kind in EXPECTED_TYPE:
+        return EXPECTED_TYPE[kind]
+    # No type (organizeOutputBy mixes types) or a bogus one: nothing meaningful to check against.
+    return rtype if rtype and SAFE_TYPE.fullmatch(rtype) else None
+
+
+class FileDownloader:
+    """Download planned entries (see :func:`~airflow_provider_smart.bulk.plan.plan_files`) for a client."""
+
+    def __init__(
+        self,
+        client: BulkExportClient,
+        destination: Any,
+        *,
+        requires_access_token: bool,
+        check_counts: bool = True,
+        check_resource_types: bool = True,
+        skip_existing: bool = True,
+        on_file_done: Callable[[FileReport], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.destination = as_destination(destination)
+        self.requires_access_token = requires_access_token
+        self.check_counts = check_counts
+        self.check_resource_types = check_resource_types
+        self.skip_existing = skip_existing
+        self.on_file_done = on_file_done
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- orchestration --------------------------------------------------------------------------
+    def run(self, entries: list[dict[str, Any]], max_concurrent_downloads: int = 4) -> DownloadReport:
+        planned = [check_entry(e) for e in entries]
+        paths = [p for _, p in planned]
+        if len(set(paths)) != len(paths):
+            raise BulkExportError("Two planned files share a path; plan them together with plan_files().")
+        self.destination.mkdir(parents=True, exist_ok=True)
+        for kind in sorted({k for k, _ in planned} - {"output"}):
+            (self.destination / kind).mkdir(parents=True, exist_ok=True)
+        workers = max(1, min(max_concurrent_downloads, len(entries)))
+        self.client.ensure_pool_size(workers)
+        started = time.monotonic()
+        results: list[FileReport | None] = [None] * len(entries)
+        failures: list[tuple[int, BaseException]] = []
+        with ThreadPoolExecutor(workers, thread_name_prefix="smart-bulk-download") as pool:
+            futures = {pool.submit(self._download_file, entry): i for i, entry in enumerate(entries)}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except Exception as exc:
+                    failures.append((i, exc))
+                    continue
+                if self.on_file_done is not None:
+                    self.on_file_done(results[i])  # type: ignore[arg-type]
+        report = DownloadReport(files=[r for r in results if r is not None])
+        for entry in entries:
+            rtype = entry.get("type")
+            if rtype and not SAFE_TYPE.fullmatch(rtype):
+                text = f"the manifest type {rtype!r} is not a resource type name; saved as {entry['path']}"
+                self._add_issue(report, {"severity": "warning", "code": "client", "diagnostics": text})
+        self._read_error_files(report)
+        report.seconds = time.monotonic() - started
+        log.info(
+            "Download finished: %d files (%d skipped), %.1f MB, %d lines in %.1f s; %d failed.",
+            len(report.files),
+            sum(1 for f in report.files if f.skipped),
+            report.bytes / 1e6,
+            report.lines,
+            report.seconds,
+            len(failures),
+        )
+        if failures:
+            raise self._failure(entries, sorted(failures, key=lambda f: f[0]), report)
+        return report
+
+    @staticmethod
+    def _failure(
+        entries: list[dict[str, Any]], failures: list[tuple[int, BaseException]], report: DownloadReport
+    ) -> BulkDownloadError:
+        listed = []
+        for i, exc in failures:
+            entry = entries[i]
+            listed.append({"url": redact_url(entry["url"]), "path": entry["path"], "error": str(exc)})
+        lines = [f"  - {f['path']} ({f['url']}): {f['error']}" for f in listed[:20]]
+        if len(listed) > 20:
+            lines.append(f"  ... and {len(listed) - 20} more")
+        error = BulkDownloadError(
+            f"{len(failures)} of {len(entries)} file(s) failed to download; "
+            f"the {len(report.files)} that succeeded stay in place "
+            "and a rerun with skip_existing=True skips them:\n" + "\n".join(lines),
+            url=listed[0]["url"],
+            failures=listed,
+        )
+        error.report = report  # type: ignore[attr-defined]
+        return error
+
+    # -- one file -------------------------------------------------------------------------------
+    def _download_file(self, entry: dict[str, Any]) -> FileReport:
+        kind, rel = check_entry(entry)
+        url, count = entry["url"], entry.get("count")
+        directory = self.destination if kind == "output" else self.destination / kind
+        name = rel.rsplit("/", 1)[-1]
+        final = directory / name
+        report = FileReport(kind, entry.get("type"), url, str(final), count, None, None)
+        if self.skip_existing and final.exists():
+            # Only ever renamed to this name after its checks passed, so it is complete.
+            report.skipped, report.bytes, report.lines = True, _size(final), count
+            log.info("Skipping %s: already downloaded by an earlier run.", rel)
+            return report
+        if not is_http_url(url):
+            raise BulkDownloadError(f"Refusing to download {url[:100]!r}: not an http(s) URL.", url=url)
+        part = directory / f".{name}.part"
+        expected = _expected_type(kind, entry.get("type")) if self.check_resource_types else None
+        started = time.monotonic()
+        while True:
+            report.attempts += 1
+            try:
+                lines, size = self._fetch(url, part, expected)
+                break
+            except _Transient as exc:
+                _discard(part)
+                if report.attempts > self.client.transient_retries:
+                    raise BulkDownloadError(
+                        f"{exc} (gave up after {report.attempts} attempts)", url=redact_url(url), path=rel
+                    ) from None
+                delay = exc.retry_after
+                if delay is None:
+                    delay = backoff_delay(report.attempts, self.client.backoff_base, self.client.backoff_max)
+                delay = min(delay, self.client.max_retry_after)
+                log.warning(
+                    "Download of %s failed (%s); retry %d of %d in %.1f s.",
+                    rel,
+                    exc,
+                    report.attempts,
+                    self.client.transient_retries,
+                    delay,
+                )
+                self.client.sleep(delay)
+            except BaseException:
+                _discard(part)
+                raise
+        if self.check_counts and count is not None and lines != count and expected is None:
+            lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
+        if self.check_counts and count is not None and lines != count:
+            _discard(part)
+            raise BulkDownloadError(
+                f"{rel} has {lines} resources but the manifest says {count}: the file is incomplete or the "
+                "manifest is wrong (use check_counts=False to accept it).",
+                url=redact_url(url),
+                path=rel,
+                lines=lines,
+                count=count,
+            )
+        _replace(part, final)
+        report.lines, report.bytes = lines, size
+        report.seconds = time.monotonic() - started
+        log.info(
+            "Downloaded %s: %d lines, %.2f MB in %.1f s (%.1f MB/s).",
+            rel,
+            lines,
+            size / 1e6,
+            report.seconds,
+            size / 1e6 / max(report.seconds, 1e-6),
+        )
+        return report
+
+    def _fetch(self, url: str, part: Any, expected: str | None) -> tuple[int, int]:
+        """One attempt: stream ``url`` into ``part``; returns (lines, bytes written)."""
+        response = self._open(url)
+        scanner = NdjsonScanner(expected)
+        started = last_log = time.monotonic()
+        try:
+            with part.open("wb") as handle:
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    handle.write(chunk)
+                    scanner.feed(chunk)
+                    now = time.monotonic()
+                    if now - last_log >= PROGRESS_LOG_EVERY:
+                        last_log = now
+                        log.info(
+                            "Downloading %s: %.1f MB so far (%.1f MB/s).",
+                            redact_url(url),
+                            scanner.bytes / 1e6,
+                            scanner.bytes / 1e6 / (now - started),
+                        )
+            lines = scanner.finish()
+            self._check_complete(response, scanner.bytes)
+        except NdjsonCheckError as exc:
+            raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:
+            raise _Transient(f"the connection broke mid-file ({type(exc).__name__})") from None
+        finally:
+            response.close()
+        return lines, scanner.bytes
+
+    @staticmethod
+    def _recount(part: Any) -> int:
+        scanner = NdjsonScanner(exact=True)
+        with part.open("rb") as handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                scanner.feed(chunk)
+        return scanner.finish()
+
+    @staticmethod
+    def _check_complete(response: requests.Response, decoded_bytes: int) -> None:
+        declared = response.headers.get("Content-Length", "")
+        if not declared.isdigit():
+            return  # chunked: urllib3 raises on a broken chunk stream
+        tell = getattr(response.raw, "tell", None)
+        if callable(tell):
+            received = int(tell())  # bytes off the wire, compressed or not: what Content-Length counts
+        elif not response.headers.get("Content-Encoding"):
+            received = decoded_bytes
+        else:
+            return
+        if received < int(declared):
+            raise _Transient(f"the body ended after {received} of {declared} bytes")
+
+    def _open(self, url: str) -> requests.Response:
+        """GET ``url`` as a stream, following redirects ourselves so the token never changes origin."""
+        with_token = self._wants_token(url)
+        session = self.client.session if with_token else self.client.plain_session
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = session.get(
+                    current,
+                    headers=DOWNLOAD_HEADERS,
+                    stream=True,
+                    timeout=self.client.timeout,
+                    allow_redirects=False,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise _Transient(f"could not connect ({type(exc).__name__})") from None
+            if response.is_redirect:
+                target = resolve(current, response.headers["Location"])
+                response.close()
+                if not is_http_url(target):
+                    raise BulkDownloadError(
+                        f"{redact_url(url)} redirects to a non-http(s) URL.",
+                        url=redact_url(url),
+                    )
+                if session is not self.client.plain_session and origin_of(target) != origin_of(current):
+                    # Cerner sends files via 307 to pre-signed S3 URLs: the token must not follow
+                    # (S3 even rejects a request carrying both).
+                    log.debug("%s redirects to another origin: dropping the token.", redact_url(current))
+                    session = self.client.plain_session
+                current = target
+                continue
+            if response.status_code == 200:
+                return response
+            raise self._http_error(url, response)
+        raise BulkDownloadError(
+            f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects.",
+            url=redact_url(url),
+        )
+
+    def _http_error(self, url: str, response: requests.Response) -> Exception:
+        status = response.status_code
+        try:
+            body = response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+        except Exception:
+            body = b""
+        finally:
+            response.close()
+        detail = f"HTTP {status} ({body_text(body)})"
+        if status in TRANSIENT_STATUSES:
+            header = response.headers.get("Retry-After")
+            retry_after = parse_retry_after(header, max_delay=self.client.max_retry_after)
+            return _Transient(f"{redact_url(url)}: {detail}", retry_after)
+        hint = {
+            401: "the access token was refused even after renewing it",
+            403: "access denied: the token's scopes may not cover this type, or a pre-signed link expired",
+            404: "the file is gone: the export may have expired or been deleted; kick off a new export",
+            410: "the file has expired; kick off a new export",
+        }.get(status, "the server refused the download")
+        return BulkDownloadError(f"{redact_url(url)}: {detail}: {hint}.", url=redact_url(url), status=status)
+
+    def _wants_token(self, url: str) -> bool:
+        """The spec's rule plus ours: only if ``requiresAccessToken`` and only to trusted origins."""
+        if not self.requires_access_token:
+            why = "The manifest says requiresAccessToken=false: downloading without the token."
+            self._log_once("no-token", why)
+            return False
+        if not self.client.trusted.allows(url):
+            origin = origin_of(url)
+            self._log_once(
+                origin,
+                f"Files on {origin} are downloaded without the access token: that origin is not the FHIR "
+                "server's, the status URL's or in allowed_hosts (add it there if it needs the token).",
+            )
+            return False
+        self.client.authorize_origin(url)
+        return True
+
+    def _log_once(self, key: str, message: str) -> None:
+        with self._lock:
+            if key in self._logged:
+                return
+            self._logged.add(key)
+        log.info(message)
+
+    # -- error files ----------------------------------------------------------------------------
+    def _read_error_files(self, report: DownloadReport) -> None:
+        """Classify the OperationOutcome issues of the export's ``error`` files by severity."""
+        for f in report.files:
+            if f.kind != "error":
+                continue
+            name = f.path.replace("\\", "/").rsplit("/", 1)[-1]
+            path = self.destination / "error" / name
+            try:
+                with path.open("rb") as handle:
+                    for line in handle:
+                        if line.strip():
+                            self._classify_line(report, line, name)
+            except OSError as exc:
+                issue = {"severity": "warning", "code": "client", "diagnostics": f"{name}: {exc}"}
+                self._add_issue(report, issue)
+
+    def _classify_line(self, report: DownloadReport, line: bytes, name: str) -> None:
+        try:
+            found = issues(json.loads(line))
+        except ValueError:
+            found = [{"severity": "warning", "code": "client", "diagnostics": f"{name}: a line is not JSON"}]
+        for issue in found:
+            self._add_issue(report, classify_issue(issue))
+
+    @staticmethod
+    def _add_issue(report: DownloadReport, issue: dict[str, str]) -> None:
+        if issue["severity"] in ERROR_SEVERITIES:
+            report.error_issue_count += 1
+            if len(report.error_issues) < MAX_LISTED_ISSUES:
+                report.error_issues.append(issue)
+            if report.error_issue_count <= MAX_LOGGED_ISSUES:
+                log.error("Export error (%s %s): %s", issue["severity"], issue["code"], issue["diagnostics"])
+        else:
+            report.warning_count += 1
+            if len(report.warnings) < MAX_LISTED_ISSUES:
+                report.warnings.append(issue)
+            if report.warning_count <= MAX_LOGGED_ISSUES:
+                level = logging.WARNING if issue["severity"] == "warning" else logging.INFO
+                log.log(level, "Export %s (%s): %s", issue["severity"], issue["code"], issue["diagnostics"])

@@ -1,0 +1,159 @@
+"""Turning an :class:`ExportRequest` into the exact kick-off HTTP request (validated, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from airflow_provider_smart.bulk.models import ExportRequest
+from airflow_provider_smart.exceptions import BulkExportError
+
+FHIR_JSON = "application/fhir+json"
+LEVELS = ("system", "patient", "group")
+METHODS = ("auto", "GET", "POST")
+TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+# A FHIR date/dateTime/instant, partial forms included (servers differ in what they accept).
+_INSTANT = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?")
+
+
+@dataclass
+class KickoffRequest:
+    """The HTTP request a kick-off sends. ``params`` are the GET query pairs (in order, repeats allowed)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    params: list[tuple[str, str]] = field(default_factory=list)
+    body: dict[str, Any] | None = None
+
+
+def _fail(message: str) -> BulkExportError:
+    return BulkExportError(f"Invalid export request: {message}")
+
+
+def format_instant(value: str | datetime, name: str) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        text = value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
+        return text.replace("+00:00", "Z")
+    text = str(value).strip()
+    if not _INSTANT.fullmatch(text):
+        raise _fail(f"{name}={text!r} is not a FHIR instant; use e.g. '2024-01-01T00:00:00Z'.")
+    return text
+
+
+def patient_reference(value: str) -> str:
+    """``"123"`` -> ``"Patient/123"``; ``"Patient/123"`` and absolute Patient URLs are kept."""
+    text = value.strip()
+    if text.startswith("Patient/") or ("://" in text and "/Patient/" in text):
+        return text
+    if not text or "/" in text:
+        raise _fail(f"patients entry {value!r} is not a Patient id or 'Patient/<id>' reference.")
+    return f"Patient/{text}"
+
+
+def validate(request: ExportRequest) -> str:
+    """Check the request for mistakes the server would reject anyway; return the HTTP method to use."""
+    if request.level not in LEVELS:
+        raise _fail(f"level must be one of {', '.join(LEVELS)}, not {request.level!r}.")
+    if request.level == "group" and not (request.group_id or "").strip():
+        raise _fail("level='group' needs group_id (the id of the Group to export).")
+    if request.level != "group" and request.group_id:
+        raise _fail(f"group_id is only used with level='group' (level is {request.level!r}).")
+    method = str(request.method or "auto").strip()
+    method = "auto" if method.lower() == "auto" else method.upper()
+    if method not in METHODS:
+        raise _fail(f"method must be 'auto', 'GET' or 'POST', not {request.method!r}.")
+    if request.patients and request.level == "system":
+        raise _fail("the patient parameter cannot be used at system level; use level='patient' or 'group'.")
+    if request.patients and method == "GET":
+        raise _fail("the patient parameter is only allowed in a POST kick-off; use method='POST' or 'auto'.")
+    for rtype in request.resource_types:
+        if not TYPE_NAME.fullmatch(rtype):
+            raise _fail(f"resource_types entry {rtype!r} is not a FHIR resource type name.")
+    for query in request.type_filters:
+        rtype, sep, rest = str(query).partition("?")
+        if not sep or not rest or not TYPE_NAME.fullmatch(rtype):
+            raise _fail(f"type_filters entry {query!r} must look like 'Observation?category=laboratory'.")
+    if request.organize_output_by and not TYPE_NAME.fullmatch(request.organize_output_by):
+        raise _fail(f"organize_output_by={request.organize_output_by!r} is not a resource type name.")
+    if not (request.output_format or "").strip():
+        raise _fail("output_format is empty; leave it at 'application/fhir+ndjson'.")
+    for name in ("elements", "include_associated_data"):
+        if any(not v.strip() for v in getattr(request, name)):
+            raise _fail(f"{name} contains an empty value.")
+    if method == "auto":
+        method = "POST" if request.patients else "GET"
+    return method
+
+
+def export_url(fhir_base_url: str, request: ExportRequest) -> str:
+    """String-append, so a base with a path (``https://h/r4``) keeps it (``urljoin`` would drop ``r4``)."""
+    base = fhir_base_url.rstrip("/")
+    if request.level == "system":
+        return f"{base}/$export"
+    if request.level == "patient":
+        return f"{base}/Patient/$export"
+    return f"{base}/Group/{quote(str(request.group_id).strip(), safe='')}/$export"
+
+
+def _values(request: ExportRequest) -> list[tuple[str, str, list[str]]]:
+    """(parameter, FHIR value[x] type, values) in a stable order."""
+    single = [
+        ("_outputFormat", "valueString", [request.output_format.strip()]),
+        ("_since", "valueInstant", [format_instant(request.since, "since")] if request.since else []),
+        ("_until", "valueInstant", [format_instant(request.until, "until")] if request.until else []),
+    ]
+    repeated = [
+        ("_type", "valueString", request.resource_types),
+        ("_elements", "valueString", request.elements),
+        ("_typeFilter", "valueString", [str(q) for q in request.type_filters]),
+        ("includeAssociatedData", "valueCode", request.include_associated_data),
+        (
+            "organizeOutputBy",
+            "valueString",
+            [request.organize_output_by] if request.organize_output_by else [],
+        ),
+    ]
+    flag = request.allow_partial_manifests
+    tail = [("allowPartialManifests", "valueBoolean", [] if flag is None else ["true" if flag else "false"])]
+    return [*single, *repeated, *tail]
+
+
+def build_kickoff(
+    request: ExportRequest,
+    fhir_base_url: str,
+    *,
+    comma_join_repeats: bool = False,
+) -> KickoffRequest:
+    """The validated kick-off: URL, headers, and GET query pairs or a POST ``Parameters`` body.
+
+    GET repeats list parameters (``_type=A&_type=B``) unless ``comma_join_repeats`` (Cerner rejects
+    repeats). POST always sends one parameter per value: STU4 forbids comma-joined values.
+    """
+    method = validate(request)
+    url = export_url(fhir_base_url, request)
+    prefer = "respond-async, handling=lenient" if request.lenient else "respond-async"
+    headers = {"Accept": FHIR_JSON, "Prefer": prefer}
+    values = _values(request)
+    if method == "GET":
+        params: list[tuple[str, str]] = []
+        for name, _, vals in values:
+            if comma_join_repeats and len(vals) > 1:
+                params.append((name, ",".join(vals)))
+            else:
+                params.extend((name, v) for v in vals)
+        return KickoffRequest("GET", url, headers, params=params)
+    parameters: list[dict[str, Any]] = []
+    for name, value_type, vals in values:
+        for v in vals:
+            value: Any = v == "true" if value_type == "valueBoolean" else v
+            parameters.append({"name": name, value_type: value})
+    for ref in request.patients:
+        parameters.append({"name": "patient", "valueReference": {"reference": patient_reference(ref)}})
+    headers["Content-Type"] = FHIR_JSON
+    return KickoffRequest("POST", url, headers, body={"resourceType": "Parameters", "parameter": parameters})

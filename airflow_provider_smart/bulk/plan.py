@@ -1,0 +1,126 @@
+"""Where each manifest file lands, and how files are split into batches (e.g. Airflow mapped tasks).
+
+A file's local name is never taken from the server as is: only a resource type matching
+``^[A-Za-z][A-Za-z0-9]{0,63}$`` is used verbatim, and the rest of the name is ours
+(``<Type>.<n>.ndjson`` with ``deleted/`` and ``error/`` subfolders). So a manifest listing a type
+such as ``../../x`` cannot make us write outside the destination.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_smart.exceptions import BulkExportError
+
+if TYPE_CHECKING:
+    from airflow_provider_smart.bulk.models import ExportManifest
+
+log = logging.getLogger("airflow_provider_smart.bulk")
+
+KINDS = ("output", "deleted", "error")
+SAFE_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+SAFE_PATH = re.compile(r"(?:(deleted|error)/)?([A-Za-z][A-Za-z0-9_]{0,79})\.([1-9][0-9]{0,8})\.ndjson")
+UNTYPED = "output"  # STU3 organizeOutputBy files carry no type: they mix types
+
+
+def safe_type_name(rtype: str | None) -> str:
+    """``rtype`` if it is a plain resource type name, else a safe stand-in (logged as a warning)."""
+    if rtype is None or rtype == "":
+        return UNTYPED
+    if SAFE_TYPE.fullmatch(rtype):
+        return rtype
+    letters = re.sub(r"[^A-Za-z0-9]", "", rtype)[:48]
+    safe = f"invalid_{letters}" if letters else "invalid"
+    log.warning(
+        "The manifest lists a file of type %r, which is not a resource type name: saving it as %s.*",
+        rtype,
+        safe,
+    )
+    return safe
+
+
+def relative_path(kind: str, name: str, n: int) -> str:
+    return f"{name}.{n}.ndjson" if kind == "output" else f"{kind}/{name}.{n}.ndjson"
+
+
+def plan_files(manifest: ExportManifest) -> list[dict[str, Any]]:
+    """Every file of ``manifest`` as a JSON-safe dict ``{"kind", "type", "url", "count", "path"}``.
+
+    ``path`` is relative to the destination: ``<Type>.<n>.ndjson``, ``deleted/<Type>.<n>.ndjson`` or
+    ``error/<Type>.<n>.ndjson``, ``n`` counting from 1 per kind and type in manifest order. These are
+    the names :meth:`BulkExportClient.download` uses, so batches and whole downloads agree.
+    """
+    counters: dict[tuple[str, str], int] = {}
+    planned = []
+    for kind, f in manifest.files:
+        name = safe_type_name(f.type)
+        n = counters[(kind, name)] = counters.get((kind, name), 0) + 1
+        planned.append(
+            {
+                "kind": kind,
+                "type": f.type,
+                "url": f.url,
+                "count": f.count,
+                "path": relative_path(kind, name, n),
+            }
+        )
+    return planned
+
+
+def check_entry(entry: Any) -> tuple[str, str]:
+    """Validate a planned entry (it may come back from XCom); return its ``(kind, path)``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+        raise BulkExportError(
+            f"Not a planned file entry (a dict with kind, type, url, count, path): {entry!r:.200}",
+        )
+    kind, path = entry.get("kind", "output"), entry.get("path")
+    match = SAFE_PATH.fullmatch(path) if isinstance(path, str) else None
+    if kind not in KINDS or match is None or (match.group(1) or "output") != kind:
+        raise BulkExportError(
+            f"Refusing to download {entry['url']} to {path!r}: planned paths look like '<Type>.<n>.ndjson' "
+            "(or deleted/..., error/...) and match their kind. Build entries with plan_files().",
+            url=entry["url"],
+        )
+    return kind, path
+
+
+def batch(
+    entries: list[dict[str, Any]],
+    n_batches: int | None = None,
+    *,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Split planned entries into batches; never returns an empty batch.
+
+    ``n_batches`` (or its alias ``max_batches``): at most that many batches, balanced by the manifest
+    ``count`` (largest first onto the lightest batch). ``batch_size`` alone: consecutive chunks of that
+    many files; with ``max_batches`` too, the chunk count is capped and balanced instead. Entries keep
+    their manifest order inside each batch.
+    """
+    limit = n_batches if n_batches is not None else max_batches
+    if limit is None and batch_size is None:
+        raise ValueError("batch() needs n_batches, max_batches or batch_size.")
+    if (limit is not None and limit < 1) or (batch_size is not None and batch_size < 1):
+        raise ValueError("n_batches, max_batches and batch_size must be at least 1.")
+    if not entries:
+        return []
+    if batch_size is not None and limit is None:
+        return [entries[i : i + batch_size] for i in range(0, len(entries), batch_size)]
+    n = limit if batch_size is None else min(limit, math.ceil(len(entries) / batch_size))
+    n = min(n, len(entries))
+    buckets: list[list[int]] = [[] for _ in range(n)]
+    loads = [0] * n
+
+    def weight(i: int) -> int:
+        count = entries[i].get("count")
+        return count if isinstance(count, int) and count > 0 else 1
+
+    for i in sorted(range(len(entries)), key=lambda i: (-weight(i), i)):
+        lightest = min(range(n), key=lambda b: (loads[b], len(buckets[b]), b))
+        buckets[lightest].append(i)
+        loads[lightest] += weight(i)
+    return [[entries[i] for i in sorted(bucket)] for bucket in buckets]

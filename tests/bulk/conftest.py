@@ -1,0 +1,143 @@
+"""Fixtures for the Bulk Data client tests: a fake clock, in-memory paths, sandboxes and clients."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_smart.auth.keys import generate_private_key, private_key_to_pem, public_jwks
+
+CLIENT_ID = "c1"
+KID = "k1"
+SCOPE = "system/*.rs"
+
+
+class FakeTime:
+    """Injected ``sleep``/``clock``: sleeping only moves the clock, so waits cost nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+class MemPath:
+    """A tiny in-memory stand-in for ``ObjectStoragePath``: only what the downloader may use.
+
+    It deliberately has no ``replace`` and no ``stat``, to exercise the fallbacks.
+    """
+
+    def __init__(self, store: dict[str, bytes], path: str = "mem://bucket") -> None:
+        self.store, self.path = store, path.rstrip("/")
+        self.dirs: set[str] = store.setdefault("__dirs__", set())  # type: ignore[assignment]
+
+    def __truediv__(self, other: str) -> MemPath:
+        return MemPath(self.store, f"{self.path}/{other}")
+
+    def __str__(self) -> str:
+        return self.path
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def exists(self) -> bool:
+        return self.path in self.store or self.path in self.dirs
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        self.dirs.add(self.path)
+
+    def open(self, mode: str = "rb") -> Any:
+        if "w" in mode:
+            store, key = self.store, self.path
+
+            class Writer(io.BytesIO):
+                def close(self) -> None:
+                    store[key] = self.getvalue()
+                    super().close()
+
+            return Writer()
+        return io.BytesIO(self.store[self.path])
+
+    def rename(self, target: MemPath) -> MemPath:
+        self.store[target.path] = self.store.pop(self.path)
+        return target
+
+    def unlink(self) -> None:
+        del self.store[self.path]
+
+    def files(self) -> dict[str, bytes]:
+        return {k: v for k, v in self.store.items() if k != "__dirs__"}
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> Any:
+    return generate_private_key("ES384")
+
+
+@pytest.fixture
+def sandbox_factory(signing_key: Any) -> Iterator[Callable[..., Any]]:
+    """``make(**SmartSandbox kwargs)``: a running sandbox with client ``c1`` registered; all stopped after."""
+    from airflow_provider_smart.testing import SmartSandbox
+
+    started: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("patients", 20)
+        sb = SmartSandbox(**kwargs).start()
+        started.append(sb)
+        sb.register_client(CLIENT_ID, jwks=public_jwks(signing_key, kid=KID, alg="ES384"), scopes=SCOPE)
+        return sb
+
+    yield make
+    for sb in started:
+        sb.stop()
+
+
+@pytest.fixture
+def sb(sandbox_factory: Callable[..., Any]) -> Any:
+    return sandbox_factory()
+
+
+@pytest.fixture
+def make_client(signing_key: Any, fake_time: FakeTime) -> Callable[..., Any]:
+    """``make_client(sb, **BulkExportClient kwargs)``: an authenticated client on a fake clock."""
+    from airflow_provider_smart.auth import BackendServicesAuth
+    from airflow_provider_smart.bulk import BulkExportClient
+
+    def make(sb: Any, **kwargs: Any) -> Any:
+        auth = BackendServicesAuth(
+            client_id=CLIENT_ID,
+            private_key=private_key_to_pem(signing_key),
+            kid=KID,
+            fhir_base_url=sb.url,
+            scope=SCOPE,
+        )
+        session = requests.Session()
+        session.auth = auth
+        kwargs.setdefault("sleep", fake_time.sleep)
+        kwargs.setdefault("clock", fake_time.clock)
+        kwargs.setdefault("backoff_base", 0.01)
+        return BulkExportClient(session, sb.url, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def mem_path() -> MemPath:
+    return MemPath({})

@@ -1,0 +1,68 @@
+"""Download edge cases that need no server: completeness checks, empty manifests, destinations."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from airflow_provider_smart.bulk import BulkExportClient, BulkExportError, ExportManifest
+from airflow_provider_smart.bulk.download import FileDownloader, _Transient, as_destination
+
+
+class Raw:
+    def __init__(self, read: int) -> None:
+        self.read = read
+
+    def tell(self) -> int:
+        return self.read
+
+
+def response(headers: dict[str, str], raw: object) -> requests.Response:
+    r = requests.Response()
+    r.status_code = 200
+    r.headers.update(headers)
+    r.raw = raw
+    return r
+
+
+def test_short_body_is_transient() -> None:
+    with pytest.raises(_Transient, match="ended after 90 of 100 bytes"):
+        FileDownloader._check_complete(response({"Content-Length": "100"}, Raw(90)), 90)
+    # gzip: Content-Length counts the bytes on the wire, not the decoded ones
+    FileDownloader._check_complete(response({"Content-Length": "100"}, Raw(100)), 300)
+    FileDownloader._check_complete(response({}, Raw(5)), 5)  # chunked: nothing to compare
+
+
+def test_short_body_without_tell_compares_decoded_bytes_unless_encoded() -> None:
+    with pytest.raises(_Transient):
+        FileDownloader._check_complete(response({"Content-Length": "100"}, object()), 99)
+    encoded = {"Content-Length": "100", "Content-Encoding": "gzip"}
+    FileDownloader._check_complete(response(encoded, object()), 5)
+
+
+def test_empty_manifest_downloads_nothing(tmp_path) -> None:
+    client = BulkExportClient(requests.Session(), "https://ehr.example/fhir")
+    manifest = ExportManifest.from_json({"transactionTime": "t", "output": [], "error": []}, "https://ehr.example/s")
+    report = client.download(manifest, tmp_path / "out")
+    assert report.files == [] and (tmp_path / "out").is_dir()
+    assert report.to_dict()["totals"]["files"] == 0
+
+
+def test_duplicate_paths_are_refused(tmp_path) -> None:
+    client = BulkExportClient(requests.Session(), "https://ehr.example/fhir")
+    entry = {
+        "kind": "output",
+        "type": "Patient",
+        "url": "https://ehr.example/f",
+        "count": 1,
+        "path": "Patient.1.ndjson",
+    }
+    with pytest.raises(BulkExportError, match="share a path"):
+        client.download_batch([entry, dict(entry)], tmp_path)
+
+
+def test_destinations(tmp_path) -> None:
+    assert as_destination(str(tmp_path)) == tmp_path
+    assert as_destination(tmp_path) is tmp_path
+    with pytest.raises(BulkExportError, match="ObjectStoragePath"):
+        as_destination("s3://bucket/x")

@@ -1,0 +1,129 @@
+"""Safe local names, planning and batching (no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_smart.bulk import BulkExportError, ExportManifest, batch, plan_files, safe_type_name
+from airflow_provider_smart.bulk.plan import check_entry
+
+STATUS = "https://ehr.example/fhir/bulkstatus/job1"
+
+
+@pytest.mark.parametrize(
+    ("rtype", "expected"),
+    [
+        ("Patient", "Patient"),
+        ("MedicationRequest", "MedicationRequest"),
+        ("../../x", "invalid_x"),
+        ("..", "invalid"),
+        ("Pat/ient", "invalid_Patient"),
+        ("C:\\evil", "invalid_Cevil"),
+        ("a" * 65, "invalid_" + "a" * 48),
+        ("", "output"),
+        (None, "output"),
+        ("Patient\n", "invalid_Patient"),
+    ],
+)
+def test_safe_type_name(rtype: str | None, expected: str) -> None:
+    assert safe_type_name(rtype) == expected
+
+
+def manifest() -> ExportManifest:
+    out = [
+        {"type": "Patient", "url": "https://h/f/p1", "count": 5},
+        {"type": "Observation", "url": "https://h/f/o1", "count": 100},
+        {"type": "Patient", "url": "https://h/f/p2", "count": 3},
+        {"type": "../../evil", "url": "https://h/f/../..", "count": 1},
+        {"url": "https://h/f/mixed"},
+    ]
+    return ExportManifest.from_json(
+        {
+            "transactionTime": "t",
+            "requiresAccessToken": True,
+            "output": out,
+            "deleted": [{"type": "Patient", "url": "https://h/f/d1"}],
+            "error": [{"type": "OperationOutcome", "url": "https://h/f/e1"}],
+        },
+        STATUS,
+    )
+
+
+def test_plan_files_names() -> None:
+    planned = plan_files(manifest())
+    assert [p["path"] for p in planned] == [
+        "Patient.1.ndjson",
+        "Observation.1.ndjson",
+        "Patient.2.ndjson",
+        "invalid_evil.1.ndjson",
+        "output.1.ndjson",
+        "deleted/Patient.1.ndjson",
+        "error/OperationOutcome.1.ndjson",
+    ]
+    assert planned[0] == {
+        "kind": "output",
+        "type": "Patient",
+        "url": "https://h/f/p1",
+        "count": 5,
+        "path": "Patient.1.ndjson",
+    }
+    assert json.loads(json.dumps(planned)) == planned
+    for entry in planned:
+        check_entry(entry)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"kind": "output", "url": "https://h/x", "path": "../Patient.1.ndjson"},
+        {"kind": "output", "url": "https://h/x", "path": "/etc/Patient.1.ndjson"},
+        {"kind": "output", "url": "https://h/x", "path": "deleted/Patient.1.ndjson"},
+        {"kind": "error", "url": "https://h/x", "path": "Patient.1.ndjson"},
+        {"kind": "sideways", "url": "https://h/x", "path": "Patient.1.ndjson"},
+        {"kind": "output", "url": "https://h/x", "path": "Patient.0.ndjson"},
+        {"kind": "output", "url": "https://h/x"},
+        {"kind": "output", "path": "Patient.1.ndjson"},
+        "Patient.1.ndjson",
+    ],
+)
+def test_check_entry_refuses_unsafe_entries(entry: object) -> None:
+    with pytest.raises(BulkExportError):
+        check_entry(entry)
+
+
+def entries(counts: list[int | None]) -> list[dict]:
+    return [
+        {"kind": "output", "type": "T", "url": f"https://h/{i}", "count": c, "path": f"T.{i + 1}.ndjson"}
+        for i, c in enumerate(counts)
+    ]
+
+
+def test_batch_balances_by_count_and_keeps_order() -> None:
+    files = entries([100, 1, 1, 50, 50, 1])
+    batches = batch(files, 2)
+    assert sorted(sum(e["count"] for e in b) for b in batches) == [101, 102]
+    for b in batches:
+        assert [e["path"] for e in b] == sorted((e["path"] for e in b), key=lambda p: int(p.split(".")[1]))
+    assert sorted(e["url"] for b in batches for e in b) == sorted(e["url"] for e in files)
+
+
+def test_batch_never_makes_empty_batches() -> None:
+    assert len(batch(entries([1, 2]), max_batches=32)) == 2
+    assert batch([], 4) == []
+
+
+def test_batch_size() -> None:
+    files = entries([1] * 7)
+    assert [len(b) for b in batch(files, batch_size=3)] == [3, 3, 1]
+    assert len(batch(files, batch_size=1, max_batches=4)) == 4
+    with pytest.raises(ValueError):
+        batch(files)
+    with pytest.raises(ValueError):
+        batch(files, 0)
+
+
+def test_batch_tolerates_missing_counts() -> None:
+    batches = batch(entries([None, None, None, None]), 2)
+    assert [len(b) for b in batches] == [2, 2]

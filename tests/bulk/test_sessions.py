@@ -1,0 +1,100 @@
+"""Origins, the token-free session, connection pools, and the cheap package import (no server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from airflow_provider_smart.bulk import BulkExportClient
+from airflow_provider_smart.bulk.client import ensure_pool_size, make_plain_session
+from airflow_provider_smart.bulk.urls import TrustedOrigins, origin_of, redact_url
+
+
+def test_origin_of_makes_default_ports_explicit() -> None:
+    assert origin_of("https://EHR.example/fhir") == origin_of("https://ehr.example:443/x") == "https://ehr.example:443"
+    assert origin_of("http://h:8080/a") == "http://h:8080"
+
+
+def test_trusted_origins_forms() -> None:
+    trusted = TrustedOrigins(["https://ehr.example/fhir"], ["files.example", "s3.example:9000", "https://cdn.example"])
+    assert trusted.allows("https://ehr.example/other/path")
+    assert not trusted.allows("http://ehr.example/fhir")  # scheme is part of an origin
+    assert not trusted.allows("https://ehr.example:8443/fhir")
+    assert trusted.allows("https://files.example/a") and trusted.allows("http://files.example:81/a")
+    assert trusted.allows("https://s3.example:9000/b") and not trusted.allows("https://s3.example/b")
+    assert trusted.allows("https://cdn.example/x") and not trusted.allows("https://evil.example/x")
+    assert not trusted.allows("file:///etc/passwd")
+    trusted.add("https://status.example/job/1")
+    assert trusted.allows("https://status.example/other")
+
+
+def test_redact_url_drops_signatures() -> None:
+    assert redact_url("https://u:p@s3.example/b/k?X-Amz-Signature=s") == "https://s3.example/b/k?..."
+    assert redact_url("http://h:8080/f") == "http://h:8080/f"
+
+
+def test_plain_session_copies_settings_but_no_credentials() -> None:
+    session = requests.Session()
+    session.auth = ("user", "secret")
+    session.verify = "/etc/ca.pem"
+    session.proxies = {"https": "http://proxy:3128"}
+    session.headers.update({"Authorization": "Bearer x", "Epic-Client-ID": "abc"})
+    plain = make_plain_session(session)
+    assert plain.verify == "/etc/ca.pem"
+    assert plain.proxies == {"https": "http://proxy:3128"}
+    assert plain.headers["Epic-Client-ID"] == "abc"
+    assert "Authorization" not in plain.headers
+    request = requests.Request("GET", "https://h/x", headers={"Authorization": "Bearer y"})
+    prepared = plain.prepare_request(request)
+    assert "Authorization" not in prepared.headers  # not even a per-request one, nor ~/.netrc's
+
+
+def test_pool_size_is_raised_and_retries_kept() -> None:
+    session = requests.Session()
+    retries = Retry(connect=3, read=0)
+    session.mount("https://", HTTPAdapter(pool_maxsize=4, max_retries=retries))
+    ensure_pool_size(session, 16)
+    adapter = session.get_adapter("https://h/")
+    assert adapter._pool_maxsize == 16 and adapter.max_retries is retries
+    ensure_pool_size(session, 8)  # never shrinks
+    assert session.get_adapter("https://h/")._pool_maxsize == 16
+
+
+def test_client_trusts_its_base_and_tells_the_auth_about_status_urls() -> None:
+    class OriginAuth(requests.auth.AuthBase):
+        def __init__(self) -> None:
+            self.allowed: list[str] = []
+
+        def allow_origin(self, url: str) -> None:
+            self.allowed.append(url)
+
+        def is_allowed(self, url: str) -> bool:
+            return False
+
+        def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+            return r
+
+    session = requests.Session()
+    session.auth = OriginAuth()
+    client = BulkExportClient(session, "https://ehr.example/fhir/", allowed_hosts=["files.example"])
+    assert client.fhir_base_url == "https://ehr.example/fhir"
+    assert client.trusted.allows("https://ehr.example/x") and client.trusted.allows("https://files.example/y")
+    client.allow_origin("https://status.example/job")
+    assert session.auth.allowed == ["https://status.example/job"]
+    assert client.trusted.allows("https://status.example/other")
+    # A session without auth is fine too.
+    BulkExportClient(requests.Session(), "https://ehr.example/fhir").allow_origin("https://x/y")
+
+
+def test_importing_the_package_is_cheap() -> None:
+    code = (
+        "import sys, airflow_provider_smart.bulk, airflow_provider_smart.bulk.retry;"
+        "from airflow_provider_smart.bulk import plan_files, batch, ExportRequest;"
+        "bad = [m for m in ('airflow', 'requests', 'jwt', 'cryptography') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
