@@ -25,14 +25,6 @@ KICKOFF_METHODS = ("auto", "GET", "POST")
 ONE_WEEK = 7 * 24 * 3600.0
 
 
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
 def log_summary(log: Any, summary: dict[str, Any]) -> None:
     """One line per resource type: files, resources and bytes landed."""
     totals: dict[tuple[str, str], list[int]] = {}
@@ -119,6 +111,7 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
     :param max_poll_interval: cap on any wait between polls, the server's ``Retry-After`` included.
     :param timeout: how long to wait for the export in total (Epic exports can take days).
     :param max_concurrent_downloads: parallel file downloads (polite default 4).
+    :param transient_retries: retries of a status poll or a file after transient failures (429, 5xx, drops).
     :param check_resource_types: check every line's ``resourceType`` against the manifest entry's type.
     :param delete_on_success: DELETE the export on the server once its files are saved.
     :param cancel_on_kill: DELETE the export when the task is killed or the wait times out.
@@ -163,6 +156,7 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         max_poll_interval: float = 600.0,
         timeout: float = ONE_WEEK,
         max_concurrent_downloads: int = 4,
+        transient_retries: int = 5,
         check_resource_types: bool = True,
         delete_on_success: bool = True,
         cancel_on_kill: bool = True,
@@ -199,6 +193,7 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         self.max_poll_interval = max_poll_interval
         self.timeout = timeout
         self.max_concurrent_downloads = max_concurrent_downloads
+        self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
         self.delete_on_success = delete_on_success
         self.cancel_on_kill = cancel_on_kill
@@ -209,7 +204,9 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
     def _client(self) -> BulkExportClient:
         hook = SmartHook(self.smart_conn_id, scope=self.scope)
         return hook.get_bulk_client(
-            max_concurrent_downloads=self.max_concurrent_downloads, comma_join_repeats=self.comma_join_repeats
+            max_concurrent_downloads=self.max_concurrent_downloads,
+            comma_join_repeats=self.comma_join_repeats,
+            transient_retries=self.transient_retries,
         )
 
     def _resolve_since(self, context: Context) -> str | None:
@@ -223,22 +220,24 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         return None
 
     def _request_params(self, context: Context) -> dict[str, Any]:
-        return {
-            "level": self.export_level,
-            "group_id": self.group_id,
-            "resource_types": _as_list(self.resource_types),
-            "since": self._resolve_since(context),
-            "until": self.until or None,
-            "type_filters": _as_list(self.type_filters)
-            if isinstance(self.type_filters, str)
-            else list(self.type_filters or []),
-            "elements": _as_list(self.elements),
-            "patients": list(self.patients or []),
-            "include_associated_data": _as_list(self.include_associated_data),
-            "output_format": self.output_format,
-            "method": self.kickoff_method,
-            "lenient": self.lenient,
-        }
+        """The kick-off parameters as plain JSON (they fingerprint the export and ride through deferral)."""
+        from airflow_provider_smart.bulk import ExportRequest
+
+        request = ExportRequest(
+            level=self.export_level,
+            group_id=self.group_id,
+            resource_types=self.resource_types or [],
+            since=self._resolve_since(context),
+            until=self.until or None,
+            type_filters=self.type_filters or [],
+            elements=self.elements or [],
+            patients=list(self.patients or []),
+            include_associated_data=self.include_associated_data or [],
+            output_format=self.output_format,
+            method=self.kickoff_method,
+            lenient=self.lenient,
+        )
+        return request.to_dict()
 
     def _job(self, params: dict[str, Any]) -> ExportJob:
         from airflow_provider_smart.export_job import ExportJob
@@ -246,9 +245,30 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         return ExportJob(self.destination, params)
 
     # --- execution --------------------------------------------------------------------------------
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _start(self, client: BulkExportClient, job: ExportJob | None, params: dict[str, Any]) -> tuple[str, Any]:
+        """Re-attach to this export's earlier kick-off if it still exists, else kick off; first status."""
         from airflow_provider_smart.bulk import ExportRequest
+        from airflow_provider_smart.exceptions import BulkExportError
 
+        status_url = job.export_in_flight() if job is not None else None
+        if status_url:
+            self.log.info("Re-attaching to the export an earlier try started: %s", status_url)
+            client.allow_origin(status_url)
+            try:
+                return status_url, client.poll(status_url)
+            except BulkExportError as exc:
+                if exc.status not in (404, 410):
+                    raise
+                self.log.warning("That export is gone on the server (HTTP %s); starting a new one.", exc.status)
+                assert job is not None
+                job.forget_kickoff()
+        status_url = client.kick_off(ExportRequest(**params))
+        self.log.info("Export kicked off; status URL %s", status_url)
+        if job is not None:
+            job.record_kickoff(status_url)
+        return status_url, None
+
+    def execute(self, context: Context) -> dict[str, Any]:
         params = self._request_params(context)
         client = self._client()
         job = self._job(params) if self.destination else None
@@ -257,24 +277,17 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
             self._raise_for_error_issues(done)
             return self._finish(context, done)
 
-        status_url = job.export_in_flight() if job is not None else None
-        if status_url:
-            self.log.info("Re-attaching to the export an earlier try started: %s", status_url)
-            client.auth_allow(status_url) if hasattr(client, "auth_allow") else None
-        else:
-            status_url = client.kick_off(ExportRequest(**params))
-            self.log.info("Export kicked off; status URL %s", status_url)
-            if job is not None:
-                job.record_kickoff(status_url)
+        status_url, first = self._start(client, job, params)
         self._status_url = status_url
+        # Pushed before any wait, so a user (or a later task) can find the export even if this one dies.
         context["ti"].xcom_push(key="status_url", value=status_url)
         if not self.wait_for_completion:
             return {"status_url": status_url}
         assert job is not None
 
         if self.deferrable:
-            result = client.poll(status_url)
-            if result.state != "complete":
+            result = first or client.poll(status_url)
+            if not result.complete:
                 from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
 
                 self.defer(
@@ -296,8 +309,21 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 timeout=self.timeout,
+                on_progress=self._log_progress(),
             )
         return self._complete(context, client, job, status_url, manifest)
+
+    def _log_progress(self) -> Any:
+        started = time.monotonic()
+
+        def log_progress(result: Any) -> None:
+            self.log.info(
+                "Export in progress (%s) after %.0f s.",
+                result.progress or "no progress reported",
+                time.monotonic() - started,
+            )
+
+        return log_progress
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, params: Any = None) -> dict:
         if not event:
@@ -311,9 +337,7 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
                 f"Bulk export {event.get('status')}: {event.get('message')} (status URL {status_url})"
             )
         client = self._client()
-        client_allow = getattr(getattr(client, "session", None), "auth", None)
-        if client_allow is not None and hasattr(client_allow, "allow_origin"):
-            client_allow.allow_origin(status_url)
+        client.allow_origin(status_url)
         manifest = client.poll(status_url).manifest
         return self._complete(context, client, self._job(params or {}), status_url, manifest)
 

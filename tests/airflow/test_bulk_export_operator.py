@@ -1,0 +1,155 @@
+"""SmartBulkExportOperator in real DAG runs (dag.test()) against the sandbox over HTTP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DAGS = Path(__file__).resolve().parent.parent / "dags"
+
+
+def run_export(monkeypatch: pytest.MonkeyPatch, dest: Path, **options: Any) -> tuple[Any, Any]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("SMART_TEST_DEST", str(dest))
+    monkeypatch.setenv("SMART_TEST_EXPORT", json.dumps(options))
+    spec = importlib.util.spec_from_file_location("smart_export_test", DAGS / "smart_export_test.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = module.dag.test()
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id="smart_export_test", run_id=run.run_id, task_id="export", key="return_value")
+            .one_or_none()
+        )
+        return run, (row.value if row else None)
+
+
+def ndjson_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_system_export_lands_complete_and_checked(
+    airflow_db: str,
+    smart_conn: Any,
+    sandbox: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: Any,
+    deferrable: bool,
+) -> None:
+    dest = tmp_path / "export"
+    run, summary = run_export(monkeypatch, dest, deferrable=deferrable, resource_types=["Patient", "Observation"])
+    output = capfd.readouterr().out
+    assert run.state == "success", output[-3000:]
+    if deferrable:
+        assert "DEFERRED" in output or "deferred" in output
+    assert {e["type"] for e in summary["output"]} == {"Patient", "Observation"}
+    for entry in summary["output"]:
+        path = Path(entry["path"])
+        assert path.parent == dest and path.name.endswith(".ndjson")
+        resources = ndjson_lines(path)
+        assert len(resources) == entry["lines"] == entry["count"]
+        assert {r["resourceType"] for r in resources} == {entry["type"]}
+    assert summary["transaction_time"] and summary["status_url"].startswith(sandbox.url)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["summary"]["output"] == summary["output"]
+    assert not (dest / ".smart-export.json").exists()
+    assert not list(dest.glob(".*.part"))
+    assert [k["params"].get("_type") for k in sandbox.kickoffs] in (
+        [["Patient,Observation"]],
+        [["Patient", "Observation"]],
+    )
+    assert any(e["route"] == "delete" for e in sandbox.requests_log)  # delete_on_success freed the server slot
+    for token in sandbox.issued_tokens():
+        assert token not in output
+
+
+def test_since_auto_exports_only_changes_on_the_second_run(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:  # earlier tests' runs of this DAG would count as "the last run"
+        session.query(XComModel).filter_by(dag_id="smart_export_test").delete()
+    first_run, first = run_export(monkeypatch, tmp_path / "one", since="auto", resource_types=["Observation"])
+    assert first_run.state == "success"
+    assert "_since" not in sandbox.kickoffs[-1]["params"]
+    touched = sandbox.touch("Observation", 3)
+    second_run, second = run_export(monkeypatch, tmp_path / "two", since="auto", resource_types=["Observation"])
+    assert second_run.state == "success"
+    assert sandbox.kickoffs[-1]["params"]["_since"] == [first["transaction_time"]]
+    ids = {r["id"] for e in second["output"] for r in ndjson_lines(Path(e["path"]))}
+    assert ids == set(touched)
+
+
+def test_retry_reattaches_to_the_export_and_skips_finished_files(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "resumed"
+    # Files are fetched one at a time; both attempts at the first fail, so the first task run saves the
+    # second file, then fails.
+    sandbox.add_fault("file", status=503, times=2, body=sandbox.operation_outcome("transient", "busy"))
+    options = {
+        "resource_types": ["Patient", "Condition"],
+        "delete_on_success": False,
+        "max_concurrent_downloads": 1,
+        "transient_retries": 1,
+    }
+    failed, _ = run_export(monkeypatch, dest, **options)
+    assert failed.state == "failed"
+    state = json.loads((dest / ".smart-export.json").read_text())
+    landed = sorted(p.name for p in dest.glob("*.ndjson"))
+    assert len(landed) == 1 and len(sandbox.kickoffs) == 1
+    sandbox.reset_logs()
+    resumed, summary = run_export(monkeypatch, dest, **options)
+    assert resumed.state == "success"
+    assert len(sandbox.kickoffs) == 0  # no second kick-off: it re-attached to the recorded status URL
+    assert summary["status_url"] == state["status_url"]
+    assert sorted(p.name for p in dest.glob("*.ndjson")) == ["Condition.1.ndjson", "Patient.1.ndjson"]
+    fetched = [e["path"] for e in sandbox.requests_log if e["route"] == "file"]
+    assert len(fetched) == 1  # the file saved by the failed run was not downloaded again
+
+
+def test_destination_holding_another_export_is_refused(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    dest = tmp_path / "shared"
+    ok, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert ok.state == "success"
+    again, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert again.state == "success"  # the same export: already landed, nothing to do
+    other, _ = run_export(monkeypatch, dest, resource_types=["Condition"])
+    assert other.state == "failed"
+    assert "already holds a completed export" in capfd.readouterr().out
+    assert len(sandbox.kickoffs) == 1
+
+
+def test_failed_export_fails_the_task_with_the_server_diagnostics(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    sandbox.fail_next_export("Group too large")
+    run, _ = run_export(monkeypatch, tmp_path / "x", deferrable=True)
+    assert run.state == "failed"
+    assert "Group too large" in capfd.readouterr().out
+
+
+def test_fatal_error_file_fails_after_saving_everything(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    sandbox.add_error_file("error")
+    dest = tmp_path / "with-errors"
+    run, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert run.state == "failed"
+    assert "error issue" in capfd.readouterr().out
+    assert (dest / "Patient.1.ndjson").exists() and list((dest / "error").glob("*.ndjson"))
+    assert (dest / "manifest.json").exists()
