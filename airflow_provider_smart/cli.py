@@ -47,10 +47,24 @@ def _sandbox(args: argparse.Namespace, rest: list[str]) -> int:
     return serve(rest)
 
 
-def _token(args: argparse.Namespace) -> int:
-    from airflow_provider_smart.hooks.smart import SmartHook
+def _load_connection(conn_id: str) -> Any:
+    """A connection from env vars, secrets backends or the metadata DB (the CLI runs outside any task,
+    where the Task SDK's lookup cannot reach the DB)."""
+    from airflow.models.connection import Connection
 
+    return Connection.get_connection_from_secrets(conn_id)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from airflow_provider_smart.connection import settings_from_connection
+    from airflow_provider_smart.hooks.smart import SmartHook, mask_secrets
+
+    conn = _load_connection(args.conn_id)
     hook = SmartHook(args.conn_id, scope=args.scope)
+    hook.__dict__["settings"] = settings_from_connection(
+        conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=args.conn_id
+    )
+    mask_secrets(*hook.settings.secrets)
     token = hook.get_token(force_refresh=True)
     summary = token.summary()
     if args.show_token:
@@ -72,9 +86,7 @@ def _authorize_inputs(args: argparse.Namespace) -> tuple[dict, Any]:
         "client_secret": args.client_secret,
     }
     if args.conn_id:
-        from airflow.providers.common.compat.sdk import BaseHook
-
-        conn = BaseHook.get_connection(args.conn_id)
+        conn = _load_connection(args.conn_id)
         extra = conn.extra_dejson
         inputs["fhir_url"] = inputs["fhir_url"] or conn.host
         inputs["client_id"] = inputs["client_id"] or conn.login

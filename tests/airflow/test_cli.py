@@ -1,0 +1,143 @@
+"""The airflow-smart CLI: keygen, and authorize end to end with a scripted browser step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+CLI = [sys.executable, "-m", "airflow_provider_smart.cli"]
+DAGS = Path(__file__).resolve().parent.parent / "dags"
+
+
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+def test_keygen_writes_a_private_key_and_prints_jwks_and_connection(tmp_path: Path, alg: str) -> None:
+    out = subprocess.run(
+        [*CLI, "keygen", "--alg", alg, "--kid", "k-1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    key = tmp_path / "private_key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert "PRIVATE KEY" not in out.stdout  # the key is written, never printed
+    jwks = json.loads((tmp_path / "jwks.json").read_text())
+    assert jwks["keys"][0]["kid"] == "k-1" and jwks["keys"][0]["alg"] == alg and "d" not in jwks["keys"][0]
+    connection = json.loads(out.stdout.strip().splitlines()[-1])
+    from airflow_provider_smart.connection import settings_from_connection
+
+    settings = settings_from_connection(connection["host"], connection["login"], None, connection["extra"])
+    assert settings.kid == "k-1" and settings.alg == alg
+    again = subprocess.run(
+        [*CLI, "keygen", "--kid", "k-1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 1 and "--force" in again.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_authorize(sb: Any, *args: str) -> str:
+    """Run `airflow-smart authorize`, act as the browser on the printed URL, return the CLI's output."""
+    proc = subprocess.Popen(
+        [*CLI, "authorize", "--no-browser", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(sb.authorize_url):
+            browser = requests.get(line.strip(), timeout=30)  # follows the 302 to the loopback listener
+            assert browser.status_code == 200 and "Authorised" in browser.text
+            break
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    return "".join(lines) + rest
+
+
+def test_authorize_then_bulk_export_through_a_refresh_token_connection(
+    airflow_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_smart.testing import SmartSandbox
+
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    with SmartSandbox(patients=6, resources_per_patient=2) as sb:
+        sb.register_client(
+            "launch-app", public=True, scopes="openid fhirUser offline_access user/*.rs", redirect_uris=[redirect]
+        )
+        output = run_authorize(
+            sb,
+            "--fhir-url",
+            sb.url,
+            "--client-id",
+            "launch-app",
+            "--scope",
+            "openid fhirUser offline_access user/*.rs",
+            "--redirect-uri",
+            redirect,
+        )
+        assert "Authorised: scope" in output
+        connection = json.loads(output.strip().splitlines()[-1])
+        assert connection["extra"]["auth_method"] == "refresh_token" and connection["extra"]["refresh_token"]
+
+        connection["extra"]["token_store"] = f"file:{tmp_path / 'tokens.json'}"
+        monkeypatch.setenv("AIRFLOW_CONN_SMART_REFRESH", json.dumps(connection))
+        monkeypatch.setenv("SMART_TEST_CONN_ID", "smart_refresh")
+        monkeypatch.setenv("SMART_TEST_DEST", str(tmp_path / "export"))
+        monkeypatch.setenv("SMART_TEST_EXPORT", json.dumps({"resource_types": ["Patient"]}))
+        spec = importlib.util.spec_from_file_location("smart_export_test", DAGS / "smart_export_test.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        run = module.dag.test()
+        assert run.state == "success"
+        patients = (tmp_path / "export" / "Patient.1.ndjson").read_text().splitlines()
+        assert len(patients) == 6
+        assert sb.refresh_requests == 1  # the seeded refresh token was exchanged once, then reused
+        stored = json.loads((tmp_path / "tokens.json").read_text())
+        [entry] = stored.values()
+        assert entry["refresh_token"] != connection["extra"]["refresh_token"]  # the rotated one was kept
+
+
+def test_authorize_saves_the_refresh_token_into_a_db_connection(airflow_db: str) -> None:
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    from airflow_provider_smart.testing import SmartSandbox
+
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    with SmartSandbox(patients=2) as sb:
+        sb.register_client(
+            "db-app", client_secret="app-secret", scopes="offline_access user/*.rs", redirect_uris=[redirect]
+        )
+        with create_session() as session:
+            session.query(Connection).filter(Connection.conn_id == "smart_launch_db").delete()
+            session.add(
+                Connection(
+                    conn_id="smart_launch_db",
+                    conn_type="smart",
+                    host=sb.url,
+                    login="db-app",
+                    password="app-secret",
+                    extra=json.dumps({"launch_scope": "offline_access user/*.rs"}),
+                )
+            )
+        output = run_authorize(sb, "--conn-id", "smart_launch_db", "--redirect-uri", redirect)
+        assert "saved in connection 'smart_launch_db'" in output
+        assert "app-secret" not in output
+        with create_session() as session:
+            extra = session.query(Connection).filter(Connection.conn_id == "smart_launch_db").one().extra_dejson
+        assert extra["auth_method"] == "refresh_token" and extra["refresh_token"]
+        assert extra["refresh_token"] not in output
