@@ -42,7 +42,8 @@ def test_operator_module_import_is_cheap() -> None:
     code = (
         "import sys, airflow.sdk; before=set(sys.modules);"
         "import airflow_provider_smart.operators.bulk_export, airflow_provider_smart.operators.token;"
-        "heavy=[m for m in ('jwt','cryptography','requests','airflow_provider_smart.bulk.download') if m in sys.modules and m not in before];"
+        "heavy=[m for m in ('jwt', 'cryptography', 'requests', 'airflow_provider_smart.bulk.download')"
+        " if m in sys.modules and m not in before];"
         "print('HEAVY=' + repr(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

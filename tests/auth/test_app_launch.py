@@ -216,7 +216,7 @@ def test_rotation_persists_in_file_store_across_processes(launch_sandbox: Any, t
 
 def test_two_processes_refreshing_at_once_do_not_burn_the_token(launch_sandbox: Any, tmp_path: Path) -> None:
     store_path = tmp_path / "tokens.json"
-    client, tokens = smart_client(launch_sandbox, token_store=FileTokenStore(store_path), store_key="k")
+    client, _ = smart_client(launch_sandbox, token_store=FileTokenStore(store_path), store_key="k")
     client.invalidate()
     script = textwrap.dedent(
         f"""
