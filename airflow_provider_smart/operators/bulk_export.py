@@ -304,13 +304,19 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
                 )
             manifest = result.manifest
         else:
-            manifest = client.wait(
-                status_url,
-                poll_interval=self.poll_interval,
-                max_poll_interval=self.max_poll_interval,
-                timeout=self.timeout,
-                on_progress=self._log_progress(),
-            )
+            deadline = time.monotonic() + self.timeout
+            try:
+                manifest = client.wait(
+                    status_url,
+                    poll_interval=self.poll_interval,
+                    max_poll_interval=self.max_poll_interval,
+                    timeout=self.timeout,
+                    on_progress=self._log_progress(),
+                )
+            except Exception:
+                if time.monotonic() >= deadline:
+                    self._cancel_if_asked(status_url, "the wait timed out")
+                raise
         return self._complete(context, client, job, status_url, manifest)
 
     def _log_progress(self) -> Any:

@@ -153,3 +153,12 @@ def test_fatal_error_file_fails_after_saving_everything(
     assert "error issue" in capfd.readouterr().out
     assert (dest / "Patient.1.ndjson").exists() and list((dest / "error").glob("*.ndjson"))
     assert (dest / "manifest.json").exists()
+
+
+def test_wait_timeout_cancels_the_export(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.status_polls_before_ready = 50  # read at kick-off: this export will not finish in time
+    run, _ = run_export(monkeypatch, tmp_path / "slow", timeout=1.5, resource_types=["Patient"])
+    assert run.state == "failed"
+    assert any(e["route"] == "delete" for e in sandbox.requests_log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -140,3 +141,47 @@ def test_authorize_saves_the_refresh_token_into_a_db_connection(airflow_db: str)
             extra = session.query(Connection).filter(Connection.conn_id == "smart_launch_db").one().extra_dejson
         assert extra["auth_method"] == "refresh_token" and extra["refresh_token"]
         assert extra["refresh_token"] not in output
+
+
+def test_rotation_persists_in_airflow_variables_across_task_processes(airflow_db: str, tmp_path: Path) -> None:
+    """Two `airflow dags test` processes on one refresh_token connection (token_store=variable): the second
+    must refresh with the token the first one rotated into a Variable; the connection's seed is burnt."""
+    from airflow_provider_smart.testing import SmartSandbox
+
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    with SmartSandbox(patients=2) as sb:
+        sb.register_client("var-app", public=True, scopes="offline_access user/*.rs", redirect_uris=[redirect])
+        output = run_authorize(
+            sb,
+            "--fhir-url",
+            sb.url,
+            "--client-id",
+            "var-app",
+            "--scope",
+            "offline_access user/*.rs",
+            "--redirect-uri",
+            redirect,
+        )
+        connection = json.loads(output.strip().splitlines()[-1])
+        assert connection["extra"].get("token_store", "variable") == "variable"
+        env = {
+            **os.environ,
+            "AIRFLOW_CONN_SMART_DEFAULT": json.dumps(connection),
+            "SMART_TEST_REQUIRED_SCOPES": "user/Patient.rs",
+        }
+        for expected_refreshes in (1, 2):
+            # The second run's cached access token is still fresh: expire it so it must refresh again.
+            sb.expire_tokens()
+            sb.token_lifetime = 1 if expected_refreshes == 1 else 300
+            out = subprocess.run(
+                [sys.executable, "-m", "airflow", "dags", "test", "smart_token_check"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+            assert sb.refresh_requests == expected_refreshes
+            assert connection["extra"]["refresh_token"] not in out.stdout + out.stderr
+        failures = [e for e in sb.token_log if e.get("error")]
+        assert failures == []  # no refresh ever used a burnt token
