@@ -13,7 +13,6 @@ from airflow_provider_smart.auth.launch import (
     generate_state,
     refresh_access_token,
 )
-from airflow_provider_smart.auth.origins import OriginPolicy
 from airflow_provider_smart.auth.scopes import (
     FHIR_USER,
     OFFLINE_ACCESS,
@@ -30,6 +29,7 @@ from airflow_provider_smart.auth.smart_client import SmartClient
 from airflow_provider_smart.auth.stores import AirflowVariableTokenStore, FileTokenStore
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
 from airflow_provider_smart.exceptions import DiscoveryError, SmartAuthError, SmartConfigError, SmartError
+from airflow_provider_smart.origins import OriginPolicy
 
 __all__ = [
     "FHIR_USER",

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import requests
@@ -33,7 +33,6 @@ from airflow_provider_smart.auth.discovery import (
     normalise_base_url,
 )
 from airflow_provider_smart.auth.keys import PrivateKey
-from airflow_provider_smart.auth.origins import OriginPolicy
 from airflow_provider_smart.auth.tokens import (
     InMemoryTokenStore,
     StoredToken,
@@ -41,6 +40,7 @@ from airflow_provider_smart.auth.tokens import (
     parse_token_response,
 )
 from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError
+from airflow_provider_smart.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ class TokenAuth(AuthBase):
             token = self.token_store.get(self.store_key)
             if token is not None and token.access_token and token.is_fresh(self.expiry_skew):
                 return token
-        store_lock = getattr(self.token_store, "lock", None)
-        with self._lock, store_lock(self.store_key) if store_lock else contextlib.nullcontext():
+        with self._locked():
             # Re-read: another thread or process may have minted while we waited for the locks.
             current = self.token_store.get(self.store_key)
             if current is not None and current.access_token and current.is_fresh(self.expiry_skew) and not force:
@@ -185,10 +184,17 @@ class TokenAuth(AuthBase):
 
         The entry is kept, expired, rather than deleted: it may hold a refresh token still needed.
         """
-        with self._lock:
+        with self._locked():  # read-modify-write: unlocked, it could restore a refresh token just rotated away
             current = self.token_store.get(self.store_key)
             if current is not None and (access_token is None or current.access_token == access_token):
                 self.token_store.set(self.store_key, dataclasses.replace(current, expires_at=0.0))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This auth's thread lock, plus the store's cross-process lock when it has one."""
+        store_lock = getattr(self.token_store, "lock", None)
+        with self._lock, store_lock(self.store_key) if store_lock else contextlib.nullcontext():
+            yield
 
     # --- requests integration -------------------------------------------------------------------
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:

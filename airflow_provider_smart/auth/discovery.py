@@ -30,16 +30,6 @@ def normalise_base_url(url: str | None, *, field: str = "host") -> str:
     return url.rstrip("/")
 
 
-def origin_of(url: str) -> str:
-    """``scheme://host[:port]``, lower-cased, default ports dropped: the unit a token may be sent to."""
-    parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    port = parts.port
-    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
-
-
 @dataclass
 class SmartConfiguration:
     """The server's SMART configuration. Only ``token_endpoint`` is required for Backend Services."""

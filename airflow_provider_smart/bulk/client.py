@@ -35,7 +35,7 @@ from airflow_provider_smart.bulk.retry import (
     next_poll_delay,
     parse_retry_after,
 )
-from airflow_provider_smart.bulk.urls import TrustedOrigins, is_http_url, redact_url, resolve
+from airflow_provider_smart.bulk.urls import OriginPolicy, is_http_url, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -141,7 +141,7 @@ class BulkExportClient:
         self.comma_join_repeats = comma_join_repeats
         self.sleep = sleep
         self.clock = clock
-        self.trusted = TrustedOrigins([self.fhir_base_url], allowed_hosts)
+        self.trusted = OriginPolicy([self.fhir_base_url], allowed_hosts)
         self.plain_session = make_plain_session(session)
 
     # -- origins and sessions -------------------------------------------------------------------

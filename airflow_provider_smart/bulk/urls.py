@@ -1,72 +1,17 @@
-"""URL helpers: origins, and the allow-list of origins that may receive our bearer token."""
+"""URL helpers of the Bulk Data client (origins live in :mod:`airflow_provider_smart.origins`)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable
 from urllib.parse import urljoin, urlsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
+from airflow_provider_smart.origins import OriginPolicy, is_http_url, origin_of
 
-
-def is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in DEFAULT_PORTS and bool(parts.hostname)
-
-
-def origin_of(url: str) -> str:
-    """``scheme://host:port`` with the default port made explicit, so equal origins compare equal."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or DEFAULT_PORTS.get(scheme, 0)
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+__all__ = ["OriginPolicy", "is_http_url", "origin_of", "redact_url", "resolve"]
 
 
 def resolve(base: str, url: str) -> str:
     """``url`` made absolute against ``base`` (servers such as IBM's sent relative manifest URLs)."""
     return urljoin(base, url)
-
-
-class TrustedOrigins:
-    """Origins allowed to receive the token: full URLs/origins, ``host:port`` or a bare ``host``.
-
-    A bare host or ``host:port`` matches any scheme (it is what users type into ``allowed_hosts``).
-    Thread-safe: downloads consult it from worker threads while a poll may add a status URL.
-    """
-
-    def __init__(self, urls: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
-        self._origins: set[str] = set()
-        self._hostports: set[str] = set()
-        self._hosts: set[str] = set()
-        self._lock = threading.Lock()
-        for entry in [*urls, *hosts]:
-            self.add(entry)
-
-    def add(self, entry: str) -> None:
-        entry = (entry or "").strip()
-        if not entry:
-            return
-        with self._lock:
-            if "://" in entry:
-                self._origins.add(origin_of(entry))
-            elif ":" in entry:
-                self._hostports.add(entry.lower().rstrip("/"))
-            else:
-                self._hosts.add(entry.lower().rstrip("/"))
-
-    def allows(self, url: str) -> bool:
-        if not is_http_url(url):
-            return False
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
-        with self._lock:
-            if origin_of(url) in self._origins:
-                return True
-            return f"{host}:{port}" in self._hostports or host in self._hosts
-
-    def __repr__(self) -> str:
-        return f"TrustedOrigins({sorted(self._origins | self._hostports | self._hosts)})"
 
 
 def redact_url(url: str) -> str:

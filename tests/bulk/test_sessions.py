@@ -11,7 +11,7 @@ from urllib3.util.retry import Retry
 
 from airflow_provider_smart.bulk import BulkExportClient
 from airflow_provider_smart.bulk.client import ensure_pool_size, make_plain_session
-from airflow_provider_smart.bulk.urls import TrustedOrigins, origin_of, redact_url
+from airflow_provider_smart.bulk.urls import OriginPolicy, origin_of, redact_url
 
 
 def test_origin_of_makes_default_ports_explicit() -> None:
@@ -20,7 +20,7 @@ def test_origin_of_makes_default_ports_explicit() -> None:
 
 
 def test_trusted_origins_forms() -> None:
-    trusted = TrustedOrigins(["https://ehr.example/fhir"], ["files.example", "s3.example:9000", "https://cdn.example"])
+    trusted = OriginPolicy(["https://ehr.example/fhir"], ["files.example", "s3.example:9000", "https://cdn.example"])
     assert trusted.allows("https://ehr.example/other/path")
     assert not trusted.allows("http://ehr.example/fhir")  # scheme is part of an origin
     assert not trusted.allows("https://ehr.example:8443/fhir")
