@@ -139,4 +139,9 @@ class ExportJob:
 
 
 def _entry(f: dict[str, Any]) -> dict[str, Any]:
-    return {k: f.get(k) for k in ("type", "url", "path", "count", "lines", "bytes")}
+    from airflow_provider_smart.bulk.urls import redact_url
+
+    entry = {k: f.get(k) for k in ("type", "url", "path", "count", "lines", "bytes")}
+    # The summary goes to XCom: a pre-signed URL's query is a credential (manifest.json keeps it whole).
+    entry["url"] = redact_url(entry["url"]) if entry["url"] else None
+    return entry

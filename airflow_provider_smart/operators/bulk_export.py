@@ -382,7 +382,7 @@ class SmartBulkExportDownloadOperator(_BulkDownloadMixin, BaseOperator):
 
     :param status_url: the export's status URL (templated; e.g. the kick-off task's XCom).
     :param destination: a local path or ``ObjectStoragePath`` URI, the same for every batch.
-    :param batch: ``{"status_url", "requires_access_token", "files": [...]}`` from the sensor.
+    :param batch: ``{"status_url", "paths": [...]}``: one item of the sensor's batch list.
     """
 
     template_fields: Sequence[str] = ("smart_conn_id", "status_url", "destination", "batch", "scope")
@@ -419,22 +419,7 @@ class SmartBulkExportDownloadOperator(_BulkDownloadMixin, BaseOperator):
         hook = SmartHook(self.smart_conn_id, scope=self.scope)
         client = hook.get_bulk_client(max_concurrent_downloads=self.max_concurrent_downloads)
         if self.batch:
-            report = client.download_batch(
-                self.batch["files"],
-                resolve_destination(self.destination),
-                requires_access_token=bool(self.batch.get("requires_access_token", True)),
-                status_url=self.batch.get("status_url"),
-                max_concurrent_downloads=self.max_concurrent_downloads,
-                check_resource_types=self.check_resource_types,
-                skip_existing=True,
-            )
-            result = report.to_dict()
-            self.log.info(
-                "Batch done: %d files, %d bytes.",
-                len(result["files"]),
-                sum(f.get("bytes") or 0 for f in result["files"]),
-            )
-            return {"files": len(result["files"]), "bytes": sum(f.get("bytes") or 0 for f in result["files"])}
+            return self._download_batch(client, resolve_destination(self.destination))
         assert self.status_url
         job = ExportJob(self.destination, {"status_url": self.status_url})
         if (done := job.completed_summary()) is not None:
@@ -446,3 +431,32 @@ class SmartBulkExportDownloadOperator(_BulkDownloadMixin, BaseOperator):
         summary = self._land(client, job, self.status_url, result.manifest)
         self._raise_for_error_issues(summary)
         return summary
+
+    def _download_batch(self, client: BulkExportClient, destination: Any) -> dict[str, Any]:
+        from airflow_provider_smart.bulk import plan_files
+
+        assert self.batch is not None
+        status_url = self.batch["status_url"]
+        client.allow_origin(status_url)
+        result = client.poll(status_url)
+        if not result.complete:
+            raise AirflowException(f"Export {status_url} is not complete ({result.progress}).")
+        wanted = set(self.batch["paths"])
+        entries = [e for e in plan_files(result.manifest) if e["path"] in wanted]
+        if len(entries) != len(wanted):
+            raise AirflowException(
+                f"{len(wanted) - len(entries)} file(s) of this batch are no longer in the export's manifest "
+                f"({status_url}); re-run the sensor to plan again."
+            )
+        report = client.download_batch(
+            entries,
+            destination,
+            requires_access_token=result.manifest.requires_access_token,
+            status_url=status_url,
+            max_concurrent_downloads=self.max_concurrent_downloads,
+            check_resource_types=self.check_resource_types,
+            skip_existing=True,
+        )
+        totals = report.to_dict()["totals"]
+        self.log.info("Batch done: %s", totals)
+        return totals

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class SmartBulkExportSensor(BaseSensorOperator):
     """Wait until the export at ``status_url`` is complete; return its files, planned in batches.
 
-    The return value (XCom) is a list of batches ``{"status_url", "requires_access_token", "files"}``
+    The return value (XCom) is a list of batches ``{"status_url", "paths", "count"}``
     ready for ``SmartBulkExportDownloadOperator.partial(...).expand(batch=sensor.output)``. Files are
     grouped so the list never exceeds ``max_batches`` (Airflow caps a mapped list at
     ``[core] max_map_length``, 1,024 by default, while Cerner-style exports hold 20,000+ small files).
@@ -56,8 +56,14 @@ class SmartBulkExportSensor(BaseSensorOperator):
     def _batches(self, manifest: Any) -> list[dict[str, Any]]:
         from airflow_provider_smart.bulk import batch, plan_files
 
+        # Batches name files by their planned path only: XCom never holds file URLs (pre-signed ones are
+        # capabilities), and each download task re-reads the manifest, so expired links get refreshed.
         return [
-            {"status_url": self.status_url, "requires_access_token": manifest.requires_access_token, "files": files}
+            {
+                "status_url": self.status_url,
+                "paths": [f["path"] for f in files],
+                "count": sum(f["count"] or 0 for f in files),
+            }
             for files in batch(plan_files(manifest), max_batches=self.max_batches)
         ]
 

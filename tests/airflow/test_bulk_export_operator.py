@@ -41,6 +41,7 @@ def test_system_export_lands_complete_and_checked(
     airflow_db: str,
     smart_conn: Any,
     sandbox: Any,
+    es384: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capfd: Any,
@@ -70,7 +71,8 @@ def test_system_export_lands_complete_and_checked(
     )
     assert any(e["route"] == "delete" for e in sandbox.requests_log)  # delete_on_success freed the server slot
     for token in sandbox.issued_tokens():
-        assert token not in output
+        assert token not in output and token not in json.dumps(summary)
+    assert es384.pem.splitlines()[1] not in output  # no line of the private key in the task logs
 
 
 def test_since_auto_exports_only_changes_on_the_second_run(
