@@ -25,6 +25,7 @@ from airflow_provider_smart.auth.client_auth import (
     ClientAuthentication,
     ClientSecret,
     PrivateKeyJwt,
+    request_token,
 )
 from airflow_provider_smart.auth.discovery import (
     DEFAULT_TIMEOUT,
@@ -122,32 +123,22 @@ class TokenAuth(AuthBase):
         """What a fresh token inherits from the one it replaces (nothing, for client_credentials)."""
         return new
 
-    def _token_request(self, token_url: str, current: StoredToken | None) -> requests.Response:
-        form = self._grant_form(current)
-        auth = self.client_auth.apply(form, token_url)
-        return self._http.post(
-            token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=self.timeout
-        )
-
     def _mint(self, current: StoredToken | None) -> StoredToken:
         token_url = self.token_url
-        response: requests.Response | None = None
         for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
             try:
-                response = self._token_request(token_url, current)
-            except requests.RequestException as exc:
-                if attempt == TOKEN_REQUEST_ATTEMPTS:
-                    raise SmartAuthError(
-                        f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.",
-                        error="connection_error",
-                        url=token_url,
-                    ) from None
+                # A new form each attempt: a JWT assertion is single-use (fresh jti on retries).
+                response = request_token(
+                    self._http, token_url, self._grant_form(current), self.client_auth, self.timeout
+                )
+            except SmartAuthError as exc:
+                if exc.error != "connection_error" or attempt == TOKEN_REQUEST_ATTEMPTS:
+                    raise
             else:
                 if response.status_code < 500 or attempt == TOKEN_REQUEST_ATTEMPTS:
                     break
             log.warning("Token endpoint %s failed (attempt %d); retrying.", token_url, attempt)
             time.sleep(0.5 * attempt)
-        assert response is not None
         self.token_requests += 1
         token = self._keep_from_previous(parse_token_response(response, token_url), current)
         if self._on_new_token is not None:

@@ -140,3 +140,25 @@ def client_authentication(
     if client_secret:
         return ClientSecret(client_id, client_secret, method or "client_secret_basic")
     return PublicClient(client_id)
+
+
+def request_token(
+    session: requests.Session,
+    token_url: str,
+    form: dict[str, str],
+    client: ClientAuthentication,
+    timeout: float,
+) -> requests.Response:
+    """POST one grant to the token endpoint, authenticated as ``client`` (form-encoded, as SMART requires)."""
+    from airflow_provider_smart.exceptions import SmartAuthError
+
+    auth = client.apply(form, token_url)
+    try:
+        return session.post(token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
+    except requests.RequestException as exc:
+        # The exception text may echo the request; name only its type.
+        raise SmartAuthError(
+            f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.",
+            error="connection_error",
+            url=token_url,
+        ) from None

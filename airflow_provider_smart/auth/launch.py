@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from airflow_provider_smart.auth.client_auth import client_authentication
+from airflow_provider_smart.auth.client_auth import client_authentication, request_token
 from airflow_provider_smart.auth.discovery import DEFAULT_TIMEOUT, SmartConfiguration
 from airflow_provider_smart.auth.keys import PrivateKey
 from airflow_provider_smart.auth.tokens import StoredToken, parse_token_response
@@ -190,20 +190,7 @@ class _TokenRequest:
             method=self.auth_method,
             **jwt_options,
         )
-        auth = client.apply(form, token_url)
-        http = self.session or requests.Session()
-        try:
-            response = http.post(
-                token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            from airflow_provider_smart.exceptions import SmartAuthError
-
-            raise SmartAuthError(
-                f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.",
-                error="connection_error",
-                url=token_url,
-            ) from None
+        response = request_token(self.session or requests.Session(), token_url, form, client, self.timeout)
         return TokenResponse.from_stored(parse_token_response(response, token_url))
 
 
