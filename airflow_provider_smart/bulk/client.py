@@ -449,7 +449,7 @@ class BulkExportClient:
         *,
         max_concurrent_downloads: int = 4,
         check_counts: bool = True,
-        check_resource_types: bool = True,
+        check_resource_types: bool = False,
         skip_existing: bool = True,
         on_file_done: Callable[[FileReport], None] | None = None,
     ) -> DownloadReport:
@@ -475,7 +475,7 @@ class BulkExportClient:
         status_url: str | None = None,
         max_concurrent_downloads: int = 4,
         check_counts: bool = True,
-        check_resource_types: bool = True,
+        check_resource_types: bool = False,
         skip_existing: bool = True,
         on_file_done: Callable[[FileReport], None] | None = None,
     ) -> DownloadReport:

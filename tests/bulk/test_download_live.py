@@ -125,8 +125,8 @@ def test_resource_type_mismatch_fails_the_file(sb, make_client, tmp_path) -> Non
     manifest = export(client, resource_types=["Patient"])
     manifest.output[0].type = "Condition"
     with pytest.raises(BulkDownloadError, match=r"resourceType 'Patient'.*'Condition'"):
-        client.download(manifest, tmp_path)
-    report = client.download(manifest, tmp_path, check_resource_types=False)
+        client.download(manifest, tmp_path, check_resource_types=True)
+    report = client.download(manifest, tmp_path)  # the check is opt-in
     assert report.files[0].path.endswith("Condition.1.ndjson")
 
 
