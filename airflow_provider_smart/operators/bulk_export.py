@@ -259,9 +259,8 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
             try:
                 return status_url, client.poll(status_url)
             except BulkExportError as exc:
-                if exc.status not in (404, 410):
-                    raise
-                self.log.warning("That export is gone on the server (HTTP %s); starting a new one.", exc.status)
+                # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
+                self.log.warning("That export cannot be resumed (%s); starting a new one.", exc)
                 assert job is not None
                 job.forget_kickoff()
         status_url = client.kick_off(ExportRequest(**params))

@@ -143,6 +143,10 @@ def test_failed_export_fails_the_task_with_the_server_diagnostics(
     run, _ = run_export(monkeypatch, tmp_path / "x", deferrable=True)
     assert run.state == "failed"
     assert "Group too large" in capfd.readouterr().out
+    # A retry does not re-attach to the failed export forever: it kicks off a new one.
+    again, summary = run_export(monkeypatch, tmp_path / "x", deferrable=True)
+    assert again.state == "success" and summary["output"]
+    assert len(sandbox.kickoffs) == 2
 
 
 def test_fatal_error_file_fails_after_saving_everything(
