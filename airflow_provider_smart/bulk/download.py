@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024
 DOWNLOAD_HEADERS = {"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"}
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
