@@ -168,3 +168,22 @@ def test_wait_timeout_cancels_the_export(
     run, _ = run_export(monkeypatch, tmp_path / "slow", timeout=1.5, resource_types=["Patient"])
     assert run.state == "failed"
     assert any(e["route"] == "delete" for e in sandbox.requests_log)
+
+
+def test_export_to_an_object_storage_destination(
+    airflow_db: str, smart_conn: Any, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any ObjectStoragePath works as destination; memory:// stands in for s3:// (no cloud here)."""
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach("memory", fs=MemoryFileSystem())
+    run, summary = run_export(monkeypatch, "memory://bucket/fhir/run-1", resource_types=["Patient", "Condition"])  # type: ignore[arg-type]
+    assert run.state == "success"
+    root = ObjectStoragePath("memory://bucket/fhir/run-1")
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["Condition.1.ndjson", "Patient.1.ndjson", "manifest.json"]
+    lines = (root / "Patient.1.ndjson").read_text().splitlines()
+    assert len(lines) == summary["output"][[e["type"] for e in summary["output"]].index("Patient")]["count"]
+    assert json.loads((root / "manifest.json").read_text())["summary"]["destination"].startswith("memory://")
