@@ -56,15 +56,9 @@ def _load_connection(conn_id: str) -> Any:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from airflow_provider_smart.connection import settings_from_connection
-    from airflow_provider_smart.hooks.smart import SmartHook, mask_secrets
+    from airflow_provider_smart.hooks.smart import SmartHook
 
-    conn = _load_connection(args.conn_id)
-    hook = SmartHook(args.conn_id, scope=args.scope)
-    hook.__dict__["settings"] = settings_from_connection(
-        conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=args.conn_id
-    )
-    mask_secrets(*hook.settings.secrets)
+    hook = SmartHook(args.conn_id, scope=args.scope, connection=_load_connection(args.conn_id))
     token = hook.get_token(force_refresh=True)
     summary = token.summary()
     if args.show_token:
@@ -92,9 +86,9 @@ def _authorize_inputs(args: argparse.Namespace) -> tuple[dict, Any]:
         inputs["client_id"] = inputs["client_id"] or conn.login
         inputs["client_secret"] = inputs["client_secret"] or conn.password
         inputs["scope"] = inputs["scope"] or extra.get("launch_scope")
-        from airflow_provider_smart.connection import _read_private_key
+        from airflow_provider_smart.connection import read_private_key
 
-        if key := _read_private_key(extra):
+        if key := read_private_key(extra):
             inputs.update(private_key=key, kid=extra.get("kid"), alg=extra.get("alg"))
     if not (inputs["fhir_url"] and inputs["client_id"]):
         raise SystemExit("authorize needs --conn-id, or --fhir-url and --client-id.")

@@ -7,6 +7,7 @@ their auth here, from ``host``/``login``/``password``/``extra``, so they cannot 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def _as_timeout(value: Any) -> float:
     return timeout
 
 
-def _read_private_key(extra: dict[str, Any]) -> str | None:
+def read_private_key(extra: dict[str, Any]) -> str | None:
     key = extra.get("private_key")
     path = extra.get("private_key_path")
     if key and path:
@@ -134,7 +135,7 @@ def _refresh_token_settings(settings: ConnectionSettings, password: str | None, 
             field="refresh_token",
         )
     settings.scope = (extra.get("scope") or "").strip()  # empty: refreshes keep the original grant
-    settings.private_key = _read_private_key(extra)
+    settings.private_key = read_private_key(extra)
     if settings.private_key:
         load_private_key(settings.private_key, field="private_key")
         if not settings.kid:
@@ -149,16 +150,25 @@ def _refresh_token_settings(settings: ConnectionSettings, password: str | None, 
     settings.token_store = store
 
 
-def token_store_for(settings: ConnectionSettings) -> TokenStore:
-    if settings.token_store.startswith("file:"):
+StoreFactory = Callable[[str], "TokenStore | None"]
+
+
+def token_store_for(settings: ConnectionSettings, store_factory: StoreFactory | None = None) -> TokenStore:
+    """The store named by ``settings.token_store``; ``store_factory`` supplies the ones only Airflow has."""
+    spec = settings.token_store
+    store = store_factory(spec) if store_factory is not None else None
+    if store is not None:
+        return store
+    if spec.startswith("file:"):
         from airflow_provider_smart.auth.stores import FileTokenStore
 
-        return FileTokenStore(settings.token_store[len("file:") :])
-    if settings.token_store == "variable":
-        from airflow_provider_smart.auth.stores import AirflowVariableTokenStore
-
-        return AirflowVariableTokenStore()
-    return PROCESS_TOKEN_STORE
+        return FileTokenStore(spec[len("file:") :])
+    if spec == "memory":
+        return PROCESS_TOKEN_STORE
+    raise SmartConfigError(
+        f"extra.token_store {spec!r} needs Airflow (use SmartHook), or choose 'file:<path>' or 'memory'.",
+        field="token_store",
+    )
 
 
 def settings_from_connection(
@@ -195,7 +205,7 @@ def settings_from_connection(
         if method == "refresh_token":
             _refresh_token_settings(settings, password, extra)
         elif method == "private_key_jwt":
-            settings.private_key = _read_private_key(extra)
+            settings.private_key = read_private_key(extra)
             if not settings.private_key:
                 raise SmartConfigError(
                     "private_key_jwt needs a key: set extra.private_key (PEM) or extra.private_key_path.",
@@ -221,8 +231,9 @@ def build_auth(
     *,
     scope: str | None = None,
     token_store: TokenStore | None = None,
-    on_new_token: Any = None,
-    session: Any = None,
+    on_new_token: Callable[[StoredToken], None] | None = None,
+    session: requests.Session | None = None,
+    store_factory: StoreFactory | None = None,
 ) -> TokenAuth:
     """The ``requests`` auth for these settings; tokens are cached in ``token_store`` (per process by default)."""
     common: dict[str, Any] = {
@@ -244,7 +255,7 @@ def build_auth(
 
         common.update(
             scope=scope or settings.scope or None,
-            token_store=token_store or token_store_for(settings),
+            token_store=token_store or token_store_for(settings, store_factory),
             store_key=f"refresh_token:{settings.client_id}@{settings.fhir_base_url}",
         )
         seed = StoredToken(access_token="", expires_at=0.0, refresh_token=settings.refresh_token)

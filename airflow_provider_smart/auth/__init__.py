@@ -26,7 +26,7 @@ from airflow_provider_smart.auth.scopes import (
     resource_scope,
 )
 from airflow_provider_smart.auth.smart_client import SmartClient
-from airflow_provider_smart.auth.stores import AirflowVariableTokenStore, FileTokenStore
+from airflow_provider_smart.auth.stores import FileTokenStore
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
 from airflow_provider_smart.exceptions import DiscoveryError, SmartAuthError, SmartConfigError, SmartError
 from airflow_provider_smart.origins import OriginPolicy
@@ -36,7 +36,6 @@ __all__ = [
     "OFFLINE_ACCESS",
     "ONLINE_ACCESS",
     "OPENID",
-    "AirflowVariableTokenStore",
     "BackendServicesAuth",
     "ClientSecretAuth",
     "DiscoveryError",

@@ -3,17 +3,15 @@ somewhere that outlives it.
 
 * :class:`FileTokenStore`: a JSON file (mode 0600, atomic replace) with a lock file, so processes on one
   machine never refresh at the same time and never burn a refresh token.
-* :class:`AirflowVariableTokenStore`: Airflow Variables, encrypted at rest by Airflow's Fernet key.
-  Without a Fernet key (``[core] fernet_key`` empty) Variables are stored in plain text: set one.
-  Variables have no lock across machines, so with workers on several machines run token-refreshing
-  tasks one at a time (a pool of one slot) or use a FileTokenStore on shared storage that honours flock.
+
+The Airflow Variable store lives with the Airflow adapters
+(:mod:`airflow_provider_smart.hooks.token_stores`): this package imports nothing from Airflow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -92,43 +90,3 @@ class FileTokenStore:
 
     def __repr__(self) -> str:
         return f"FileTokenStore({str(self.path)!r})"
-
-
-class AirflowVariableTokenStore:
-    """Tokens in Airflow Variables (one per key), read and written through the Task SDK."""
-
-    def __init__(self, prefix: str = "smart_token") -> None:
-        self.prefix = prefix
-
-    def _variable_key(self, key: str) -> str:
-        return f"{self.prefix}__{hashlib.sha256(key.encode()).hexdigest()[:24]}"
-
-    def get(self, key: str) -> StoredToken | None:
-        from airflow.sdk import Variable
-
-        from airflow_provider_smart.hooks.smart import mask_secrets
-
-        entry = Variable.get(self._variable_key(key), default=None, deserialize_json=True)
-        if not isinstance(entry, dict):
-            return None
-        token = StoredToken.from_dict(entry)
-        mask_secrets(token.access_token, token.refresh_token, token.id_token)
-        return token
-
-    def set(self, key: str, token: StoredToken) -> None:
-        from airflow.sdk import Variable
-
-        Variable.set(
-            self._variable_key(key),
-            token.to_dict(),
-            description="SMART tokens kept by airflow-provider-smart (secret)",
-            serialize_json=True,
-        )
-
-    def delete(self, key: str) -> None:
-        from airflow.sdk import Variable
-
-        Variable.delete(self._variable_key(key))
-
-    def __repr__(self) -> str:
-        return f"AirflowVariableTokenStore(prefix={self.prefix!r})"

@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseHook
 
+from airflow_provider_smart.hooks.secrets import mask_secrets, mask_token
+
 if TYPE_CHECKING:
+    from airflow.models.connection import Connection
     import requests
 
     from airflow_provider_smart.auth.backend import TokenAuth
@@ -15,19 +18,6 @@ if TYPE_CHECKING:
     from airflow_provider_smart.auth.tokens import StoredToken
     from airflow_provider_smart.bulk import BulkExportClient
     from airflow_provider_smart.connection import ConnectionSettings
-
-
-def mask_secrets(*secrets: str | None) -> None:
-    """Register secrets with Airflow's masker so they never reach task logs or rendered fields."""
-    from airflow.providers.common.compat.sdk import mask_secret
-
-    for secret in secrets:
-        if secret:
-            mask_secret(secret)
-
-
-def _mask_token(token: StoredToken) -> None:
-    mask_secrets(token.access_token, token.refresh_token, token.id_token)
 
 
 class SmartHook(BaseHook):
@@ -39,6 +29,8 @@ class SmartHook(BaseHook):
 
     :param smart_conn_id: the ``smart`` connection to use.
     :param scope: request this scope instead of the connection's.
+    :param connection: use this connection object instead of looking ``smart_conn_id`` up (the CLI
+        reads connections from the metadata DB, which the Task SDK's lookup cannot reach outside a task).
     """
 
     conn_name_attr = "smart_conn_id"
@@ -46,16 +38,24 @@ class SmartHook(BaseHook):
     conn_type = "smart"
     hook_name = "SMART on FHIR"
 
-    def __init__(self, smart_conn_id: str = default_conn_name, *, scope: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        smart_conn_id: str = default_conn_name,
+        *,
+        scope: str | None = None,
+        connection: Connection | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.smart_conn_id = smart_conn_id
         self.scope = scope
+        self._connection = connection
 
     @cached_property
     def settings(self) -> ConnectionSettings:
         from airflow_provider_smart.connection import settings_from_connection
 
-        conn = self.get_connection(self.smart_conn_id)
+        conn = self._connection or self.get_connection(self.smart_conn_id)
         settings = settings_from_connection(
             conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=self.smart_conn_id
         )
@@ -80,8 +80,9 @@ class SmartHook(BaseHook):
     def auth(self) -> TokenAuth:
         """The ``requests`` auth that mints, caches and renews tokens for this connection."""
         from airflow_provider_smart.connection import build_auth
+        from airflow_provider_smart.hooks.token_stores import airflow_token_store
 
-        return build_auth(self.settings, scope=self.scope, on_new_token=_mask_token)
+        return build_auth(self.settings, scope=self.scope, on_new_token=mask_token, store_factory=airflow_token_store)
 
     @property
     def fhir_base_url(self) -> str:
