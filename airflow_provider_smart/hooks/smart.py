@@ -10,8 +10,8 @@ from airflow.providers.common.compat.sdk import BaseHook
 from airflow_provider_smart.hooks.secrets import mask_secrets, mask_token
 
 if TYPE_CHECKING:
-    from airflow.models.connection import Connection
     import requests
+    from airflow.models.connection import Connection
 
     from airflow_provider_smart.auth.backend import TokenAuth
     from airflow_provider_smart.auth.discovery import SmartConfiguration
