@@ -13,19 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from airflow_provider_smart.auth.backend import BackendServicesAuth, ClientSecretAuth, TokenAuth
 from airflow_provider_smart.auth.discovery import normalise_base_url
 from airflow_provider_smart.auth.keys import choose_alg, load_private_key
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
 from airflow_provider_smart.exceptions import SmartConfigError
+from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, new_session
 
 AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token")
 TOKEN_STORES = ("variable", "file:<path>", "memory")
 DEFAULT_SCOPE = "system/*.read"
-DEFAULT_TIMEOUT = 60.0
 # Tokens are shared by every hook in a process (a sensor and a download in one worker reuse them).
 PROCESS_TOKEN_STORE = InMemoryTokenStore()
 
@@ -234,8 +233,13 @@ def build_auth(
     on_new_token: Callable[[StoredToken], None] | None = None,
     session: requests.Session | None = None,
     store_factory: StoreFactory | None = None,
+    origins: OriginPolicy | None = None,
 ) -> TokenAuth:
-    """The ``requests`` auth for these settings; tokens are cached in ``token_store`` (per process by default)."""
+    """The ``requests`` auth for these settings; tokens are cached in ``token_store`` (per process by default).
+
+    ``origins``: the allow-list of origins that may get the token, shared with the Bulk Data client so a
+    status URL trusted by one is trusted by both (the connection's base URL and allowed hosts are added).
+    """
     common: dict[str, Any] = {
         "client_id": settings.client_id,
         "scope": scope or settings.scope,
@@ -245,7 +249,8 @@ def build_auth(
         "timeout": settings.timeout,
         "allowed_hosts": settings.allowed_hosts,
         "on_new_token": on_new_token,
-        "session": session or _plain_session(settings),
+        "session": session or new_session(verify=settings.verify, timeout=settings.timeout),
+        "origins": origins,
     }
     common["store_key"] = (
         f"{settings.auth_method}:{settings.client_id}@{settings.token_url or settings.fhir_base_url}#{common['scope']}"
@@ -276,35 +281,17 @@ def build_auth(
     return ClientSecretAuth(client_secret=settings.client_secret, method=settings.auth_method, **common)
 
 
-class TimeoutSession(requests.Session):
-    """A session with a default per-request timeout (requests has none, and a hung socket hangs a task)."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self.default_timeout = timeout
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self.default_timeout)
-        return super().request(method, url, *args, **kwargs)
-
-
-def _plain_session(settings: ConnectionSettings, pool_size: int = 10) -> TimeoutSession:
-    session = TimeoutSession(settings.timeout)
-    session.verify = settings.verify
-    # Connection errors happen before a request is sent, so retrying them never duplicates a kick-off.
-    retries = Retry(total=None, connect=3, read=0, status=0, other=0, redirect=10, backoff_factor=0.5)
-    adapter = HTTPAdapter(max_retries=retries, pool_connections=pool_size, pool_maxsize=pool_size)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
-def build_session(settings: ConnectionSettings, auth: TokenAuth, *, pool_size: int = 10) -> requests.Session:
+def build_session(
+    settings: ConnectionSettings, auth: TokenAuth, *, pool_size: int = DEFAULT_POOL_SIZE
+) -> requests.Session:
     """An authenticated session for FHIR requests: auth, static headers, TLS settings, timeouts, retries."""
-    session = _plain_session(settings, pool_size)
-    session.auth = auth
-    session.headers.update({"Accept": "application/fhir+json", **settings.headers})
-    return session
+    return new_session(
+        verify=settings.verify,
+        timeout=settings.timeout,
+        pool_size=pool_size,
+        auth=auth,
+        headers={"Accept": "application/fhir+json", **settings.headers},
+    )
 
 
 __all__ = ["ConnectionSettings", "StoredToken", "build_auth", "build_session", "settings_from_connection"]

@@ -104,6 +104,15 @@ class SmartAuthError(SmartError):
         return self.context.get("status")
 
 
+class SmartTransportError(SmartError):
+    """The server could not be reached, or the connection broke (DNS, refused, TLS, timeout).
+
+    ``context["url"]`` names the endpoint. Worth retrying later: nothing says the request was wrong.
+    """
+
+    kind = "smart.transport"
+
+
 class BulkExportError(SmartError):
     """A Bulk Data kick-off, status, manifest or file failed for good."""
 
@@ -114,7 +123,60 @@ class BulkExportError(SmartError):
         return self.context.get("status")
 
 
+class ExportTimeoutError(BulkExportError):
+    """The export did not complete within the caller's timeout; it may still be running on the server.
+
+    ``context["status_url"]`` resumes it (``poll``/``wait``) or cancels it.
+    """
+
+    kind = "smart.bulk_export.timeout"
+
+
 class BulkDownloadError(BulkExportError):
-    """An output file could not be fetched, or failed its checks; ``context["url"]`` names it."""
+    """An output file could not be fetched, or failed its checks; ``context["url"]`` names it.
+
+    ``report`` (a ``DownloadReport``) holds what did land when files were downloaded together (else None).
+    """
 
     kind = "smart.bulk_export.download"
+
+    def __init__(self, message: str, *, report: Any = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.report = report
+
+
+class NdjsonCheckError(BulkExportError):
+    """A file's content is not what the manifest announced (a wrong resourceType, a line that is not JSON)."""
+
+    kind = "smart.bulk_export.content"
+
+
+_ERROR_CLASSES: tuple[type[SmartError], ...] = (
+    SmartError,
+    SmartConfigError,
+    DiscoveryError,
+    SmartAuthError,
+    SmartTransportError,
+    BulkExportError,
+    ExportTimeoutError,
+    BulkDownloadError,
+    NdjsonCheckError,
+)
+
+
+def error_from_dict(data: dict[str, Any]) -> SmartError:
+    """Rebuild an error from :meth:`SmartError.to_dict` (e.g. a trigger's event), keeping its class.
+
+    The context was redacted on the way out, so secrets do not come back; an unknown kind gives the
+    nearest known ancestor (``smart.bulk_export.x`` → :class:`BulkExportError`).
+    """
+    kind = str(data.get("kind") or "smart")
+    by_kind = {cls.kind: cls for cls in _ERROR_CLASSES}
+    while kind not in by_kind and "." in kind:
+        kind = kind.rsplit(".", 1)[0]
+    cls = by_kind.get(kind, SmartError)
+    error = cls.__new__(cls)
+    SmartError.__init__(error, str(data.get("message") or ""), **dict(data.get("context") or {}))
+    if isinstance(error, BulkDownloadError):
+        error.report = None
+    return error

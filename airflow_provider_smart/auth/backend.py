@@ -28,7 +28,6 @@ from airflow_provider_smart.auth.client_auth import (
     request_token,
 )
 from airflow_provider_smart.auth.discovery import (
-    DEFAULT_TIMEOUT,
     SmartConfiguration,
     discover_smart_configuration,
     normalise_base_url,
@@ -40,8 +39,9 @@ from airflow_provider_smart.auth.tokens import (
     TokenStore,
     parse_token_response,
 )
-from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError
+from airflow_provider_smart.exceptions import SmartConfigError, SmartTransportError
 from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class TokenAuth(AuthBase):
         session: requests.Session | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         allowed_hosts: Iterable[str] = (),
+        origins: OriginPolicy | None = None,
         on_new_token: Callable[[StoredToken], None] | None = None,
     ) -> None:
         client_id = client_auth.client_id
@@ -83,10 +84,13 @@ class TokenAuth(AuthBase):
         self.expiry_skew = expiry_skew
         self.timeout = timeout
         # Token requests never go through a session that carries this auth.
-        self._http = session or requests.Session()
+        self._http = session or new_session(timeout=timeout)
         self._on_new_token = on_new_token
         self._lock = threading.Lock()
-        self.origins = OriginPolicy([self.fhir_base_url] if self.fhir_base_url else [], allowed_hosts)
+        # Shared with the Bulk Data client when given: one allow-list, so neither can drift from the other.
+        self.origins = origins if origins is not None else OriginPolicy()
+        for entry in [self.fhir_base_url or "", *allowed_hosts]:
+            self.origins.add(entry)
         self.token_requests = 0
 
     # --- discovery ------------------------------------------------------------------------------
@@ -131,8 +135,8 @@ class TokenAuth(AuthBase):
                 response = request_token(
                     self._http, token_url, self._grant_form(current), self.client_auth, self.timeout
                 )
-            except SmartAuthError as exc:
-                if exc.error != "connection_error" or attempt == TOKEN_REQUEST_ATTEMPTS:
+            except SmartTransportError:
+                if attempt == TOKEN_REQUEST_ATTEMPTS:
                     raise
             else:
                 if response.status_code < 500 or attempt == TOKEN_REQUEST_ATTEMPTS:

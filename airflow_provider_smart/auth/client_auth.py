@@ -150,15 +150,13 @@ def request_token(
     timeout: float,
 ) -> requests.Response:
     """POST one grant to the token endpoint, authenticated as ``client`` (form-encoded, as SMART requires)."""
-    from airflow_provider_smart.exceptions import SmartAuthError
+    from airflow_provider_smart.exceptions import SmartTransportError
 
     auth = client.apply(form, token_url)
     try:
         return session.post(token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
     except requests.RequestException as exc:
         # The exception text may echo the request; name only its type.
-        raise SmartAuthError(
-            f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.",
-            error="connection_error",
-            url=token_url,
+        raise SmartTransportError(
+            f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.", url=token_url
         ) from None

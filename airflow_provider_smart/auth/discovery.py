@@ -9,9 +9,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from airflow_provider_smart.exceptions import DiscoveryError, SmartConfigError
+from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
-DEFAULT_TIMEOUT = 30.0
 
 
 def normalise_base_url(url: str | None, *, field: str = "host") -> str:
@@ -160,7 +160,7 @@ def discover_smart_configuration(
     a 404 there falls back to the deprecated CapabilityStatement ``oauth-uris`` extension.
     """
     base = normalise_base_url(fhir_base_url, field="fhir_base_url")
-    http = session or requests.Session()
+    http = session or new_session(timeout=timeout)
     url = f"{base}/.well-known/smart-configuration"
     status, data = _get_json(http, url, "application/json", timeout)
     if status == 200:

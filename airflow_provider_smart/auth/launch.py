@@ -17,10 +17,11 @@ from urllib.parse import urlencode
 import requests
 
 from airflow_provider_smart.auth.client_auth import client_authentication, request_token
-from airflow_provider_smart.auth.discovery import DEFAULT_TIMEOUT, SmartConfiguration
+from airflow_provider_smart.auth.discovery import SmartConfiguration
 from airflow_provider_smart.auth.keys import PrivateKey
 from airflow_provider_smart.auth.tokens import StoredToken, parse_token_response
 from airflow_provider_smart.exceptions import DiscoveryError, SmartConfigError
+from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 
@@ -190,7 +191,9 @@ class _TokenRequest:
             method=self.auth_method,
             **jwt_options,
         )
-        response = request_token(self.session or requests.Session(), token_url, form, client, self.timeout)
+        response = request_token(
+            self.session or new_session(timeout=self.timeout), token_url, form, client, self.timeout
+        )
         return TokenResponse.from_stored(parse_token_response(response, token_url))
 
 

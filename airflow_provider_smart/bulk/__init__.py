@@ -6,7 +6,7 @@ trigger can import :mod:`airflow_provider_smart.bulk.retry` without pulling in `
     client = BulkExportClient(session, "https://ehr.example/fhir")
     status_url = client.kick_off(ExportRequest(level="group", group_id="g1", resource_types=["Patient"]))
     manifest = client.wait(status_url)
-    report = client.download(manifest, "/data/export")
+    report = client.download(manifest, "/data/export", DownloadOptions(max_concurrent_downloads=4))
     client.cancel(status_url)
 """
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from airflow_provider_smart.bulk.client import BulkExportClient
     from airflow_provider_smart.bulk.kickoff import KickoffRequest, build_kickoff
     from airflow_provider_smart.bulk.models import (
+        DownloadOptions,
         DownloadReport,
         ExportManifest,
         ExportRequest,
@@ -27,14 +28,16 @@ if TYPE_CHECKING:
         StatusResult,
     )
     from airflow_provider_smart.bulk.ndjson import NdjsonScanner
-    from airflow_provider_smart.bulk.plan import batch, plan_files, safe_type_name
-    from airflow_provider_smart.bulk.retry import backoff_delay, next_poll_delay, parse_retry_after
-    from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
+    from airflow_provider_smart.bulk.plan import batch, plan_batches, plan_files, safe_type_name
+    from airflow_provider_smart.bulk.retry import RetryPolicy, backoff_delay, next_poll_delay, parse_retry_after
+    from airflow_provider_smart.bulk.workflow import ExportWorkflow
+    from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, ExportTimeoutError
 
 _EXPORTS = {
     "BulkExportClient": "client",
     "KickoffRequest": "kickoff",
     "build_kickoff": "kickoff",
+    "DownloadOptions": "models",
     "DownloadReport": "models",
     "ExportManifest": "models",
     "ExportRequest": "models",
@@ -43,31 +46,39 @@ _EXPORTS = {
     "StatusResult": "models",
     "NdjsonScanner": "ndjson",
     "batch": "plan",
+    "plan_batches": "plan",
     "plan_files": "plan",
     "safe_type_name": "plan",
+    "RetryPolicy": "retry",
     "backoff_delay": "retry",
     "next_poll_delay": "retry",
     "parse_retry_after": "retry",
+    "ExportWorkflow": "workflow",
 }
-_ERRORS = ("BulkDownloadError", "BulkExportError")
+_ERRORS = ("BulkDownloadError", "BulkExportError", "ExportTimeoutError")
 
 __all__ = [
     "BulkDownloadError",
     "BulkExportClient",
     "BulkExportError",
+    "DownloadOptions",
     "DownloadReport",
     "ExportManifest",
     "ExportRequest",
+    "ExportTimeoutError",
+    "ExportWorkflow",
     "FileReport",
     "KickoffRequest",
     "ManifestFile",
     "NdjsonScanner",
+    "RetryPolicy",
     "StatusResult",
     "backoff_delay",
     "batch",
     "build_kickoff",
     "next_poll_delay",
     "parse_retry_after",
+    "plan_batches",
     "plan_files",
     "safe_type_name",
 ]

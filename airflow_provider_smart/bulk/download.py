@@ -1,6 +1,6 @@
 """Parallel, streaming, checked downloads of Bulk Data files into a local or object-storage directory.
 
-Per file: stream it in 1 MiB chunks (gzip decoded on the fly) into ``.<name>.part`` next to its
+Per file: stream it in ``CHUNK_SIZE`` chunks (gzip decoded on the fly) into ``.<name>.part`` next to its
 final name, count lines and check resourceTypes on the way, compare with the manifest ``count``,
 then rename. A file with its final name was therefore complete and checked, which is what lets a
 rerun skip it. Transient failures (429, 5xx, dropped connections, short bodies) retry the whole
@@ -13,26 +13,23 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 
-from airflow_provider_smart.bulk.models import DownloadReport, FileReport
-from airflow_provider_smart.bulk.ndjson import NdjsonCheckError, NdjsonScanner
+from airflow_provider_smart.bulk.models import TYPE_NAME, DownloadOptions, DownloadReport, FileReport
+from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
-from airflow_provider_smart.bulk.plan import SAFE_TYPE, check_entry
-from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, backoff_delay, parse_retry_after
+from airflow_provider_smart.bulk.plan import check_entry
+from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
+from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
+from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
-from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
-
-if TYPE_CHECKING:
-    from airflow_provider_smart.bulk.client import BulkExportClient
+from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, NdjsonCheckError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -44,35 +41,6 @@ MAX_LISTED_ISSUES = 1000  # per list in the report (it may travel via XCom)
 MAX_LOGGED_ISSUES = 50  # per kind in the log; the report counts them all
 PROGRESS_LOG_EVERY = 30.0  # seconds between progress lines for one long file
 EXPECTED_TYPE = {"deleted": "Bundle", "error": "OperationOutcome"}  # what the spec puts in those files
-
-
-class _Transient(Exception):
-    """Worth retrying the whole file."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def as_destination(destination: Any) -> Any:
-    """A ``Path`` for a plain path; any pathlib-like object (``ObjectStoragePath``) is used as is."""
-    if isinstance(destination, str):
-        if "://" in destination:
-            raise BulkExportError(
-                f"destination {destination!r} is a URI: pass an ObjectStoragePath (or another pathlib-like "
-                "object) for object storage, or a local directory path."
-            )
-        return Path(destination).expanduser()
-    if hasattr(destination, "open") and hasattr(destination, "__truediv__"):
-        return destination
-    return Path(os.fspath(destination))
-
-
-def _replace(part: Any, final: Any) -> None:
-    try:
-        part.replace(final)  # atomic and overwriting on local disks, also on Windows
-    except (AttributeError, NotImplementedError):
-        part.rename(final)
 
 
 def _direct_body(response: requests.Response) -> Any:
@@ -96,26 +64,11 @@ def _chunks(response: requests.Response, direct: Any) -> Any:
         yield chunk
 
 
-def _discard(part: Any) -> None:
-    try:
-        if part.exists():
-            part.unlink()
-    except Exception:  # cleanup must not hide the original error
-        log.debug("Could not delete the partial file %s.", part, exc_info=True)
-
-
-def _size(path: Any) -> int | None:
-    try:
-        return int(path.stat().st_size)
-    except Exception:
-        return None
-
-
 def _expected_type(kind: str, rtype: str | None) -> str | None:
     if kind in EXPECTED_TYPE:
         return EXPECTED_TYPE[kind]
     # No type (organizeOutputBy mixes types) or a bogus one: nothing meaningful to check against.
-    return rtype if rtype and SAFE_TYPE.fullmatch(rtype) else None
+    return rtype if rtype and TYPE_NAME.fullmatch(rtype) else None
 
 
 class FileDownloader:
@@ -123,27 +76,23 @@ class FileDownloader:
 
     def __init__(
         self,
-        client: BulkExportClient,
+        transport: BulkTransport,
         destination: Any,
+        options: DownloadOptions,
         *,
         requires_access_token: bool,
-        check_counts: bool = True,
-        check_resource_types: bool = False,
-        skip_existing: bool = True,
         on_file_done: Callable[[FileReport], None] | None = None,
     ) -> None:
-        self.client = client
+        self.transport = transport
         self.destination = as_destination(destination)
+        self.options = options
         self.requires_access_token = requires_access_token
-        self.check_counts = check_counts
-        self.check_resource_types = check_resource_types
-        self.skip_existing = skip_existing
         self.on_file_done = on_file_done
         self._logged: set[str] = set()
         self._lock = threading.Lock()
 
     # -- orchestration --------------------------------------------------------------------------
-    def run(self, entries: list[dict[str, Any]], max_concurrent_downloads: int = 4) -> DownloadReport:
+    def run(self, entries: list[dict[str, Any]]) -> DownloadReport:
         planned = [check_entry(e) for e in entries]
         paths = [p for _, p in planned]
         if len(set(paths)) != len(paths):
@@ -151,8 +100,8 @@ class FileDownloader:
         self.destination.mkdir(parents=True, exist_ok=True)
         for kind in sorted({k for k, _ in planned} - {"output"}):
             (self.destination / kind).mkdir(parents=True, exist_ok=True)
-        workers = max(1, min(max_concurrent_downloads, len(entries)))
-        self.client.ensure_pool_size(workers)
+        workers = max(1, min(self.options.max_concurrent_downloads, len(entries)))
+        self.transport.ensure_pool_size(workers)
         started = time.monotonic()
         results: list[FileReport | None] = [None] * len(entries)
         failures: list[tuple[int, BaseException]] = []
@@ -170,7 +119,7 @@ class FileDownloader:
         report = DownloadReport(files=[r for r in results if r is not None])
         for entry in entries:
             rtype = entry.get("type")
-            if rtype and not SAFE_TYPE.fullmatch(rtype):
+            if rtype and not TYPE_NAME.fullmatch(rtype):
                 text = f"the manifest type {rtype!r} is not a resource type name; saved as {entry['path']}"
                 self._add_issue(report, {"severity": "warning", "code": "client", "diagnostics": text})
         self._read_error_files(report)
@@ -199,15 +148,14 @@ class FileDownloader:
         lines = [f"  - {f['path']} ({f['url']}): {f['error']}" for f in listed[:20]]
         if len(listed) > 20:
             lines.append(f"  ... and {len(listed) - 20} more")
-        error = BulkDownloadError(
+        return BulkDownloadError(
             f"{len(failures)} of {len(entries)} file(s) failed to download; "
             f"the {len(report.files)} that succeeded stay in place "
             "and a rerun with skip_existing=True skips them:\n" + "\n".join(lines),
+            report=report,
             url=listed[0]["url"],
             failures=listed,
         )
-        error.report = report  # type: ignore[attr-defined]
-        return error
 
     # -- one file -------------------------------------------------------------------------------
     def _download_file(self, entry: dict[str, Any]) -> FileReport:
@@ -217,47 +165,38 @@ class FileDownloader:
         name = rel.rsplit("/", 1)[-1]
         final = directory / name
         report = FileReport(kind, entry.get("type"), url, str(final), count, None, None)
-        if self.skip_existing and final.exists():
+        if self.options.skip_existing and final.exists():
             # Only ever renamed to this name after its checks passed, so it is complete.
-            report.skipped, report.bytes, report.lines = True, _size(final), count
+            report.skipped, report.bytes, report.lines = True, size_of(final), count
             log.info("Skipping %s: already downloaded by an earlier run.", rel)
             return report
         if not is_http_url(url):
             raise BulkDownloadError(f"Refusing to download {url[:100]!r}: not an http(s) URL.", url=url)
         part = directory / f".{name}.part"
-        expected = _expected_type(kind, entry.get("type")) if self.check_resource_types else None
+        expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()
-        while True:
+
+        def attempt() -> tuple[int, int]:
             report.attempts += 1
             try:
-                lines, size = self._fetch(url, part, expected)
-                break
-            except _Transient as exc:
-                _discard(part)
-                if report.attempts > self.client.transient_retries:
-                    raise BulkDownloadError(
-                        f"{exc} (gave up after {report.attempts} attempts)", url=redact_url(url), path=rel
-                    ) from None
-                delay = exc.retry_after
-                if delay is None:
-                    delay = backoff_delay(report.attempts, self.client.backoff_base, self.client.backoff_max)
-                delay = min(delay, self.client.max_retry_after)
-                log.warning(
-                    "Download of %s failed (%s); retry %d of %d in %.1f s.",
-                    rel,
-                    exc,
-                    report.attempts,
-                    self.client.transient_retries,
-                    delay,
-                )
-                self.client.sleep(delay)
-            except BaseException:
-                _discard(part)
+                return self._fetch(url, part, expected)
+            except TransientFailure:
                 raise
-        if self.check_counts and count is not None and lines != count and expected is None:
+            except BaseException:
+                discard(part)
+                raise
+
+        def give_up(failure: TransientFailure, tries: int) -> Exception:
+            return BulkDownloadError(f"{failure} (gave up after {tries} attempts)", url=redact_url(url), path=rel)
+
+        lines, size = self.transport.retry.run(
+            attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
+        )
+        check_counts = self.options.check_counts and count is not None
+        if check_counts and lines != count and expected is None:
             lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
-        if self.check_counts and count is not None and lines != count:
-            _discard(part)
+        if check_counts and lines != count:
+            discard(part)
             raise BulkDownloadError(
                 f"{rel} has {lines} resources but the manifest says {count}: the file is incomplete or the "
                 "manifest is wrong (use check_counts=False to accept it).",
@@ -266,7 +205,7 @@ class FileDownloader:
                 lines=lines,
                 count=count,
             )
-        _replace(part, final)
+        replace(part, final)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
         log.info(
@@ -313,7 +252,7 @@ class FileDownloader:
             ConnectionError,
             TimeoutError,
         ) as exc:
-            raise _Transient(f"the connection broke mid-file ({type(exc).__name__})") from None
+            raise TransientFailure(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:
             response.close()
         return lines, scanner.bytes
@@ -341,12 +280,11 @@ class FileDownloader:
         else:
             return
         if received < int(declared):
-            raise _Transient(f"the body ended after {received} of {declared} bytes")
+            raise TransientFailure(f"the body ended after {received} of {declared} bytes")
 
     def _open(self, url: str) -> requests.Response:
         """GET ``url`` as a stream, following redirects ourselves so the token never changes origin."""
-        with_token = self._wants_token(url)
-        session = self.client.session if with_token else self.client.plain_session
+        session = self.transport.session_for(url, with_token=self._wants_token(url))
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -354,11 +292,11 @@ class FileDownloader:
                     current,
                     headers=DOWNLOAD_HEADERS,
                     stream=True,
-                    timeout=self.client.timeout,
+                    timeout=self.transport.timeout,
                     allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(f"could not connect ({type(exc).__name__})") from None
+                raise TransientFailure(f"could not connect ({type(exc).__name__})") from None
             if response.is_redirect:
                 target = resolve(current, response.headers["Location"])
                 response.close()
@@ -367,11 +305,11 @@ class FileDownloader:
                         f"{redact_url(url)} redirects to a non-http(s) URL.",
                         url=redact_url(url),
                     )
-                if session is not self.client.plain_session and origin_of(target) != origin_of(current):
+                if session is not self.transport.plain_session and origin_of(target) != origin_of(current):
                     # Cerner sends files via 307 to pre-signed S3 URLs: the token must not follow
                     # (S3 even rejects a request carrying both).
                     log.debug("%s redirects to another origin: dropping the token.", redact_url(current))
-                    session = self.client.plain_session
+                    session = self.transport.plain_session
                 current = target
                 continue
             if response.status_code == 200:
@@ -392,9 +330,8 @@ class FileDownloader:
             response.close()
         detail = f"HTTP {status} ({body_text(body)})"
         if status in TRANSIENT_STATUSES:
-            header = response.headers.get("Retry-After")
-            retry_after = parse_retry_after(header, max_delay=self.client.max_retry_after)
-            return _Transient(f"{redact_url(url)}: {detail}", retry_after)
+            retry_after = self.transport.retry.retry_after(response.headers.get("Retry-After"))
+            return TransientFailure(f"{redact_url(url)}: {detail}", retry_after)
         hint = {
             401: "the access token was refused even after renewing it",
             403: "access denied: the token's scopes may not cover this type, or a pre-signed link expired",
@@ -409,7 +346,7 @@ class FileDownloader:
             why = "The manifest says requiresAccessToken=false: downloading without the token."
             self._log_once("no-token", why)
             return False
-        if not self.client.trusted.allows(url):
+        if not self.transport.trusts(url):
             origin = origin_of(url)
             self._log_once(
                 origin,
@@ -417,7 +354,6 @@ class FileDownloader:
                 "server's, the status URL's or in allowed_hosts (add it there if it needs the token).",
             )
             return False
-        self.client.authorize_origin(url)
         return True
 
     def _log_once(self, key: str, message: str) -> None:

@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from airflow_provider_smart.bulk.models import ExportRequest
+from airflow_provider_smart.bulk.models import TYPE_NAME, ExportRequest
 from airflow_provider_smart.exceptions import BulkExportError
 
 FHIR_JSON = "application/fhir+json"
 LEVELS = ("system", "patient", "group")
 METHODS = ("auto", "GET", "POST")
-TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 # A FHIR date/dateTime/instant, partial forms included (servers differ in what they accept).
 _INSTANT = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?")
 

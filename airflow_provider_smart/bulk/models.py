@@ -7,6 +7,7 @@ results can travel through Airflow XCom or a log line unchanged.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -18,6 +19,7 @@ log = logging.getLogger("airflow_provider_smart.bulk")
 
 NDJSON = "application/fhir+ndjson"
 MANIFEST_LISTS = ("output", "deleted", "error")
+TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")  # a FHIR resource type name, as safe in a file name
 
 
 def as_list(value: Any) -> list[str]:
@@ -281,6 +283,29 @@ class StatusResult:
             "retry_after": self.retry_after,
             "manifest": self.manifest.to_dict() if self.manifest else None,
         }
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How files are downloaded and checked; one object travels from the operator to each file.
+
+    :param max_concurrent_downloads: files downloaded at the same time.
+    :param check_counts: compare each file's line count with the manifest ``count``.
+    :param check_resource_types: also check every line's ``resourceType`` (costs throughput: the scan
+        holds Python's GIL; see benchmarks/).
+    :param skip_existing: keep files already under their final name (they were checked before the rename).
+    """
+
+    max_concurrent_downloads: int = 4
+    check_counts: bool = True
+    check_resource_types: bool = False
+    skip_existing: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_downloads < 1:
+            raise BulkExportError(
+                f"max_concurrent_downloads must be at least 1, not {self.max_concurrent_downloads!r}."
+            )
 
 
 @dataclass

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import re
 
+from airflow_provider_smart.exceptions import NdjsonCheckError
+
 _HEAD = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"([^"\\]{0,64})"')
 HEAD_PROBE = 4096  # bytes of an unfinished line enough to read a leading resourceType
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
-class NdjsonCheckError(Exception):
-    """The content is not what the manifest announced (a wrong resourceType, a line that is not JSON)."""
+__all__ = ["HEAD_PROBE", "MAX_LINE_BYTES", "NdjsonCheckError", "NdjsonScanner", "count_newlines", "line_type"]
 
 
 def count_newlines(data: bytes) -> int:

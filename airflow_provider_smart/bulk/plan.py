@@ -11,17 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from airflow_provider_smart.bulk.models import MANIFEST_LISTS, TYPE_NAME, ExportManifest
 from airflow_provider_smart.exceptions import BulkExportError
-
-if TYPE_CHECKING:
-    from airflow_provider_smart.bulk.models import ExportManifest
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
-KINDS = ("output", "deleted", "error")
-SAFE_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+KINDS = MANIFEST_LISTS
 SAFE_PATH = re.compile(r"(?:(deleted|error)/)?([A-Za-z][A-Za-z0-9_]{0,79})\.([1-9][0-9]{0,8})\.ndjson")
 UNTYPED = "output"  # STU3 organizeOutputBy files carry no type: they mix types
 
@@ -30,7 +27,7 @@ def safe_type_name(rtype: str | None) -> str:
     """``rtype`` if it is a plain resource type name, else a safe stand-in (logged as a warning)."""
     if rtype is None or rtype == "":
         return UNTYPED
-    if SAFE_TYPE.fullmatch(rtype):
+    if TYPE_NAME.fullmatch(rtype):
         return rtype
     letters = re.sub(r"[^A-Za-z0-9]", "", rtype)[:48]
     safe = f"invalid_{letters}" if letters else "invalid"
@@ -124,3 +121,15 @@ def batch(
         buckets[lightest].append(i)
         loads[lightest] += weight(i)
     return [[entries[i] for i in sorted(bucket)] for bucket in buckets]
+
+
+def plan_batches(manifest: ExportManifest, status_url: str, max_batches: int) -> list[dict[str, Any]]:
+    """The manifest's files in at most ``max_batches`` batches ``{"status_url", "paths", "count"}``.
+
+    Batches name files by their planned path only: they travel through XCom, which must never hold file
+    URLs (pre-signed ones are capabilities), and each download re-reads the manifest for fresh links.
+    """
+    return [
+        {"status_url": status_url, "paths": [f["path"] for f in files], "count": sum(f["count"] or 0 for f in files)}
+        for files in batch(plan_files(manifest), max_batches=max_batches)
+    ]

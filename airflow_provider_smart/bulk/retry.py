@@ -1,17 +1,23 @@
 """Waiting politely: ``Retry-After`` parsing, exponential backoff, and which failures are worth a retry.
 
-Pure functions (stdlib only), shared by the client and by the Airflow trigger, which imports this
-module on its own to pace its polls.
+Stdlib only, shared by the client, the downloader and the Airflow trigger (which imports this module
+on its own to pace its polls). :class:`RetryPolicy` is the one place retries are decided and counted.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC
+from typing import TypeVar
+
+log = logging.getLogger("airflow_provider_smart.bulk")
+T = TypeVar("T")
 
 # Statuses that say "not now" rather than "no": throttling, overload and gateway hiccups.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -96,3 +102,65 @@ def next_poll_delay(
     backoff = poll_interval * 2 ** min(max(polls - 1, 0), 60)
     delay = retry_after if retry_after is not None else backoff
     return min(max(delay, min_poll_interval), max_poll_interval)
+
+
+class TransientFailure(Exception):
+    """Raised by one attempt of a retried operation: "not now", worth another try after a pause."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures (429, 5xx, dropped connections, short bodies) are retried.
+
+    :param attempts: retries after the first try, per request or file.
+    :param backoff_base: first backoff delay without a ``Retry-After``; doubles per retry up to ``backoff_max``.
+    :param max_retry_after: cap on any server-requested wait (Cerner has asked for five hours).
+    :param sleep: injectable ``time.sleep``.
+    """
+
+    attempts: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    max_retry_after: float = 3600.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+
+    def retry_after(self, header: str | None) -> float | None:
+        """A ``Retry-After`` header's wait in seconds, capped by ``max_retry_after`` (None if absent)."""
+        return parse_retry_after(header, max_delay=self.max_retry_after)
+
+    def delay(self, failures: int, retry_after: float | None = None) -> float:
+        """The pause before retry number ``failures``: the server's wish (capped), else backoff."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        return backoff_delay(failures, self.backoff_base, self.backoff_max)
+
+    def run(
+        self,
+        attempt: Callable[[], T],
+        *,
+        what: str,
+        give_up: Callable[[TransientFailure, int], Exception],
+        on_failure: Callable[[], None] | None = None,
+    ) -> T:
+        """Call ``attempt`` until it returns, retrying on :class:`TransientFailure`.
+
+        ``on_failure`` cleans up after each failed attempt; after ``attempts`` retries the exception
+        from ``give_up(last_failure, tries)`` is raised. ``what`` names the operation in log lines.
+        """
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except TransientFailure as failure:
+                if on_failure is not None:
+                    on_failure()
+                failures += 1
+                if failures > self.attempts:
+                    raise give_up(failure, failures) from None
+                delay = self.delay(failures, failure.retry_after)
+                log.warning("%s failed (%s); retry %d of %d in %.1f s.", what, failure, failures, self.attempts, delay)
+                self.sleep(delay)

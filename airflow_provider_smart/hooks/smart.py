@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from airflow_provider_smart.auth.tokens import StoredToken
     from airflow_provider_smart.bulk import BulkExportClient
     from airflow_provider_smart.connection import ConnectionSettings
+    from airflow_provider_smart.origins import OriginPolicy
 
 
 class SmartHook(BaseHook):
@@ -50,31 +52,42 @@ class SmartHook(BaseHook):
         self.smart_conn_id = smart_conn_id
         self.scope = scope
         self._connection = connection
+        self._settings: ConnectionSettings | None = None
 
-    @cached_property
+    @property
     def settings(self) -> ConnectionSettings:
-        from airflow_provider_smart.connection import settings_from_connection
-
-        conn = self._connection or self.get_connection(self.smart_conn_id)
-        settings = settings_from_connection(
-            conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=self.smart_conn_id
-        )
-        mask_secrets(*settings.secrets)
-        return settings
+        """The connection, validated (errors name the field to fix); its secrets registered with the masker."""
+        if self._settings is None:
+            conn = self._connection or self.get_connection(self.smart_conn_id)
+            self._settings = self._validate(conn.host, conn.login, conn.password, conn.extra_dejson)
+        return self._settings
 
     async def aresolve_settings(self) -> ConnectionSettings:
-        """Fill :attr:`settings` without blocking an event loop (for triggers): the async connection API."""
-        if "settings" not in self.__dict__:
+        """Fill :attr:`settings` without blocking an event loop (for triggers): the async connection API,
+        then validation (which imports ``requests`` and the crypto libraries) in a thread."""
+        if self._settings is None:
             from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-
-            from airflow_provider_smart.connection import settings_from_connection
 
             conn = await get_async_connection(self.smart_conn_id, hook=self)
             extra = await get_async_extra_dejson(conn)
-            settings = settings_from_connection(conn.host, conn.login, conn.password, extra, conn_id=self.smart_conn_id)
-            mask_secrets(*settings.secrets)
-            self.__dict__["settings"] = settings  # the same cache slot the sync property uses
-        return self.settings
+            self._settings = await asyncio.to_thread(self._validate, conn.host, conn.login, conn.password, extra)
+        return self._settings
+
+    def _validate(
+        self, host: str | None, login: str | None, password: str | None, extra: dict[str, Any]
+    ) -> ConnectionSettings:
+        from airflow_provider_smart.connection import settings_from_connection
+
+        settings = settings_from_connection(host, login, password, extra, conn_id=self.smart_conn_id)
+        mask_secrets(*settings.secrets)
+        return settings
+
+    @cached_property
+    def origins(self) -> OriginPolicy:
+        """The origins that may receive the token: one policy shared by the auth and the Bulk Data client."""
+        from airflow_provider_smart.origins import OriginPolicy
+
+        return OriginPolicy()
 
     @cached_property
     def auth(self) -> TokenAuth:
@@ -82,29 +95,45 @@ class SmartHook(BaseHook):
         from airflow_provider_smart.connection import build_auth
         from airflow_provider_smart.hooks.token_stores import airflow_token_store
 
-        return build_auth(self.settings, scope=self.scope, on_new_token=mask_token, store_factory=airflow_token_store)
+        return build_auth(
+            self.settings,
+            scope=self.scope,
+            on_new_token=mask_token,
+            store_factory=airflow_token_store,
+            origins=self.origins,
+        )
 
     @property
     def fhir_base_url(self) -> str:
         return self.settings.fhir_base_url
 
-    def get_conn(self, *, pool_size: int = 10) -> requests.Session:
+    def get_conn(self, *, pool_size: int | None = None) -> requests.Session:
         """A ``requests.Session`` whose requests to the FHIR server carry a fresh bearer token."""
         from airflow_provider_smart.connection import build_session
+        from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE
 
-        return build_session(self.settings, self.auth, pool_size=pool_size)
+        return build_session(self.settings, self.auth, pool_size=pool_size or DEFAULT_POOL_SIZE)
 
-    def get_bulk_client(self, *, max_concurrent_downloads: int = 4, **kwargs: Any) -> BulkExportClient:
+    def get_bulk_client(
+        self,
+        *,
+        max_concurrent_downloads: int = 4,
+        transient_retries: int | None = None,
+        comma_join_repeats: bool = False,
+    ) -> BulkExportClient:
         """A Bulk Data client over this connection's session (pool sized for the parallel downloads)."""
-        from airflow_provider_smart.bulk import BulkExportClient
+        from airflow_provider_smart.bulk import BulkExportClient, RetryPolicy
+        from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE
 
-        session = self.get_conn(pool_size=max(10, max_concurrent_downloads + 2))
+        retry = RetryPolicy() if transient_retries is None else RetryPolicy(attempts=transient_retries)
         return BulkExportClient(
-            session,
+            self.get_conn(pool_size=max(DEFAULT_POOL_SIZE, max_concurrent_downloads + 2)),
             self.fhir_base_url,
+            origins=self.origins,
             allowed_hosts=self.settings.allowed_hosts,
             timeout=self.settings.timeout,
-            **kwargs,
+            retry=retry,
+            comma_join_repeats=comma_join_repeats,
         )
 
     def get_token(self, *, force_refresh: bool = False) -> StoredToken:

@@ -1,82 +1,74 @@
 """FHIR Bulk Data export operators: kick-off + wait + download in one task, or download on its own.
 
-Importing this module is cheap (Airflow parses DAG files constantly): the Bulk Data client, the trigger
-and ``requests`` are imported inside ``execute()``.
+Thin adapters over :class:`~airflow_provider_smart.bulk.workflow.ExportWorkflow`. Importing this module is
+cheap (Airflow parses DAG files constantly): the Bulk Data client, the trigger and ``requests`` are
+imported inside ``execute()``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
+from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_provider_smart.hooks.smart import SmartHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_smart.bulk import BulkExportClient, ExportManifest
-    from airflow_provider_smart.export_job import ExportJob
+    from airflow_provider_smart.bulk import BulkExportClient, ExportManifest, ExportWorkflow
+    from airflow_provider_smart.bulk.workflow import StartedExport
 
 EXPORT_LEVELS = ("system", "patient", "group")
 KICKOFF_METHODS = ("auto", "GET", "POST")
 ONE_WEEK = 7 * 24 * 3600.0
 
 
-def log_summary(log: Any, summary: dict[str, Any]) -> None:
-    """One line per resource type: files, resources and bytes landed."""
-    totals: dict[tuple[str, str], list[int]] = {}
-    for kind in ("output", "deleted", "error"):
-        for entry in summary.get(kind) or []:
-            row = totals.setdefault((kind, entry.get("type") or "?"), [0, 0, 0])
-            row[0] += 1
-            row[1] += entry.get("lines") or 0
-            row[2] += entry.get("bytes") or 0
-    lines = [f"{'kind':<8} {'type':<24} {'files':>6} {'resources':>10} {'MB':>10}"]
-    for (kind, rtype), (files, resources, size) in sorted(totals.items()):
-        lines.append(f"{kind:<8} {rtype:<24} {files:>6} {resources:>10} {size / 1e6:>10.2f}")
-    log.info("Bulk export landed in %s:\n%s", summary.get("destination"), "\n".join(lines))
+class _ExportTaskMixin:
+    """What both operators share: the hook, the client, and the workflow over ``destination``."""
 
-
-class _BulkDownloadMixin:
-    """Download a complete export into its destination and record it (shared by both operators)."""
-
-    log: Any
+    smart_conn_id: str
+    scope: str | None
+    destination: Any
     max_concurrent_downloads: int
     check_resource_types: bool
     delete_on_success: bool
+    transient_retries: int | None = None
+    comma_join_repeats: bool = False
 
-    def _land(self, client: BulkExportClient, job: ExportJob, status_url: str, manifest: ExportManifest) -> dict:
-        started = time.monotonic()
-        report = client.download(
-            manifest,
-            job.destination,
+    @cached_property
+    def hook(self) -> SmartHook:
+        return SmartHook(self.smart_conn_id, scope=self.scope)
+
+    @cached_property
+    def client(self) -> BulkExportClient:
+        return self.hook.get_bulk_client(
+            max_concurrent_downloads=self.max_concurrent_downloads,
+            transient_retries=self.transient_retries,
+            comma_join_repeats=self.comma_join_repeats,
+        )
+
+    def workflow(self, identity: dict[str, Any]) -> ExportWorkflow:
+        from airflow_provider_smart.bulk import DownloadOptions, ExportWorkflow
+        from airflow_provider_smart.operators._destination import resolve_destination
+
+        options = DownloadOptions(
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
-            skip_existing=True,
         )
-        summary = job.record_completion(status_url, manifest, report)
-        self.log.info("Downloaded in %.1f s.", time.monotonic() - started)
-        log_summary(self.log, summary)
-        if self.delete_on_success:
-            # Epic and Cerner allow one export per client at a time: free the slot once the files are ours.
-            client.cancel(status_url)
-        return summary
-
-    @staticmethod
-    def _raise_for_error_issues(summary: dict[str, Any]) -> None:
-        issues = summary.get("error_issues") or []
-        if issues:
-            listed = "; ".join(f"{i.get('severity')} {i.get('code')}: {i.get('diagnostics')}" for i in issues[:10])
-            raise AirflowException(
-                f"The server reported {len(issues)} error issue(s) in the export's error files "
-                f"(all files were saved to {summary.get('destination')}): {listed}"
-            )
+        return ExportWorkflow(
+            self.client,
+            resolve_destination(self.destination),
+            identity,
+            options=options,
+            delete_on_success=self.delete_on_success,
+        )
 
 
-class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
+class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     """Kick off a FHIR Bulk Data export, wait for it, and land its files in ``destination``.
 
     Files go to ``<destination>/<Type>.<n>.ndjson`` (``deleted/`` and ``error/`` subfolders), followed by
@@ -203,14 +195,6 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         self._status_url: str | None = None
 
     # --- building blocks --------------------------------------------------------------------------
-    def _client(self) -> BulkExportClient:
-        hook = SmartHook(self.smart_conn_id, scope=self.scope)
-        return hook.get_bulk_client(
-            max_concurrent_downloads=self.max_concurrent_downloads,
-            comma_join_repeats=self.comma_join_repeats,
-            transient_retries=self.transient_retries,
-        )
-
     def _resolve_since(self, context: Context) -> str | None:
         if self.since != "auto":
             return self.since or None
@@ -221,8 +205,8 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         self.log.info("since='auto': no earlier successful run, so this is a full export.")
         return None
 
-    def _request_params(self, context: Context) -> dict[str, Any]:
-        """The kick-off parameters as plain JSON (they fingerprint the export and ride through deferral)."""
+    def _export_request(self, context: Context) -> dict[str, Any]:
+        """The kick-off parameters as plain JSON (they identify the export and ride through deferral)."""
         from airflow_provider_smart.bulk import ExportRequest
 
         request = ExportRequest(
@@ -241,121 +225,100 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         )
         return request.to_dict()
 
-    def _job(self, params: dict[str, Any]) -> ExportJob:
-        from airflow_provider_smart.export_job import ExportJob
-
-        return ExportJob(self.destination, params)
-
     # --- execution --------------------------------------------------------------------------------
-    def _start(self, client: BulkExportClient, job: ExportJob | None, params: dict[str, Any]) -> tuple[str, Any]:
-        """Re-attach to this export's earlier kick-off if it still exists, else kick off; first status."""
-        from airflow_provider_smart.bulk import ExportRequest
-        from airflow_provider_smart.exceptions import BulkExportError
-
-        status_url = job.export_in_flight() if job is not None else None
-        if status_url:
-            self.log.info("Re-attaching to the export an earlier try started: %s", status_url)
-            client.allow_origin(status_url)
-            try:
-                return status_url, client.poll(status_url)
-            except BulkExportError as exc:
-                # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
-                self.log.warning("That export cannot be resumed (%s); starting a new one.", exc)
-                assert job is not None
-                job.forget_kickoff()
-        status_url = client.kick_off(ExportRequest(**params))
-        self.log.info("Export kicked off; status URL %s", status_url)
-        if job is not None:
-            job.record_kickoff(status_url)
-        return status_url, None
-
     def execute(self, context: Context) -> dict[str, Any]:
-        params = self._request_params(context)
-        client = self._client()
-        job = self._job(params) if self.destination else None
-        if job is not None and (done := job.completed_summary()) is not None:
-            self.log.info("This export already landed in %s; nothing to do.", job.destination)
-            self._raise_for_error_issues(done)
-            return self._finish(context, done)
+        from airflow_provider_smart.bulk import ExportRequest
+        from airflow_provider_smart.bulk.workflow import StartedExport
 
-        status_url, first = self._start(client, job, params)
+        export_request = self._export_request(context)
+        workflow = self.workflow(export_request) if self.destination else None
+        if workflow is not None and (done := workflow.completed_summary()) is not None:
+            self.log.info("This export already landed in %s; nothing to do.", workflow.destination)
+            return self._finish(context, done)
+        request = ExportRequest(**export_request)
+        started = workflow.start(request) if workflow is not None else StartedExport(self.client.kick_off(request))
+        self._remember(context, started.status_url)
+        if not self.wait_for_completion:
+            return {"status_url": started.status_url}
+        assert workflow is not None
+        if self.deferrable:
+            return self.execute_async(context, workflow, started, export_request)
+        return self.execute_sync(context, workflow, started)
+
+    def _remember(self, context: Context, status_url: str) -> None:
         self._status_url = status_url
         # Pushed before any wait, so a user (or a later task) can find the export even if this one dies.
         context["ti"].xcom_push(key="status_url", value=status_url)
-        if not self.wait_for_completion:
-            return {"status_url": status_url}
-        assert job is not None
 
-        if self.deferrable:
-            result = first or client.poll(status_url)
-            if not result.complete:
-                from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
+    def execute_sync(self, context: Context, workflow: ExportWorkflow, started: StartedExport) -> dict[str, Any]:
+        from airflow_provider_smart.exceptions import ExportTimeoutError
 
-                self.defer(
-                    trigger=SmartBulkExportTrigger(
-                        status_url=status_url,
-                        smart_conn_id=self.smart_conn_id,
-                        end_time=time.time() + self.timeout,
-                        poll_interval=self.poll_interval,
-                        max_poll_interval=self.max_poll_interval,
-                        scope=self.scope,
-                    ),
-                    method_name="execute_complete",
-                    kwargs={"params": params},
-                )
-            manifest = result.manifest
+        first = started.first_status
+        if first is not None and first.complete:
+            assert first.manifest is not None
+            manifest = first.manifest
         else:
-            deadline = time.monotonic() + self.timeout
             try:
-                manifest = client.wait(
-                    status_url,
+                manifest = self.client.wait(
+                    started.status_url,
                     poll_interval=self.poll_interval,
                     max_poll_interval=self.max_poll_interval,
                     timeout=self.timeout,
-                    on_progress=self._log_progress(),
                 )
-            except Exception:
-                if time.monotonic() >= deadline:
-                    self._cancel_if_asked(status_url, "the wait timed out")
+            except ExportTimeoutError:
+                self._cancel_if_asked(started.status_url, "the wait timed out")
                 raise
-        return self._complete(context, client, job, status_url, manifest)
+        return self._complete(context, workflow, started.status_url, manifest)
 
-    def _log_progress(self) -> Any:
-        started = time.monotonic()
+    def execute_async(
+        self, context: Context, workflow: ExportWorkflow, started: StartedExport, export_request: dict[str, Any]
+    ) -> dict[str, Any]:
+        result = started.first_status or self.client.poll(started.status_url)
+        if result.complete:
+            assert result.manifest is not None
+            return self._complete(context, workflow, started.status_url, result.manifest)
+        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
 
-        def log_progress(result: Any) -> None:
-            self.log.info(
-                "Export in progress (%s) after %.0f s.",
-                result.progress or "no progress reported",
-                time.monotonic() - started,
-            )
+        self.defer(
+            trigger=SmartBulkExportTrigger(
+                status_url=started.status_url,
+                smart_conn_id=self.smart_conn_id,
+                end_time=time.time() + self.timeout,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                scope=self.scope,
+            ),
+            method_name="execute_complete",
+            kwargs={"export_request": export_request},
+        )
 
-        return log_progress
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, export_request: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resume after the trigger: land the files on success, re-raise the trigger's error otherwise."""
+        from airflow_provider_smart.exceptions import ExportTimeoutError
+        from airflow_provider_smart.triggers.bulk_export import raise_for_event
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None, params: Any = None) -> dict:
-        if not event:
-            raise AirflowException("The bulk export trigger ended without an event.")
-        status_url = event.get("status_url") or ""
+        status_url = (event or {}).get("status_url") or ""
         self._status_url = status_url
-        if event.get("status") == "timeout":
+        try:
+            raise_for_event(event)
+        except ExportTimeoutError:
             self._cancel_if_asked(status_url, "the wait timed out")
-        if event.get("status") != "success":
-            raise AirflowException(
-                f"Bulk export {event.get('status')}: {event.get('message')} (status URL {status_url})"
-            )
-        client = self._client()
-        client.allow_origin(status_url)
-        manifest = client.poll(status_url).manifest
-        return self._complete(context, client, self._job(params or {}), status_url, manifest)
+            raise
+        workflow = self.workflow(export_request or {})
+        return self._complete(context, workflow, status_url, self.client.poll(status_url).manifest)
 
     def _complete(
-        self, context: Context, client: BulkExportClient, job: ExportJob, status_url: str, manifest: Any
+        self, context: Context, workflow: ExportWorkflow, status_url: str, manifest: ExportManifest | None
     ) -> dict[str, Any]:
-        summary = self._land(client, job, status_url, manifest)
-        self._raise_for_error_issues(summary)
-        return self._finish(context, summary)
+        assert manifest is not None
+        return self._finish(context, workflow.land(status_url, manifest))
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        from airflow_provider_smart.bulk.workflow import raise_for_error_issues
+
+        raise_for_error_issues(summary)
         # Pushed only on success: it is what the next run's since="auto" starts from.
         context["ti"].xcom_push(key="transaction_time", value=summary.get("transaction_time"))
         return summary
@@ -364,7 +327,7 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         if not (self.cancel_on_kill and status_url):
             return
         try:
-            gone = self._client().cancel(status_url)
+            gone = self.client.cancel(status_url)
             self.log.info("Cancelled export %s (%s)%s.", status_url, why, "" if gone else ": it was already gone")
         except Exception as exc:  # cancelling is best effort; the original failure matters more
             self.log.warning("Could not cancel export %s: %s", status_url, exc)
@@ -373,7 +336,7 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
         self._cancel_if_asked(self._status_url, "the task was killed")
 
 
-class SmartBulkExportDownloadOperator(_BulkDownloadMixin, BaseOperator):
+class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     """Download a completed export: all of it, or one ``batch`` of files (for ``.expand()``).
 
     With ``batch`` (one item of :class:`~airflow_provider_smart.sensors.bulk_export.SmartBulkExportSensor`'s
@@ -415,49 +378,16 @@ class SmartBulkExportDownloadOperator(_BulkDownloadMixin, BaseOperator):
         self.scope = scope
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_smart.export_job import ExportJob, resolve_destination
-
-        hook = SmartHook(self.smart_conn_id, scope=self.scope)
-        client = hook.get_bulk_client(max_concurrent_downloads=self.max_concurrent_downloads)
         if self.batch:
-            return self._download_batch(client, resolve_destination(self.destination))
+            status_url = self.batch["status_url"]
+            report = self.workflow({"status_url": status_url}).land_batch(status_url, list(self.batch["paths"]))
+            totals = report.totals()
+            self.log.info("Batch done: %s", totals)
+            return totals
         assert self.status_url
-        job = ExportJob(self.destination, {"status_url": self.status_url})
-        if (done := job.completed_summary()) is not None:
-            self._raise_for_error_issues(done)
-            return done
-        result = client.poll(self.status_url)
-        if result.state != "complete":
-            raise AirflowException(f"Export {self.status_url} is not complete yet ({result.progress}).")
-        summary = self._land(client, job, self.status_url, result.manifest)
-        self._raise_for_error_issues(summary)
+        from airflow_provider_smart.bulk.workflow import raise_for_error_issues
+
+        workflow = self.workflow({"status_url": self.status_url})
+        summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
+        raise_for_error_issues(summary)
         return summary
-
-    def _download_batch(self, client: BulkExportClient, destination: Any) -> dict[str, Any]:
-        from airflow_provider_smart.bulk import plan_files
-
-        assert self.batch is not None
-        status_url = self.batch["status_url"]
-        client.allow_origin(status_url)
-        result = client.poll(status_url)
-        if not result.complete:
-            raise AirflowException(f"Export {status_url} is not complete ({result.progress}).")
-        wanted = set(self.batch["paths"])
-        entries = [e for e in plan_files(result.manifest) if e["path"] in wanted]
-        if len(entries) != len(wanted):
-            raise AirflowException(
-                f"{len(wanted) - len(entries)} file(s) of this batch are no longer in the export's manifest "
-                f"({status_url}); re-run the sensor to plan again."
-            )
-        report = client.download_batch(
-            entries,
-            destination,
-            requires_access_token=result.manifest.requires_access_token,
-            status_url=status_url,
-            max_concurrent_downloads=self.max_concurrent_downloads,
-            check_resource_types=self.check_resource_types,
-            skip_existing=True,
-        )
-        totals = report.to_dict()["totals"]
-        self.log.info("Batch done: %s", totals)
-        return totals

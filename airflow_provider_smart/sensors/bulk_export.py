@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_provider_smart.hooks.smart import SmartHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_smart.bulk import BulkExportClient, ExportManifest
 
 
 class SmartBulkExportSensor(BaseSensorOperator):
@@ -50,26 +53,24 @@ class SmartBulkExportSensor(BaseSensorOperator):
         self.max_poll_interval = max_poll_interval
         self.scope = scope
 
-    def _client(self) -> Any:
-        return SmartHook(self.smart_conn_id, scope=self.scope).get_bulk_client()
+    @cached_property
+    def hook(self) -> SmartHook:
+        return SmartHook(self.smart_conn_id, scope=self.scope)
 
-    def _batches(self, manifest: Any) -> list[dict[str, Any]]:
-        from airflow_provider_smart.bulk import batch, plan_files
+    @cached_property
+    def client(self) -> BulkExportClient:
+        """Built once and reused by every poke of this task attempt (one session, one cached token)."""
+        return self.hook.get_bulk_client()
 
-        # Batches name files by their planned path only: XCom never holds file URLs (pre-signed ones are
-        # capabilities), and each download task re-reads the manifest, so expired links get refreshed.
-        return [
-            {
-                "status_url": self.status_url,
-                "paths": [f["path"] for f in files],
-                "count": sum(f["count"] or 0 for f in files),
-            }
-            for files in batch(plan_files(manifest), max_batches=self.max_batches)
-        ]
+    def _batches(self, manifest: ExportManifest | None) -> list[dict[str, Any]]:
+        from airflow_provider_smart.bulk import plan_batches
+
+        assert manifest is not None
+        return plan_batches(manifest, self.status_url, self.max_batches)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        result = self._client().poll(self.status_url)
-        if result.state == "complete":
+        result = self.client.poll(self.status_url)
+        if result.complete:
             return PokeReturnValue(is_done=True, xcom_value=self._batches(result.manifest))
         self.log.info("Export %s in progress: %s", self.status_url, result.progress or "no progress reported")
         return PokeReturnValue(is_done=False)
@@ -95,7 +96,8 @@ class SmartBulkExportSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        if not event or event.get("status") != "success":
-            status = event.get("status") if event else "ended without an event"
-            raise AirflowException(f"Bulk export {status}: {(event or {}).get('message')} ({self.status_url})")
-        return self._batches(self._client().poll(self.status_url).manifest)
+        """Resume after the trigger: plan the batches on success, re-raise the trigger's error otherwise."""
+        from airflow_provider_smart.triggers.bulk_export import raise_for_event
+
+        raise_for_event(event)
+        return self._batches(self.client.poll(self.status_url).manifest)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from airflow_provider_smart.bulk import BulkExportClient
+
+DEFAULT_MAX_POLL_INTERVAL = 600.0  # the same cap as the operator's and the client's
 
 
 class SmartBulkExportTrigger(BaseTrigger):
@@ -15,8 +20,14 @@ class SmartBulkExportTrigger(BaseTrigger):
 
     Its serialised arguments are plain JSON and hold nothing secret: the auth is rebuilt from the
     connection id (fetched the async way) every time the trigger starts, so a triggerer restart or a
-    move to another triggerer just resumes polling. Yields exactly one event:
-    ``{"status": "success" | "error" | "timeout", "status_url", "message", "progress", "polls"}``.
+    move to another triggerer just resumes polling. Polls read only the status (code, headers,
+    progress), never the manifest pages: the operator reads the manifest once, after completion.
+    Everything blocking (building the session, importing ``requests``, each HTTP call) runs in a
+    thread, so the triggerer's event loop, shared with other DAGs, never waits on it.
+
+    Yields exactly one event: ``{"status": "success" | "error" | "timeout", "status_url", "message",
+    "progress", "polls"}``, plus ``"error"`` (the error's ``to_dict()``) on errors, which
+    :func:`raise_for_event` turns back into the same kind of exception.
 
     :param status_url: the export's status URL (``Content-Location`` of the kick-off).
     :param smart_conn_id: the ``smart`` connection.
@@ -33,7 +44,7 @@ class SmartBulkExportTrigger(BaseTrigger):
         smart_conn_id: str,
         end_time: float,
         poll_interval: float = 30.0,
-        max_poll_interval: float = 3600.0,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         scope: str | None = None,
     ) -> None:
         super().__init__()
@@ -57,12 +68,13 @@ class SmartBulkExportTrigger(BaseTrigger):
             },
         )
 
-    async def _client(self) -> Any:
+    async def _client(self) -> BulkExportClient:
         from airflow_provider_smart.hooks.smart import SmartHook
 
         hook = SmartHook(self.smart_conn_id, scope=self.scope)
         await hook.aresolve_settings()
-        return hook.get_bulk_client()
+        # requests, PyJWT and cryptography are imported and the session built here: off the event loop.
+        return await asyncio.to_thread(hook.get_bulk_client)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         event: dict[str, Any] = {"status_url": self.status_url, "polls": 0, "progress": None}
@@ -72,10 +84,9 @@ class SmartBulkExportTrigger(BaseTrigger):
 
             started = time.monotonic()
             while True:
-                # The client is synchronous (requests); a thread keeps the triggerer's event loop free.
-                result = await asyncio.to_thread(client.poll, self.status_url)
+                result = await asyncio.to_thread(client.status, self.status_url)
                 event["polls"] += 1
-                if result.state == "complete":
+                if result.complete:
                     yield TriggerEvent({**event, "status": "success", "message": "Export complete."})
                     return
                 event["progress"] = result.progress
@@ -87,11 +98,37 @@ class SmartBulkExportTrigger(BaseTrigger):
                 )
                 remaining = self.end_time - time.time()
                 if remaining <= 0:
-                    yield TriggerEvent(
-                        {**event, "status": "timeout", "message": "The export did not finish before the timeout."}
-                    )
+                    message = "The export did not finish before the timeout."
+                    yield TriggerEvent({**event, "status": "timeout", "message": message})
                     return
                 delay = next_poll_delay(result.retry_after, event["polls"], self.poll_interval, self.max_poll_interval)
                 await asyncio.sleep(min(delay, remaining))
         except Exception as exc:  # triggers report errors as events; the operator raises them
-            yield TriggerEvent({**event, "status": "error", "message": f"{type(exc).__name__}: {exc}"})
+            from airflow_provider_smart.exceptions import SmartError
+
+            error = exc.to_dict() if isinstance(exc, SmartError) else None
+            yield TriggerEvent({**event, "status": "error", "message": str(exc), "error": error})
+
+
+def raise_for_event(event: dict[str, Any] | None) -> None:
+    """Raise what a trigger event reports, if it is not a success: the trigger's own error kind, an
+    :class:`~airflow_provider_smart.exceptions.ExportTimeoutError` on timeout."""
+    from airflow_provider_smart.exceptions import BulkExportError, ExportTimeoutError, error_from_dict
+
+    if not event:
+        raise BulkExportError("The bulk export trigger ended without an event.")
+    status, status_url = event.get("status"), event.get("status_url")
+    if status == "success":
+        return
+    if status == "timeout":
+        raise ExportTimeoutError(
+            f"The export at {status_url} did not finish before the timeout (last progress: "
+            f"{event.get('progress') or 'none'}). It keeps running on the server unless cancelled.",
+            status_url=status_url,
+            progress=event.get("progress"),
+        )
+    if isinstance(event.get("error"), dict):
+        raise error_from_dict(event["error"])
+    raise BulkExportError(
+        f"Bulk export {status}: {event.get('message')} (status URL {status_url})", status_url=status_url
+    )

@@ -116,9 +116,10 @@ def sb(sandbox_factory: Callable[..., Any]) -> Any:
 
 @pytest.fixture
 def make_client(signing_key: Any, fake_time: FakeTime) -> Callable[..., Any]:
-    """``make_client(sb, **BulkExportClient kwargs)``: an authenticated client on a fake clock."""
+    """``make_client(sb, **kwargs)``: an authenticated client on a fake clock. ``kwargs`` are
+    BulkExportClient's, plus RetryPolicy's (``attempts``, ``backoff_base``, ``max_retry_after``...)."""
     from airflow_provider_smart.auth import BackendServicesAuth
-    from airflow_provider_smart.bulk import BulkExportClient
+    from airflow_provider_smart.bulk import BulkExportClient, RetryPolicy
 
     def make(sb: Any, **kwargs: Any) -> Any:
         auth = BackendServicesAuth(
@@ -130,10 +131,13 @@ def make_client(signing_key: Any, fake_time: FakeTime) -> Callable[..., Any]:
         )
         session = requests.Session()
         session.auth = auth
-        kwargs.setdefault("sleep", fake_time.sleep)
+        policy = {
+            k: kwargs.pop(k) for k in ("attempts", "backoff_base", "backoff_max", "max_retry_after") if k in kwargs
+        }
+        policy.setdefault("backoff_base", 0.01)
         kwargs.setdefault("clock", fake_time.clock)
-        kwargs.setdefault("backoff_base", 0.01)
-        return BulkExportClient(session, sb.url, **kwargs)
+        retry = RetryPolicy(sleep=fake_time.sleep, **policy)
+        return BulkExportClient(session, sb.url, retry=retry, **kwargs)
 
     return make
 

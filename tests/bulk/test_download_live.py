@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from airflow_provider_smart.bulk import BulkDownloadError, ExportRequest, plan_files
+from airflow_provider_smart.bulk import BulkDownloadError, DownloadOptions, ExportRequest, plan_files
 from airflow_provider_smart.bulk.download import CHUNK_SIZE
 
 
@@ -80,12 +80,12 @@ def test_5xx_and_429_on_files_are_retried_with_retry_after(sb, make_client, tmp_
 
 
 def test_a_file_that_keeps_failing_fails_alone(sb, make_client, tmp_path) -> None:
-    client = make_client(sb, transient_retries=1)
+    client = make_client(sb, attempts=1)
     manifest = export(client, resource_types=["Patient", "Condition"])
     bad = next(f.url for f in manifest.output if f.type == "Condition")
     sb.add_fault("file", after_bytes=10, times=2)
     with pytest.raises(BulkDownloadError) as info:
-        client.download(manifest, tmp_path, max_concurrent_downloads=1)
+        client.download(manifest, tmp_path, DownloadOptions(max_concurrent_downloads=1))
     message = str(info.value)
     assert "1 of 2 file(s) failed" in message and "gave up after 2 attempts" in message
     failed = info.value.context["failures"]
@@ -116,7 +116,7 @@ def test_count_mismatch_fails_the_file(sb, make_client, tmp_path) -> None:
     with pytest.raises(BulkDownloadError, match="20 resources but the manifest says 21"):
         client.download(manifest, tmp_path)
     assert list(tmp_path.iterdir()) == []
-    report = client.download(manifest, tmp_path, check_counts=False)
+    report = client.download(manifest, tmp_path, DownloadOptions(check_counts=False))
     assert report.files[0].lines == 20
 
 
@@ -125,7 +125,7 @@ def test_resource_type_mismatch_fails_the_file(sb, make_client, tmp_path) -> Non
     manifest = export(client, resource_types=["Patient"])
     manifest.output[0].type = "Condition"
     with pytest.raises(BulkDownloadError, match=r"resourceType 'Patient'.*'Condition'"):
-        client.download(manifest, tmp_path, check_resource_types=True)
+        client.download(manifest, tmp_path, DownloadOptions(check_resource_types=True))
     report = client.download(manifest, tmp_path)  # the check is opt-in
     assert report.files[0].path.endswith("Condition.1.ndjson")
 
@@ -135,7 +135,7 @@ def test_token_expired_mid_download_is_renewed_once(sb, make_client, tmp_path) -
     manifest = export(client)
     minted = sb.token_requests
     sb.expire_tokens()
-    report = client.download(manifest, tmp_path, max_concurrent_downloads=4)
+    report = client.download(manifest, tmp_path, DownloadOptions(max_concurrent_downloads=4))
     assert report.totals()["lines"] == 200
     assert sb.token_requests == minted + 1  # concurrent 401s share one renewal
     statuses = [r["status"] for r in file_requests(sb)]
@@ -240,7 +240,7 @@ def test_skip_existing_on_a_second_download(sb, make_client, tmp_path) -> None:
     report = client.download(manifest, tmp_path)
     assert [f.type for f in report.files if not f.skipped] == ["Patient"]
     assert not (tmp_path / ".Patient.1.ndjson.part").exists()
-    again = client.download(manifest, tmp_path, skip_existing=False)
+    again = client.download(manifest, tmp_path, DownloadOptions(skip_existing=False))
     assert not any(f.skipped for f in again.files)
 
 

@@ -6,7 +6,9 @@ import pytest
 import requests
 
 from airflow_provider_smart.bulk import BulkExportClient, BulkExportError, ExportManifest
-from airflow_provider_smart.bulk.download import FileDownloader, _Transient, as_destination
+from airflow_provider_smart.bulk.download import FileDownloader
+from airflow_provider_smart.bulk.retry import TransientFailure
+from airflow_provider_smart.bulk.storage import as_destination
 
 
 class Raw:
@@ -26,7 +28,7 @@ def response(headers: dict[str, str], raw: object) -> requests.Response:
 
 
 def test_short_body_is_transient() -> None:
-    with pytest.raises(_Transient, match="ended after 90 of 100 bytes"):
+    with pytest.raises(TransientFailure, match="ended after 90 of 100 bytes"):
         FileDownloader._check_complete(response({"Content-Length": "100"}, Raw(90)), 90)
     # gzip: Content-Length counts the bytes on the wire, not the decoded ones
     FileDownloader._check_complete(response({"Content-Length": "100"}, Raw(100)), 300)
@@ -34,7 +36,7 @@ def test_short_body_is_transient() -> None:
 
 
 def test_short_body_without_tell_compares_decoded_bytes_unless_encoded() -> None:
-    with pytest.raises(_Transient):
+    with pytest.raises(TransientFailure):
         FileDownloader._check_complete(response({"Content-Length": "100"}, object()), 99)
     encoded = {"Content-Length": "100", "Content-Encoding": "gzip"}
     FileDownloader._check_complete(response(encoded, object()), 5)

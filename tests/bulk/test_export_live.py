@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_smart.bulk import BulkExportError, ExportRequest
+from airflow_provider_smart.bulk import BulkExportError, DownloadOptions, ExportRequest
 from airflow_provider_smart.testing import operation_outcome
 
 COUNTS = {"Patient": 20, "Observation": 100, "Condition": 40, "Encounter": 40}  # 20 patients
@@ -83,7 +83,7 @@ def test_429_at_kickoff_with_an_epoch_retry_after_is_clamped(sb, make_client, fa
 def test_429_at_kickoff_gives_up_after_the_retries(sb, make_client) -> None:
     sb.add_fault("kickoff", status=429, headers={"Retry-After": "1"}, times=5)
     with pytest.raises(BulkExportError, match=r"HTTP 429.*one at a time"):
-        make_client(sb, transient_retries=2).kick_off(ExportRequest())
+        make_client(sb, attempts=2).kick_off(ExportRequest())
 
 
 def test_kickoff_without_content_location(sb, make_client) -> None:
@@ -149,7 +149,7 @@ def test_transient_status_faults_are_retried(sb, make_client, fake_time) -> None
 
 
 def test_transient_status_faults_give_up_after_the_retries(sb, make_client) -> None:
-    client = make_client(sb, transient_retries=2)
+    client = make_client(sb, attempts=2)
     status_url = client.kick_off(ExportRequest())
     sb.add_fault("status", status=503, times=3)
     with pytest.raises(BulkExportError, match=r"kept failing.*after 3 attempts"):
@@ -195,7 +195,7 @@ def test_paged_manifest_is_followed_and_merged(sandbox_factory, make_client, fak
     assert len(manifest.output) == 2 + 7 + 3 + 3
     assert len({f.url for f in manifest.output}) == len(manifest.output)
     assert sum(1 for r in sb.requests_log if "page=" in r["query"]) >= 2 * (len(manifest.output) - 1)
-    report = client.download(manifest, tmp_path, max_concurrent_downloads=8)
+    report = client.download(manifest, tmp_path, DownloadOptions(max_concurrent_downloads=8))
     assert sum(f.lines for f in report.files if f.type == "Observation") == 100
     assert sorted(p.name for p in tmp_path.glob("Observation.*"))[-1] == "Observation.7.ndjson"
 

@@ -10,8 +10,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from airflow_provider_smart.bulk import BulkExportClient
-from airflow_provider_smart.bulk.client import ensure_pool_size, make_plain_session
 from airflow_provider_smart.bulk.urls import OriginPolicy, origin_of, redact_url
+from airflow_provider_smart.sessions import ensure_pool_size, token_free_copy
 
 
 def test_origin_of_makes_default_ports_explicit() -> None:
@@ -43,7 +43,7 @@ def test_plain_session_copies_settings_but_no_credentials() -> None:
     session.verify = "/etc/ca.pem"
     session.proxies = {"https": "http://proxy:3128"}
     session.headers.update({"Authorization": "Bearer x", "Epic-Client-ID": "abc"})
-    plain = make_plain_session(session)
+    plain = token_free_copy(session)
     assert plain.verify == "/etc/ca.pem"
     assert plain.proxies == {"https": "http://proxy:3128"}
     assert plain.headers["Epic-Client-ID"] == "abc"
@@ -64,30 +64,30 @@ def test_pool_size_is_raised_and_retries_kept() -> None:
     assert session.get_adapter("https://h/")._pool_maxsize == 16
 
 
-def test_client_trusts_its_base_and_tells_the_auth_about_status_urls() -> None:
-    class OriginAuth(requests.auth.AuthBase):
-        def __init__(self) -> None:
-            self.allowed: list[str] = []
+def test_client_and_auth_share_one_origin_policy() -> None:
+    from airflow_provider_smart.auth import BackendServicesAuth, generate_private_key, private_key_to_pem
 
-        def allow_origin(self, url: str) -> None:
-            self.allowed.append(url)
-
-        def is_allowed(self, url: str) -> bool:
-            return False
-
-        def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-            return r
-
+    auth = BackendServicesAuth(
+        client_id="c",
+        private_key=private_key_to_pem(generate_private_key("ES384")),
+        kid="k",
+        fhir_base_url="https://ehr.example/fhir",
+        scope="system/*.rs",
+    )
     session = requests.Session()
-    session.auth = OriginAuth()
+    session.auth = auth
     client = BulkExportClient(session, "https://ehr.example/fhir/", allowed_hosts=["files.example"])
     assert client.fhir_base_url == "https://ehr.example/fhir"
-    assert client.trusted.allows("https://ehr.example/x") and client.trusted.allows("https://files.example/y")
+    assert client.transport.origins is auth.origins
+    assert auth.is_allowed("https://files.example/y")  # the client's allowed hosts reach the auth too
     client.allow_origin("https://status.example/job")
-    assert session.auth.allowed == ["https://status.example/job"]
-    assert client.trusted.allows("https://status.example/other")
-    # A session without auth is fine too.
-    BulkExportClient(requests.Session(), "https://ehr.example/fhir").allow_origin("https://x/y")
+    assert auth.is_allowed("https://status.example/other") and client.transport.trusts("https://status.example/x")
+    assert not auth.is_allowed("https://evil.example/x")
+    # An explicit policy wins, and a session without a token auth is fine too.
+    shared = OriginPolicy()
+    other = BulkExportClient(requests.Session(), "https://ehr.example/fhir", origins=shared)
+    other.allow_origin("https://x/y")
+    assert other.transport.origins is shared and shared.allows("https://x/z")
 
 
 def test_importing_the_package_is_cheap() -> None:

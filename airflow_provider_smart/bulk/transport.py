@@ -1,0 +1,76 @@
+"""What the Bulk Data client and its downloader share: two sessions, one origin policy, one retry policy.
+
+The authenticated session carries the token (its auth attaches it only to origins the policy allows);
+the token-free twin serves files whose manifest says ``requiresAccessToken: false`` and any URL on an
+origin we do not trust. Both the auth and this transport consult the same :class:`OriginPolicy`
+object, so trusting a status URL's origin once trusts it everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+
+from airflow_provider_smart.bulk.retry import RetryPolicy
+from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, ensure_pool_size, token_free_copy
+
+
+def shared_origins(session: requests.Session) -> OriginPolicy | None:
+    """The origin policy of the session's token auth, if it keeps one (``TokenAuth.origins``)."""
+    origins = getattr(getattr(session, "auth", None), "origins", None)
+    return origins if isinstance(origins, OriginPolicy) else None
+
+
+class BulkTransport:
+    """Sessions, origins, timeout and retry policy of one Bulk Data client.
+
+    :param session: the authenticated session.
+    :param origins: origins that may receive the token; by default the session's auth's own policy
+        (so both stay one), else a new one. ``trusted_urls`` and ``allowed_hosts`` are added to it.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        origins: OriginPolicy | None = None,
+        trusted_urls: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.session = session
+        self.plain_session = token_free_copy(session)
+        self.origins = origins or shared_origins(session) or OriginPolicy()
+        for entry in [*trusted_urls, *allowed_hosts]:
+            self.origins.add(entry)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.clock = clock or time.monotonic
+
+    def trust(self, url: str) -> None:
+        """Let ``url``'s origin receive the token (done for every status URL we are given or get)."""
+        self.origins.add(url)
+
+    def trusts(self, url: str) -> bool:
+        return self.origins.allows(url)
+
+    def session_for(self, url: str, *, with_token: bool = True) -> requests.Session:
+        return self.session if with_token and self.trusts(url) else self.plain_session
+
+    def ensure_pool_size(self, size: int) -> None:
+        ensure_pool_size(self.session, size)
+        ensure_pool_size(self.plain_session, size)
+
+    def sleep(self, seconds: float) -> None:
+        self.retry.sleep(seconds)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request on the right session for ``url``, with this transport's timeout."""
+        kwargs.setdefault("timeout", self.timeout)
+        return self.session_for(url).request(method, url, **kwargs)

@@ -1,0 +1,246 @@
+"""One Bulk Data export landing in one destination: start or re-attach, land the files, record it.
+
+The destination remembers the export in flight (``.smart-export.json``: status URL and a fingerprint
+of what identifies the export), so a retried task, a restarted worker or triggerer re-attaches to the
+export instead of starting a second one, and files already downloaded are skipped. ``manifest.json``
+is written last, atomically: its presence means the export landed complete and checked. A destination
+holding another export's files is refused rather than silently mixed.
+
+Airflow-free: the operators, sensor and trigger are thin adapters over this module and the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_smart.bulk.client import BulkExportClient
+from airflow_provider_smart.bulk.models import (
+    DownloadOptions,
+    DownloadReport,
+    ExportManifest,
+    ExportRequest,
+    StatusResult,
+)
+from airflow_provider_smart.bulk.plan import plan_files
+from airflow_provider_smart.bulk.storage import as_destination, read_json, write_json_atomically
+from airflow_provider_smart.bulk.urls import redact_url
+from airflow_provider_smart.exceptions import BulkExportError
+
+log = logging.getLogger("airflow_provider_smart.bulk")
+
+STATE_FILE = ".smart-export.json"
+MANIFEST_FILE = "manifest.json"
+SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
+MAX_LISTED_ERROR_ISSUES = 10
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StartedExport:
+    """The export a workflow is attached to. ``first_status``: the re-attach poll, if one was made."""
+
+    status_url: str
+    first_status: StatusResult | None = None
+    reattached: bool = False
+
+
+class ExportWorkflow:
+    """The life of one export in ``destination``; see the module docstring.
+
+    :param client: the Bulk Data client.
+    :param destination: a local directory or a pathlib-like object (``ObjectStoragePath``).
+    :param identity: what identifies this export (the request's parameters, or its status URL); a
+        destination holding an export with another identity is refused.
+    :param options: how files are downloaded and checked.
+    :param delete_on_success: DELETE the export on the server once its files are saved (Epic and
+        Cerner allow one export per client at a time: free the slot once the files are ours).
+    """
+
+    def __init__(
+        self,
+        client: BulkExportClient,
+        destination: Any,
+        identity: dict[str, Any],
+        *,
+        options: DownloadOptions | None = None,
+        delete_on_success: bool = True,
+    ) -> None:
+        self.client = client
+        self.destination = as_destination(destination)
+        self.identity = identity
+        self.fingerprint = fingerprint(identity)
+        self.options = options or DownloadOptions()
+        self.delete_on_success = delete_on_success
+        self.state_path = self.destination / STATE_FILE
+        self.manifest_path = self.destination / MANIFEST_FILE
+
+    # -- what the destination holds ---------------------------------------------------------------
+    def completed_summary(self) -> dict[str, Any] | None:
+        """The summary of this same export if it already landed here; refuses another export's files."""
+        manifest = read_json(self.manifest_path)
+        if manifest is None:
+            return None
+        summary = manifest.get("summary") or {}
+        if summary.get("fingerprint") != self.fingerprint:
+            raise BulkExportError(
+                f"{self.destination} already holds a completed export with other parameters "
+                f"(transactionTime {summary.get('transaction_time')}). Use a fresh destination per run, "
+                "e.g. destination='.../{{ ds }}/' or '.../{{ run_id }}/', or empty this one.",
+                destination=str(self.destination),
+            )
+        return summary
+
+    def export_in_flight(self) -> str | None:
+        """The status URL of this export if an earlier attempt kicked it off."""
+        state = read_json(self.state_path)
+        if state is None:
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            raise BulkExportError(
+                f"{self.destination} holds files of another export in progress "
+                f"({redact_url(str(state.get('status_url')))}, kicked off {state.get('kicked_off_at')}). Use a "
+                f"fresh destination, or delete {STATE_FILE} and the files there if that export is abandoned.",
+                destination=str(self.destination),
+            )
+        return str(state["status_url"])
+
+    def _record_kickoff(self, status_url: str) -> None:
+        self.destination.mkdir(parents=True, exist_ok=True)
+        state = {
+            "status_url": status_url,
+            "fingerprint": self.fingerprint,
+            "kicked_off_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "request": self.identity,
+        }
+        write_json_atomically(self.state_path, state)
+
+    def _forget_kickoff(self) -> None:
+        if self.state_path.exists():
+            self.state_path.unlink()
+
+    # -- steps ------------------------------------------------------------------------------------
+    def start(self, request: ExportRequest) -> StartedExport:
+        """Re-attach to the export an earlier attempt started if it still exists, else kick off."""
+        status_url = self.export_in_flight()
+        if status_url:
+            log.info("Re-attaching to the export an earlier try started: %s", redact_url(status_url))
+            try:
+                return StartedExport(status_url, self.client.poll(status_url), reattached=True)
+            except BulkExportError as exc:
+                # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
+                log.warning("That export cannot be resumed (%s); starting a new one.", exc)
+                self._forget_kickoff()
+        status_url = self.client.kick_off(request)
+        self._record_kickoff(status_url)
+        return StartedExport(status_url)
+
+    def land(self, status_url: str, manifest: ExportManifest) -> dict[str, Any]:
+        """Download every file not yet here, write ``manifest.json``, and delete the export if asked."""
+        started = time.monotonic()
+        report = self.client.download(manifest, self.destination, self.options)
+        summary = self._record_completion(status_url, manifest, report)
+        log.info("Downloaded in %.1f s.", time.monotonic() - started)
+        log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
+        if self.delete_on_success:
+            self.client.cancel(status_url)
+        return summary
+
+    def land_completed(self, status_url: str) -> dict[str, Any]:
+        """Land an export that must already be complete on the server (no waiting)."""
+        result = self.client.poll(status_url)
+        if not result.complete:
+            raise BulkExportError(
+                f"Export {redact_url(status_url)} is not complete yet ({result.progress or 'no progress reported'}).",
+                status_url=status_url,
+            )
+        assert result.manifest is not None
+        return self.land(status_url, result.manifest)
+
+    def land_batch(self, status_url: str, paths: list[str]) -> DownloadReport:
+        """Download one batch of a complete export (the files the planned ``paths`` name)."""
+        result = self.client.poll(status_url)
+        if not result.complete:
+            raise BulkExportError(
+                f"Export {redact_url(status_url)} is not complete ({result.progress or 'no progress reported'}).",
+                status_url=status_url,
+            )
+        assert result.manifest is not None
+        wanted = set(paths)
+        entries = [e for e in plan_files(result.manifest) if e["path"] in wanted]
+        if len(entries) != len(wanted):
+            raise BulkExportError(
+                f"{len(wanted) - len(entries)} file(s) of this batch are no longer in the export's manifest "
+                f"({redact_url(status_url)}); re-run the sensor to plan again.",
+                status_url=status_url,
+            )
+        return self.client.download_batch(
+            entries,
+            self.destination,
+            self.options,
+            requires_access_token=result.manifest.requires_access_token,
+            status_url=status_url,
+        )
+
+    def _record_completion(self, status_url: str, manifest: ExportManifest, report: DownloadReport) -> dict[str, Any]:
+        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary."""
+        files = [f.to_dict() for f in report.files]
+        summary = {
+            "status_url": status_url,
+            "transaction_time": manifest.transaction_time,
+            "request": manifest.request,
+            "requires_access_token": manifest.requires_access_token,
+            "destination": str(self.destination),
+            "fingerprint": self.fingerprint,
+            "output": [_summary_entry(f) for f in files if f["kind"] == "output"],
+            "deleted": [_summary_entry(f) for f in files if f["kind"] == "deleted"],
+            "error": [_summary_entry(f) for f in files if f["kind"] == "error"],
+            # fatal/error OperationOutcome issues from the error files
+            "error_issues": list(report.error_issues),
+        }
+        write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
+        self._forget_kickoff()
+        return summary
+
+
+def _summary_entry(f: dict[str, Any]) -> dict[str, Any]:
+    entry = {k: f.get(k) for k in SUMMARY_FILE_FIELDS}
+    # The summary goes to XCom: a pre-signed URL's query is a credential (manifest.json keeps it whole).
+    entry["url"] = redact_url(entry["url"]) if entry["url"] else None
+    return entry
+
+
+def raise_for_error_issues(summary: dict[str, Any]) -> None:
+    """Fail when the export's error files reported fatal/error issues (after every file was saved)."""
+    found = summary.get("error_issues") or []
+    if found:
+        listed = "; ".join(
+            f"{i.get('severity')} {i.get('code')}: {i.get('diagnostics')}" for i in found[:MAX_LISTED_ERROR_ISSUES]
+        )
+        raise BulkExportError(
+            f"The server reported {len(found)} error issue(s) in the export's error files "
+            f"(all files were saved to {summary.get('destination')}): {listed}",
+            destination=summary.get("destination"),
+        )
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """One line per kind and resource type: files, resources and MB landed."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for kind in ("output", "deleted", "error"):
+        for entry in summary.get(kind) or []:
+            row = totals.setdefault((kind, entry.get("type") or "?"), [0, 0, 0])
+            row[0] += 1
+            row[1] += entry.get("lines") or 0
+            row[2] += entry.get("bytes") or 0
+    lines = [f"{'kind':<8} {'type':<24} {'files':>6} {'resources':>10} {'MB':>10}"]
+    for (kind, rtype), (files, resources, size) in sorted(totals.items()):
+        lines.append(f"{kind:<8} {rtype:<24} {files:>6} {resources:>10} {size / 1e6:>10.2f}")
+    return "\n".join(lines)
