@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_provider_smart import __version__
+
 INTEGRATION = "SMART on FHIR"
 
 
@@ -76,6 +78,7 @@ CONN_FIELDS: dict[str, Any] = {
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-smart",
+        "versions": [__version__],
         "name": "SMART on FHIR",
         "description": "SMART on FHIR Backend Services auth and FHIR Bulk Data export for Apache Airflow.",
         "integrations": [

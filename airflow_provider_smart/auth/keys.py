@@ -102,9 +102,11 @@ def public_jwk(key: PrivateKey, *, kid: str, alg: str | None = None) -> dict[str
     """The public half of ``key`` as a JWK with ``kid``, ``alg`` and ``key_ops: ["verify"]``."""
     from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-    public = key.public_key()
-    algorithm = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
-    jwk: dict[str, Any] = json.loads(algorithm.to_jwk(public))
+    if isinstance(key, rsa.RSAPrivateKey):
+        text = RSAAlgorithm.to_jwk(key.public_key())
+    else:
+        text = ECAlgorithm.to_jwk(key.public_key())
+    jwk: dict[str, Any] = json.loads(text)
     jwk.update({"kid": kid, "alg": alg or choose_alg(key), "use": "sig", "key_ops": ["verify"]})
     return jwk
 

@@ -31,6 +31,11 @@ def as_list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def as_filter_list(value: Any) -> list[str]:
+    """``_typeFilter`` queries: a query may itself contain commas (``code=a,b``), so a string is one query."""
+    return [value] if isinstance(value, str) else [str(v) for v in value or []]
+
+
 @dataclass
 class ExportRequest:
     """What to export. ``method="auto"`` uses POST when ``patients`` is given (``patient`` is POST-only).
@@ -56,9 +61,7 @@ class ExportRequest:
 
     def __post_init__(self) -> None:
         self.resource_types = as_list(self.resource_types)
-        # A _typeFilter query may itself contain commas (code=a,b): only a list is split, never a string.
-        filters = self.type_filters
-        self.type_filters = [filters] if isinstance(filters, str) else list(filters or [])
+        self.type_filters = as_filter_list(self.type_filters)
         self.elements = as_list(self.elements)
         self.patients = as_list(self.patients)
         self.include_associated_data = as_list(self.include_associated_data)

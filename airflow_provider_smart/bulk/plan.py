@@ -75,7 +75,7 @@ def check_entry(entry: Any) -> tuple[str, str]:
         )
     kind, path = entry.get("kind", "output"), entry.get("path")
     match = SAFE_PATH.fullmatch(path) if isinstance(path, str) else None
-    if kind not in KINDS or match is None or (match.group(1) or "output") != kind:
+    if kind not in KINDS or match is None or (match.group(1) or "output") != kind or not isinstance(path, str):
         raise BulkExportError(
             f"Refusing to download {entry['url']} to {path!r}: planned paths look like '<Type>.<n>.ndjson' "
             "(or deleted/..., error/...) and match their kind. Build entries with plan_files().",
@@ -105,7 +105,8 @@ def batch(
         raise ValueError("n_batches, max_batches and batch_size must be at least 1.")
     if not entries:
         return []
-    if batch_size is not None and limit is None:
+    if limit is None:
+        assert batch_size is not None
         return [entries[i : i + batch_size] for i in range(0, len(entries), batch_size)]
     n = limit if batch_size is None else min(limit, math.ceil(len(entries) / batch_size))
     n = min(n, len(entries))

@@ -208,17 +208,18 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     def _export_request(self, context: Context) -> dict[str, Any]:
         """The kick-off parameters as plain JSON (they identify the export and ride through deferral)."""
         from airflow_provider_smart.bulk import ExportRequest
+        from airflow_provider_smart.bulk.models import as_filter_list, as_list
 
         request = ExportRequest(
             level=self.export_level,
             group_id=self.group_id,
-            resource_types=self.resource_types or [],
+            resource_types=as_list(self.resource_types),
             since=self._resolve_since(context),
             until=self.until or None,
-            type_filters=self.type_filters or [],
-            elements=self.elements or [],
+            type_filters=as_filter_list(self.type_filters),
+            elements=as_list(self.elements),
             patients=list(self.patients or []),
-            include_associated_data=self.include_associated_data or [],
+            include_associated_data=as_list(self.include_associated_data),
             output_format=self.output_format,
             method=self.kickoff_method,
             lenient=self.lenient,

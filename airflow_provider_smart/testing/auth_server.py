@@ -345,7 +345,7 @@ class AuthServer:
             key = get_default_algorithms()[alg].from_jwk(jwk)
             jwt.decode(
                 assertion,
-                key,  # type: ignore[arg-type]
+                key,
                 algorithms=[alg],
                 options={
                     "verify_signature": True,

@@ -139,7 +139,7 @@ def read_parameters(request: Request) -> dict[str, list[str]]:
     for parameter in body.get("parameter") or []:
         name = parameter.get("name") if isinstance(parameter, dict) else None
         value = _parameter_value(parameter) if name else None
-        if value is None:
+        if not isinstance(name, str) or value is None:
             raise KickoffError(400, "invalid", f"Parameters entry {parameter!r} has no name or usable value")
         params.setdefault(name, []).append(value)
     return params

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_smart.bulk import BulkExportError, DownloadOptions, ExportRequest
+from airflow_provider_smart.bulk import BulkExportError, DownloadOptions, ExportRequest, ExportTimeoutError
 from airflow_provider_smart.testing import operation_outcome
 
 COUNTS = {"Patient": 20, "Observation": 100, "Condition": 40, "Encounter": 40}  # 20 patients
@@ -130,8 +130,9 @@ def test_wait_times_out_with_the_status_url_and_few_polls(sandbox_factory, make_
     sb = sandbox_factory(status_polls_before_ready=10_000, retry_after="10")
     client = make_client(sb)
     status_url = client.kick_off(ExportRequest())
-    with pytest.raises(BulkExportError, match=r"still running.*resume") as info:
+    with pytest.raises(ExportTimeoutError, match=r"still running.*resume") as info:
         client.wait(status_url, timeout=95)
+    assert info.value.kind == "smart.bulk_export.timeout"
     assert info.value.context["status_url"] == status_url
     assert sb.status_polls <= 95 / 10 + 2
     assert sum(fake_time.sleeps) == pytest.approx(95)
@@ -225,3 +226,15 @@ def test_a_fresh_client_can_poll_a_status_url_it_did_not_kick_off(sb, make_clien
     other = make_client(sb)
     assert other.poll(status_url).state == "in_progress"
     assert sb.requests_log[-1]["authorization"] is True
+
+
+def test_status_is_the_cheap_poll_without_manifest_pages(sandbox_factory, make_client) -> None:
+    sb = sandbox_factory(status_polls_before_ready=1, manifest_page_size=2)
+    client = make_client(sb)
+    status_url = client.kick_off(ExportRequest())
+    assert client.status(status_url).state == "in_progress"
+    before = len(sb.requests_log)
+    done = client.status(status_url)
+    assert done.complete and done.manifest is None
+    assert len(sb.requests_log) == before + 1  # the status URL only: no manifest page was read
+    assert client.poll(status_url).manifest is not None
