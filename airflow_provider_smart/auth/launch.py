@@ -11,7 +11,7 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 import requests
@@ -24,6 +24,8 @@ from airflow_provider_smart.exceptions import DiscoveryError, SmartConfigError
 from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+
+T = TypeVar("T")
 
 
 def generate_code_verifier(length: int = 64) -> str:
@@ -72,30 +74,14 @@ def authorize_params(
     return params
 
 
-def build_authorize_url(
-    *,
-    smart_config: SmartConfiguration,
-    client_id: str,
-    redirect_uri: str,
-    scope: str,
-    state: str,
-    code_challenge: str,
-    aud: str | None = None,
-    launch: str | None = None,
-) -> str:
-    """The URL to send the user's browser to. ``aud`` defaults to the exact FHIR base URL."""
+def build_authorize_url(*, smart_config: SmartConfiguration, aud: str | None = None, **params: Any) -> str:
+    """The URL to send the user's browser to: :func:`authorize_params` (``client_id``, ``redirect_uri``,
+    ``scope``, ``state``, ``code_challenge``, ``launch``) on the authorization endpoint. ``aud`` defaults
+    to the exact FHIR base URL."""
     endpoint = _authorization_endpoint(smart_config)
-    params = authorize_params(
-        client_id=client_id,
-        redirect_uri=redirect_uri,
-        scope=scope,
-        state=state,
-        code_challenge=code_challenge,
-        aud=aud or smart_config.fhir_base_url,
-        launch=launch,
-    )
+    query = authorize_params(aud=aud or smart_config.fhir_base_url, **params)
     separator = "&" if "?" in endpoint else "?"
-    return f"{endpoint}{separator}{urlencode(params)}"
+    return f"{endpoint}{separator}{urlencode(query)}"
 
 
 def build_authorize_post(**kwargs: Any) -> tuple[str, dict[str, str]]:
@@ -120,6 +106,16 @@ def _authorization_endpoint(smart_config: SmartConfiguration) -> str:
     return smart_config.authorization_endpoint
 
 
+class _LaunchContext(Generic[T]):
+    """A read-only attribute of a token response's launch context (``patient``, ``encounter``...)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, token: StoredToken | None, owner: type | None = None) -> T | None:
+        return None if token is None else token.context.get(self.key)
+
+
 class TokenResponse(StoredToken):
     """A token-endpoint answer of App Launch, with its launch context as attributes."""
 
@@ -127,33 +123,16 @@ class TokenResponse(StoredToken):
     def from_stored(cls, token: StoredToken) -> TokenResponse:
         return cls.from_dict(token.to_dict())  # type: ignore[return-value]
 
-    @property
-    def patient(self) -> str | None:
-        return self.context.get("patient")
-
-    @property
-    def encounter(self) -> str | None:
-        return self.context.get("encounter")
+    patient = _LaunchContext[str]("patient")
+    encounter = _LaunchContext[str]("encounter")
+    need_patient_banner = _LaunchContext[bool]("need_patient_banner")
+    smart_style_url = _LaunchContext[str]("smart_style_url")
+    intent = _LaunchContext[str]("intent")
+    tenant = _LaunchContext[str]("tenant")
 
     @property
     def fhir_context(self) -> list[dict[str, Any]]:
         return list(self.context.get("fhirContext") or [])
-
-    @property
-    def need_patient_banner(self) -> bool | None:
-        return self.context.get("need_patient_banner")
-
-    @property
-    def smart_style_url(self) -> str | None:
-        return self.context.get("smart_style_url")
-
-    @property
-    def intent(self) -> str | None:
-        return self.context.get("intent")
-
-    @property
-    def tenant(self) -> str | None:
-        return self.context.get("tenant")
 
     @property
     def fhir_user(self) -> str | None:

@@ -155,26 +155,13 @@ class ExportWorkflow:
 
     def land_completed(self, status_url: str) -> dict[str, Any]:
         """Land an export that must already be complete on the server (no waiting)."""
-        result = self.client.poll(status_url)
-        if not result.complete:
-            raise BulkExportError(
-                f"Export {redact_url(status_url)} is not complete yet ({result.progress or 'no progress reported'}).",
-                status_url=status_url,
-            )
-        assert result.manifest is not None
-        return self.land(status_url, result.manifest)
+        return self.land(status_url, self._completed_manifest(status_url))
 
     def land_batch(self, status_url: str, paths: list[str]) -> DownloadReport:
         """Download one batch of a complete export (the files the planned ``paths`` name)."""
-        result = self.client.poll(status_url)
-        if not result.complete:
-            raise BulkExportError(
-                f"Export {redact_url(status_url)} is not complete ({result.progress or 'no progress reported'}).",
-                status_url=status_url,
-            )
-        assert result.manifest is not None
+        manifest = self._completed_manifest(status_url)
         wanted = set(paths)
-        entries = [e for e in plan_files(result.manifest) if e["path"] in wanted]
+        entries = [e for e in plan_files(manifest) if e["path"] in wanted]
         if len(entries) != len(wanted):
             raise BulkExportError(
                 f"{len(wanted) - len(entries)} file(s) of this batch are no longer in the export's manifest "
@@ -185,9 +172,18 @@ class ExportWorkflow:
             entries,
             self.destination,
             self.options,
-            requires_access_token=result.manifest.requires_access_token,
+            requires_access_token=manifest.requires_access_token,
             status_url=status_url,
         )
+
+    def _completed_manifest(self, status_url: str) -> ExportManifest:
+        result = self.client.poll(status_url)
+        if result.manifest is None:
+            raise BulkExportError(
+                f"Export {redact_url(status_url)} is not complete yet ({result.progress or 'no progress reported'}).",
+                status_url=status_url,
+            )
+        return result.manifest
 
     def _record_completion(self, status_url: str, manifest: ExportManifest, report: DownloadReport) -> dict[str, Any]:
         """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary."""
