@@ -31,7 +31,7 @@ def main(spec_path: str, result_path: str) -> None:
     import requests
 
     from airflow_provider_smart.auth import BackendServicesAuth
-    from airflow_provider_smart.bulk import BulkExportClient, ExportManifest
+    from airflow_provider_smart.bulk import BulkExportClient, DownloadOptions, ExportManifest
 
     auth = BackendServicesAuth(
         client_id=spec["client_id"],
@@ -49,12 +49,10 @@ def main(spec_path: str, result_path: str) -> None:
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    report = client.download(
-        manifest,
-        spec["destination"],
-        max_concurrent_downloads=spec["concurrency"],
-        check_resource_types=spec["check_resource_types"],
+    options = DownloadOptions(
+        max_concurrent_downloads=spec["concurrency"], check_resource_types=spec["check_resource_types"]
     )
+    report = client.download(manifest, spec["destination"], options)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     result = {

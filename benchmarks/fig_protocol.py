@@ -40,7 +40,7 @@ def _sandbox(keys: Keys, **kwargs: Any) -> Any:
 
 
 def run_token_figure(keys: Keys, case: TokenCase) -> dict[str, Any]:
-    from airflow_provider_smart.bulk import ExportRequest
+    from airflow_provider_smart.bulk import DownloadOptions, ExportRequest
 
     per_file = 100
     sb = _sandbox(
@@ -60,7 +60,7 @@ def run_token_figure(keys: Keys, case: TokenCase) -> dict[str, Any]:
         status_url = client.kick_off(ExportRequest(resource_types=["Observation"]))
         manifest = client.wait(status_url)
         waited = time.monotonic() - started
-        report = client.download(manifest, dest, max_concurrent_downloads=case.concurrency)
+        report = client.download(manifest, dest, DownloadOptions(max_concurrent_downloads=case.concurrency))
         duration = time.monotonic() - started
         sb.clear_faults()
         shutil.rmtree(dest)

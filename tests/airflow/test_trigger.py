@@ -68,3 +68,81 @@ def test_trigger_reports_errors_as_events(smart_conn: Any, sandbox: Any, conn_ok
     )
     assert event["status"] == "error"
     assert ("404" in event["message"]) if conn_ok else ("host" in event["message"])
+
+
+def test_error_events_carry_the_error_and_the_operator_re_raises_the_same_kind(smart_conn: Any, sandbox: Any) -> None:
+    from airflow_provider_smart.exceptions import BulkExportError, SmartConfigError
+    from airflow_provider_smart.triggers.bulk_export import raise_for_event
+
+    status_url = kick_off(sandbox)
+    requests.delete(status_url, headers={"Authorization": f"Bearer {sandbox.issued_tokens()[-1]}"}, timeout=10)
+    [event] = events(SmartBulkExportTrigger(status_url=status_url, smart_conn_id="smart_default", end_time=1e10))
+    assert event["error"]["kind"] == "smart.bulk_export" and event["error"]["context"]["status"] == 404
+    json.dumps(event)  # events are stored as JSON
+    with pytest.raises(BulkExportError, match="no longer exists") as info:
+        raise_for_event(event)
+    assert info.value.status == 404
+
+    smart_conn(raw={"conn_type": "smart", "host": "not a url", "login": "x"})
+    [event] = events(SmartBulkExportTrigger(status_url=status_url, smart_conn_id="smart_default", end_time=1e10))
+    with pytest.raises(SmartConfigError, match="host"):
+        raise_for_event(event)
+
+
+def test_timeout_events_raise_export_timeout() -> None:
+    from airflow_provider_smart.exceptions import ExportTimeoutError
+    from airflow_provider_smart.triggers.bulk_export import raise_for_event
+
+    with pytest.raises(ExportTimeoutError, match="did not finish") as info:
+        raise_for_event({"status": "timeout", "status_url": "https://ehr/s/1", "progress": "50%"})
+    assert info.value.context["status_url"] == "https://ehr/s/1"
+
+
+COLD_START_PROBE = """
+import asyncio, json, sys, threading, time
+import airflow.sdk, airflow.triggers.base  # loaded in any triggerer before our trigger starts
+from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
+
+HEAVY = ("requests", "urllib3", "jwt")  # cryptography: Airflow itself has loaded it already
+imported_on = {}
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name in HEAVY and name not in imported_on:
+            imported_on[name] = threading.current_thread() is threading.main_thread()
+        return None
+
+assert not [m for m in HEAVY if m in sys.modules], "the trigger module must import cheaply"
+sys.meta_path.insert(0, Spy())
+
+async def main():
+    trigger = SmartBulkExportTrigger(status_url=sys.argv[1], smart_conn_id="smart_default", end_time=time.time() + 60,
+                                     poll_interval=1)
+    events = [e.payload async for e in trigger.run()]
+    print(json.dumps({"on_loop_thread": imported_on, "events": events}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_the_trigger_imports_and_builds_its_client_off_the_event_loop(smart_conn: Any, sandbox: Any) -> None:
+    """A cold triggerer: requests, urllib3 and PyJWT load (and the session is built) in a worker
+    thread, never on the event loop the triggerer shares with other DAGs' triggers."""
+    import os
+    import subprocess
+    import sys
+
+    status_url = kick_off(sandbox)
+    result = subprocess.run(
+        [sys.executable, "-c", COLD_START_PROBE, status_url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [e["status"] for e in report["events"]] == ["success"]
+    assert set(report["on_loop_thread"]) == {"requests", "urllib3", "jwt"}
+    assert not any(report["on_loop_thread"].values()), report["on_loop_thread"]
