@@ -107,6 +107,14 @@ def smart_conn(monkeypatch: pytest.MonkeyPatch, sandbox: Any, es384: KeyPair) ->
     return install
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Slow modules say so with ``pytestmark``; this also catches any test that needs the metadata DB
+    # (migrating it alone takes seconds), so none slips into ``make test-fast``.
+    for item in items:
+        if "airflow_db" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """Migrate a sqlite metadata DB in the isolated AIRFLOW_HOME once, for dag.test() runs."""
