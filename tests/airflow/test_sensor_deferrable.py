@@ -18,15 +18,6 @@ from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
 CONTEXT: Any = {}  # neither execute() nor execute_complete() of the sensor reads the context
 
 
-def kick_off(sandbox: Any) -> str:
-    from airflow_provider_smart.hooks.smart import SmartHook
-
-    session = SmartHook().get_conn()
-    response = session.get(f"{sandbox.url}/$export", headers={"Prefer": "respond-async"})
-    assert response.status_code == 202, response.text
-    return response.headers["Content-Location"]
-
-
 def sensor(status_url: str, **kwargs: Any) -> SmartBulkExportSensor:
     kwargs = {"poke_interval": 1, "timeout": 60, "max_poll_interval": 5, **kwargs}
     return SmartBulkExportSensor(task_id="wait_for_export", status_url=status_url, deferrable=True, **kwargs)
@@ -61,9 +52,9 @@ def manifest_of(sandbox: Any, status_url: str) -> dict[str, Any]:
     return response.json()
 
 
-def test_defers_while_not_ready_and_returns_the_batches_on_success(smart_conn: Any, sandbox: Any) -> None:
+def test_defers_while_not_ready_and_returns_the_batches_on_success(sandbox: Any, kick_off: Any) -> None:
     sandbox.status_polls_before_ready = 2  # read at kick-off: the sensor's poke and the trigger's first poll get 202
-    status_url = kick_off(sandbox)
+    status_url = kick_off()
     task = sensor(status_url, max_batches=2)
     deferred = defer(task)
 
@@ -96,15 +87,15 @@ def test_defers_while_not_ready_and_returns_the_batches_on_success(smart_conn: A
     assert not any("url" in b or "://" in "".join(b["paths"]) for b in batches)  # XCom never holds file URLs
 
 
-def test_does_not_defer_when_the_export_is_already_complete(smart_conn: Any, sandbox: Any) -> None:
+def test_does_not_defer_when_the_export_is_already_complete(sandbox: Any, kick_off: Any) -> None:
     sandbox.status_polls_before_ready = 0
-    status_url = kick_off(sandbox)
+    status_url = kick_off()
     batches = sensor(status_url).execute(CONTEXT)  # no TaskDeferred
     assert sum(b["count"] for b in batches) == sum(e["count"] for e in manifest_of(sandbox, status_url)["output"])
 
 
-def test_error_event_raises(smart_conn: Any, sandbox: Any) -> None:
-    status_url = kick_off(sandbox)
+def test_error_event_raises(sandbox: Any, kick_off: Any) -> None:
+    status_url = kick_off()
     deferred = defer(sensor(status_url))
     # The export disappears while the task is deferred: the trigger's next poll gets a 404.
     gone = requests.delete(status_url, headers={"Authorization": f"Bearer {sandbox.issued_tokens()[-1]}"}, timeout=10)
@@ -117,9 +108,9 @@ def test_error_event_raises(smart_conn: Any, sandbox: Any) -> None:
     assert status_url in str(raised.value)
 
 
-def test_timeout_event_raises(smart_conn: Any, sandbox: Any) -> None:
+def test_timeout_event_raises(sandbox: Any, kick_off: Any) -> None:
     sandbox.status_polls_before_ready = 1000  # read at kick-off: this export never finishes in time
-    status_url = kick_off(sandbox)
+    status_url = kick_off()
     task = sensor(status_url, timeout=0.5)
     deferred = defer(task)
 
