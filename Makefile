@@ -17,6 +17,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The edit-test loop: library and sandbox tests, no subprocesses or metadata DB (see the `slow` marker).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +49,44 @@ def rs384() -> KeyPair:
 
 
 @pytest.fixture
-def sandbox(es384: KeyPair, rs384: KeyPair) -> Iterator[Any]:
-    """A fresh sandbox with an ES384 client ``es-client``, an RS384 client ``rs-client`` and a secret client."""
+def sandbox_factory() -> Iterator[Callable[..., Any]]:
+    """The one way tests build sandboxes: ``sandbox_factory(clients={...}, **SmartSandbox options)``.
+
+    Returns a started ``SmartSandbox`` with each ``clients`` entry registered
+    (``{client_id: register_client keyword arguments}``); every sandbox it started is stopped at teardown.
+    Directory conftests wrap it with their own clients and defaults (``tests/bulk``, ``tests/testing``).
+    """
     from airflow_provider_smart.testing import SmartSandbox
 
-    with SmartSandbox(patients=10, resources_per_patient=3, status_polls_before_ready=1, retry_after="1") as sb:
-        sb.register_client("es-client", jwks=es384.jwks, scopes="system/*.rs system/*.read")
-        sb.register_client("rs-client", jwks=rs384.jwks, scopes="system/Patient.rs system/Observation.rs")
-        sb.register_client("secret-client", client_secret="s3cret-value", scopes="system/*.read")
-        yield sb
+    started: list[Any] = []
+
+    def make(*, clients: Mapping[str, Mapping[str, Any]] | None = None, **options: Any) -> Any:
+        sb = SmartSandbox(**options)
+        started.append(sb)
+        sb.start()
+        for client_id, registration in (clients or {}).items():
+            sb.register_client(client_id, **registration)
+        return sb
+
+    yield make
+    for sb in reversed(started):
+        sb.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_factory: Callable[..., Any], es384: KeyPair, rs384: KeyPair) -> Any:
+    """A fresh sandbox with an ES384 client ``es-client``, an RS384 client ``rs-client`` and a secret client."""
+    return sandbox_factory(
+        clients={
+            "es-client": {"jwks": es384.jwks, "scopes": "system/*.rs system/*.read"},
+            "rs-client": {"jwks": rs384.jwks, "scopes": "system/Patient.rs system/Observation.rs"},
+            "secret-client": {"client_secret": "s3cret-value", "scopes": "system/*.read"},
+        },
+        patients=10,
+        resources_per_patient=3,
+        status_polls_before_ready=1,
+        retry_after="1",
+    )
 
 
 def connection_json(sandbox: Any, key: KeyPair, client_id: str = "es-client", **extra: Any) -> str:
@@ -76,6 +105,14 @@ def smart_conn(monkeypatch: pytest.MonkeyPatch, sandbox: Any, es384: KeyPair) ->
 
     install()
     return install
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Slow modules say so with ``pytestmark``; this also catches any test that needs the metadata DB
+    # (migrating it alone takes seconds), so none slips into ``make test-fast``.
+    for item in items:
+        if "airflow_db" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import pytest
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
+pytestmark = pytest.mark.slow  # dag.test() runs on the migrated metadata DB
+
 
 def run_export(monkeypatch: pytest.MonkeyPatch, dest: Path, **options: Any) -> tuple[Any, Any]:
     from airflow.models.xcom import XComModel

@@ -17,6 +17,8 @@ import requests
 CLI = [sys.executable, "-m", "airflow_provider_smart.cli"]
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
+pytestmark = pytest.mark.slow  # every test runs the CLI (and some `airflow dags test`) in subprocesses
+
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
 def test_keygen_writes_a_private_key_and_prints_jwks_and_connection(tmp_path: Path, alg: str) -> None:

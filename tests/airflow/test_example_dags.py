@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "dags_examples"
+
+pytestmark = pytest.mark.slow  # DagBag and `airflow dags test` in subprocesses
 
 
 def test_example_dags_parse_without_errors_or_warnings() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_provider_discovered_with_connection_type_and_fields() -> None:
     from airflow.providers_manager import ProvidersManager
@@ -31,6 +33,7 @@ def test_api_server_hook_meta_lists_the_form_fields() -> None:
     assert behaviour is not None
 
 
+@pytest.mark.slow  # starts a new Python that imports Airflow (seconds)
 def test_airflow_providers_list_shows_the_provider() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "list"], capture_output=True, text=True, timeout=120
@@ -38,6 +41,7 @@ def test_airflow_providers_list_shows_the_provider() -> None:
     assert "airflow-provider-smart" in out
 
 
+@pytest.mark.slow  # starts a new Python that imports Airflow (seconds)
 def test_operator_module_import_is_cheap() -> None:
     code = (
         "import sys, airflow.sdk; before=set(sys.modules);"

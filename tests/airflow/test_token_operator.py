@@ -10,6 +10,8 @@ import pytest
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
+pytestmark = pytest.mark.slow  # dag.test() runs on the migrated metadata DB
+
 
 def load_dag(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, DAGS / f"{name}.py")

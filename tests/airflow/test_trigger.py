@@ -13,15 +13,6 @@ import requests
 from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
 
 
-def kick_off(sandbox: Any) -> str:
-    from airflow_provider_smart.hooks.smart import SmartHook
-
-    session = SmartHook().get_conn()
-    response = session.get(f"{sandbox.url}/$export", headers={"Prefer": "respond-async"})
-    assert response.status_code == 202, response.text
-    return response.headers["Content-Location"]
-
-
 def events(trigger: SmartBulkExportTrigger) -> list[dict[str, Any]]:
     async def collect() -> list[dict[str, Any]]:
         return [event.payload async for event in trigger.run()]
@@ -39,8 +30,8 @@ def test_serialize_round_trip_is_plain_json_without_secrets(smart_conn: Any, es3
     assert again.serialize() == (path, kwargs)
 
 
-def test_trigger_polls_until_complete(smart_conn: Any, sandbox: Any) -> None:
-    status_url = kick_off(sandbox)
+def test_trigger_polls_until_complete(smart_conn: Any, sandbox: Any, kick_off: Any) -> None:
+    status_url = kick_off()
     [event] = events(
         SmartBulkExportTrigger(
             status_url=status_url, smart_conn_id="smart_default", end_time=time.time() + 60, poll_interval=1
@@ -50,15 +41,15 @@ def test_trigger_polls_until_complete(smart_conn: Any, sandbox: Any) -> None:
     assert event["polls"] == 2  # one 202 (Retry-After: 1), then the manifest
 
 
-def test_trigger_times_out(smart_conn: Any, sandbox: Any) -> None:
-    status_url = kick_off(sandbox)
+def test_trigger_times_out(smart_conn: Any, sandbox: Any, kick_off: Any) -> None:
+    status_url = kick_off()
     [event] = events(SmartBulkExportTrigger(status_url=status_url, smart_conn_id="smart_default", end_time=time.time()))
     assert event["status"] == "timeout"
 
 
 @pytest.mark.parametrize("conn_ok", [True, False])
-def test_trigger_reports_errors_as_events(smart_conn: Any, sandbox: Any, conn_ok: bool) -> None:
-    status_url = kick_off(sandbox)
+def test_trigger_reports_errors_as_events(smart_conn: Any, sandbox: Any, kick_off: Any, conn_ok: bool) -> None:
+    status_url = kick_off()
     if conn_ok:
         requests.delete(status_url, headers={"Authorization": f"Bearer {sandbox.issued_tokens()[-1]}"}, timeout=10)
     else:

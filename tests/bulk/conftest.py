@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -91,22 +91,15 @@ def signing_key() -> Any:
 
 
 @pytest.fixture
-def sandbox_factory(signing_key: Any) -> Iterator[Callable[..., Any]]:
-    """``make(**SmartSandbox kwargs)``: a running sandbox with client ``c1`` registered; all stopped after."""
-    from airflow_provider_smart.testing import SmartSandbox
-
-    started: list[Any] = []
+def sandbox_factory(sandbox_factory: Callable[..., Any], signing_key: Any) -> Callable[..., Any]:
+    """``make(**SmartSandbox kwargs)``: the root factory's sandbox with client ``c1`` registered."""
 
     def make(**kwargs: Any) -> Any:
         kwargs.setdefault("patients", 20)
-        sb = SmartSandbox(**kwargs).start()
-        started.append(sb)
-        sb.register_client(CLIENT_ID, jwks=public_jwks(signing_key, kid=KID, alg="ES384"), scopes=SCOPE)
-        return sb
+        clients = {CLIENT_ID: {"jwks": public_jwks(signing_key, kid=KID, alg="ES384"), "scopes": SCOPE}}
+        return sandbox_factory(clients={**clients, **kwargs.pop("clients", {})}, **kwargs)
 
-    yield make
-    for sb in started:
-        sb.stop()
+    return make
 
 
 @pytest.fixture

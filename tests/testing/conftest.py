@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -144,9 +144,8 @@ class Helper:
 
 
 @pytest.fixture
-def make_sb(sbx_keys: dict[str, Key]) -> Iterator[Callable[..., Helper]]:
+def make_sb(sandbox_factory: Callable[..., SmartSandbox], sbx_keys: dict[str, Key]) -> Callable[..., Helper]:
     """Factory: a started sandbox (small data) with clients es-client, rs-client, sym-1, patient-only."""
-    started: list[SmartSandbox] = []
 
     def make(**kwargs: Any) -> Helper:
         options: dict[str, Any] = {
@@ -156,17 +155,15 @@ def make_sb(sbx_keys: dict[str, Key]) -> Iterator[Callable[..., Helper]]:
             "retry_after": "0",
             **kwargs,
         }
-        sb = SmartSandbox(**options).start()
-        started.append(sb)
-        sb.register_client("es-client", jwks=sbx_keys["es"].jwks, scopes="system/*.rs system/*.read")
-        sb.register_client("rs-client", jwks=sbx_keys["rs"].jwks, scopes="system/*.rs")
-        sb.register_client("sym-1", client_secret="s3cret", scopes="system/*.read")
-        sb.register_client("patient-only", jwks=sbx_keys["es"].jwks, scopes="system/Patient.rs")
-        return Helper(sb, sbx_keys)
+        clients = {
+            "es-client": {"jwks": sbx_keys["es"].jwks, "scopes": "system/*.rs system/*.read"},
+            "rs-client": {"jwks": sbx_keys["rs"].jwks, "scopes": "system/*.rs"},
+            "sym-1": {"client_secret": "s3cret", "scopes": "system/*.read"},
+            "patient-only": {"jwks": sbx_keys["es"].jwks, "scopes": "system/Patient.rs"},
+        }
+        return Helper(sandbox_factory(clients=clients, **options), sbx_keys)
 
-    yield make
-    for sb in started:
-        sb.stop()
+    return make
 
 
 @pytest.fixture
