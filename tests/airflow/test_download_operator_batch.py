@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowException
 
+from airflow_provider_smart.exceptions import BulkExportError
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportDownloadOperator
 from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
 
@@ -47,7 +47,7 @@ def test_batch_with_files_no_longer_in_the_manifest_fails_before_downloading(
     dest = tmp_path / "dest"
     sandbox.reset_logs()
 
-    with pytest.raises(AirflowException) as raised:
+    with pytest.raises(BulkExportError) as raised:
         download(batch, dest)
     message = str(raised.value)
     assert message.startswith(f"{missing} file(s) of this batch are no longer in the export's manifest")

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import requests
-from airflow.providers.common.compat.sdk import AirflowException, TaskDeferred
+from airflow.providers.common.compat.sdk import TaskDeferred
 
+from airflow_provider_smart.exceptions import BulkExportError, ExportTimeoutError
 from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
 from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
 
@@ -103,7 +104,7 @@ def test_error_event_raises(sandbox: Any, kick_off: Any) -> None:
 
     event = run_trigger(deferred.trigger)
     assert event["status"] == "error" and "404" in event["message"]
-    with pytest.raises(AirflowException, match=r"Bulk export error: .*404") as raised:
+    with pytest.raises(BulkExportError, match=r"HTTP 404.*no longer exists") as raised:
         sensor(status_url).execute_complete(CONTEXT, event)
     assert status_url in str(raised.value)
 
@@ -118,10 +119,10 @@ def test_timeout_event_raises(sandbox: Any, kick_off: Any) -> None:
     event = run_trigger(deferred.trigger)
     assert event["status"] == "timeout" and event["polls"] >= 1
     assert time.monotonic() - started < 5  # it gave up at the sensor's timeout, not at a poll interval
-    with pytest.raises(AirflowException, match="Bulk export timeout: The export did not finish"):
+    with pytest.raises(ExportTimeoutError, match="did not finish before the timeout"):
         task.execute_complete(CONTEXT, event)
 
 
 def test_no_event_raises(smart_conn: Any) -> None:
-    with pytest.raises(AirflowException, match="ended without an event"):
+    with pytest.raises(BulkExportError, match="ended without an event"):
         sensor("http://127.0.0.1:9/fhir/bulkstatus/x").execute_complete(CONTEXT, None)

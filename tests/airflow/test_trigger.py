@@ -61,11 +61,13 @@ def test_trigger_reports_errors_as_events(smart_conn: Any, sandbox: Any, kick_of
     assert ("404" in event["message"]) if conn_ok else ("host" in event["message"])
 
 
-def test_error_events_carry_the_error_and_the_operator_re_raises_the_same_kind(smart_conn: Any, sandbox: Any) -> None:
+def test_error_events_carry_the_error_and_the_operator_re_raises_the_same_kind(
+    smart_conn: Any, sandbox: Any, kick_off: Any
+) -> None:
     from airflow_provider_smart.exceptions import BulkExportError, SmartConfigError
     from airflow_provider_smart.triggers.bulk_export import raise_for_event
 
-    status_url = kick_off(sandbox)
+    status_url = kick_off()
     requests.delete(status_url, headers={"Authorization": f"Bearer {sandbox.issued_tokens()[-1]}"}, timeout=10)
     [event] = events(SmartBulkExportTrigger(status_url=status_url, smart_conn_id="smart_default", end_time=1e10))
     assert event["error"]["kind"] == "smart.bulk_export" and event["error"]["context"]["status"] == 404
@@ -117,14 +119,16 @@ asyncio.run(main())
 
 
 @pytest.mark.slow
-def test_the_trigger_imports_and_builds_its_client_off_the_event_loop(smart_conn: Any, sandbox: Any) -> None:
+def test_the_trigger_imports_and_builds_its_client_off_the_event_loop(
+    smart_conn: Any, sandbox: Any, kick_off: Any
+) -> None:
     """A cold triggerer: requests, urllib3 and PyJWT load (and the session is built) in a worker
     thread, never on the event loop the triggerer shares with other DAGs' triggers."""
     import os
     import subprocess
     import sys
 
-    status_url = kick_off(sandbox)
+    status_url = kick_off()
     result = subprocess.run(
         [sys.executable, "-c", COLD_START_PROBE, status_url],
         capture_output=True,
