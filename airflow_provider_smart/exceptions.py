@@ -104,6 +104,25 @@ class SmartAuthError(SmartError):
         return self.context.get("status")
 
 
+class SmartTransportError(SmartError):
+    """The server could not be reached, or the connection broke (DNS, refused, TLS, timeout).
+
+    ``context["url"]`` names the endpoint. Worth retrying later: nothing says the request was wrong.
+    """
+
+    kind = "smart.transport"
+
+
+class TokenStoreError(SmartError):
+    """A token store could not be read or written; ``context["store"]`` names it (a file, a Variable...).
+
+    When a rotated refresh token could not be saved, ``context["unsaved"]`` is True: the running process
+    holds the only valid copy, and the message says what to do.
+    """
+
+    kind = "smart.token_store"
+
+
 class BulkExportError(SmartError):
     """A Bulk Data kick-off, status, manifest or file failed for good."""
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase
@@ -40,8 +41,9 @@ from airflow_provider_smart.auth.tokens import (
     TokenStore,
     parse_token_response,
 )
-from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError
-from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.auth.transport import Deadline
+from airflow_provider_smart.exceptions import SmartConfigError, SmartTransportError
+from airflow_provider_smart.origins import OriginPolicy, insecure_http_refusal, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class TokenAuth(AuthBase):
         timeout: float = DEFAULT_TIMEOUT,
         allowed_hosts: Iterable[str] = (),
         on_new_token: Callable[[StoredToken], None] | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         client_id = client_auth.client_id
         if not client_id:
@@ -75,8 +78,17 @@ class TokenAuth(AuthBase):
         self.client_id = client_id
         self.client_auth = client_auth
         self.scope = scope or ""
-        self.fhir_base_url = normalise_base_url(fhir_base_url, field="fhir_base_url") if fhir_base_url else None
-        self._token_url = token_url
+        self.allow_insecure_http = allow_insecure_http
+        self.fhir_base_url = (
+            normalise_base_url(fhir_base_url, field="fhir_base_url", allow_insecure_http=allow_insecure_http)
+            if fhir_base_url
+            else None
+        )
+        if token_url:
+            normalise_base_url(token_url, field="token_url", allow_insecure_http=allow_insecure_http)
+        # No downgrade: with an https FHIR base (or, lacking one, an https token URL) nothing goes over http.
+        self._base_is_https = urlsplit(self.fhir_base_url or token_url or "").scheme == "https"
+        self._token_url = self._checked_token_url(token_url, "token_url") if token_url else None
         self._smart_configuration = smart_configuration
         self.token_store: TokenStore = token_store or InMemoryTokenStore()
         self.store_key = store_key or f"{type(self).__name__}:{client_id}@{token_url or self.fhir_base_url}"
@@ -86,7 +98,17 @@ class TokenAuth(AuthBase):
         self._http = session or requests.Session()
         self._on_new_token = on_new_token
         self._lock = threading.Lock()
-        self.origins = OriginPolicy([self.fhir_base_url] if self.fhir_base_url else [], allowed_hosts)
+        allowed_hosts = list(allowed_hosts)
+        self.origins = OriginPolicy(
+            [self.fhir_base_url] if self.fhir_base_url else [],
+            allowed_hosts,
+            allow_insecure_http=allow_insecure_http,
+            base_is_https=self._base_is_https,
+        )
+        for entry in allowed_hosts:
+            refusal = self.origins.refusal(entry.strip()) if "://" in entry else None
+            if refusal:
+                raise SmartConfigError(f"allowed_hosts: {refusal}.", field="allowed_hosts")
         self.token_requests = 0
 
     # --- discovery ------------------------------------------------------------------------------
@@ -96,15 +118,27 @@ class TokenAuth(AuthBase):
             if self.fhir_base_url is None:
                 raise SmartConfigError("fhir_base_url is needed to discover the SMART configuration.")
             self._smart_configuration = discover_smart_configuration(
-                self.fhir_base_url, session=self._http, timeout=self.timeout
+                self.fhir_base_url,
+                session=self._http,
+                timeout=self.timeout,
+                allow_insecure_http=self.allow_insecure_http,
             )
         return self._smart_configuration
 
     @property
     def token_url(self) -> str:
         if self._token_url is None:
-            self._token_url = self.smart_configuration.token_endpoint
+            self._token_url = self._checked_token_url(self.smart_configuration.token_endpoint, "token_endpoint")
         return self._token_url
+
+    def _checked_token_url(self, url: str, field: str) -> str:
+        """``url`` if it may receive our credentials: never plain http when the connection is https."""
+        refusal = insecure_http_refusal(
+            url, base_is_https=self._base_is_https, allow_insecure_http=self.allow_insecure_http
+        )
+        if refusal:
+            raise SmartConfigError(f"{field}: {refusal}. Nothing was sent there.", field=field)
+        return url
 
     # --- origins --------------------------------------------------------------------------------
     def allow_origin(self, url: str) -> None:
@@ -125,19 +159,23 @@ class TokenAuth(AuthBase):
 
     def _mint(self, current: StoredToken | None) -> StoredToken:
         token_url = self.token_url
+        # One overall deadline for every attempt (and the pauses between them): a stalled or dripping
+        # token endpoint cannot hold the caller longer than the timeout it chose.
+        deadline = Deadline(self.timeout)
         for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
             try:
                 # A new form each attempt: a JWT assertion is single-use (fresh jti on retries).
                 response = request_token(
-                    self._http, token_url, self._grant_form(current), self.client_auth, self.timeout
+                    self._http, token_url, self._grant_form(current), self.client_auth, self.timeout, deadline=deadline
                 )
-            except SmartAuthError as exc:
-                if exc.error != "connection_error" or attempt == TOKEN_REQUEST_ATTEMPTS:
+            except SmartTransportError:
+                if attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt:
                     raise
             else:
-                if response.status_code < 500 or attempt == TOKEN_REQUEST_ATTEMPTS:
+                last = attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt
+                if response.status_code < 500 or last:
                     break
-            log.warning("Token endpoint %s failed (attempt %d); retrying.", token_url, attempt)
+            log.warning("Token endpoint %s failed (attempt %d); retrying.", redact_url(token_url), attempt)
             time.sleep(0.5 * attempt)
         self.token_requests += 1
         token = self._keep_from_previous(parse_token_response(response, token_url), current)

@@ -17,6 +17,7 @@ from airflow_provider_smart.auth import (
     SmartAuthError,
     discover_smart_configuration,
 )
+from airflow_provider_smart.exceptions import SmartTransportError
 
 
 def make_auth(sandbox: Any, key: Any, client_id: str = "es-client", **kwargs: Any) -> BackendServicesAuth:
@@ -55,8 +56,9 @@ def test_discovery_errors_say_what_is_wrong(sandbox: Any) -> None:
     with pytest.raises(DiscoveryError, match=r"has no /\.well-known/smart-configuration") as err:
         discover_smart_configuration(sandbox.origin + "/not-fhir")
     assert err.value.kind == "smart.discovery"
-    with pytest.raises(DiscoveryError, match="Could not reach"):
+    with pytest.raises(SmartTransportError, match="Could not reach") as unreachable:
         discover_smart_configuration("http://127.0.0.1:9/fhir", timeout=2)
+    assert unreachable.value.kind == "smart.transport"
 
 
 @pytest.mark.parametrize("keyname", ["es384", "rs384"])
