@@ -140,7 +140,7 @@ def test_smart_client_refreshes_before_expiry_and_keeps_rotated_token(launch_san
     session.auth = client
     assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
     assert launch_sandbox.refresh_requests == 0
-    time.sleep(1.2)
+    time.sleep(1.7)  # an explicit expiry_skew is capped at half the lifetime: 1.5 s here
     assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
     assert launch_sandbox.refresh_requests == 1
     rotated = client.tokens.refresh_token
