@@ -53,9 +53,9 @@ def normalise_base_url(url: str | None, *, field: str = "host", allow_insecure_h
             field=field,
         )
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = "" if "@" in url else f" {redact_url(url)!r}"  # 'user:pw@host' parses as scheme 'user'
         raise SmartConfigError(
-            f"{field} {redact_url(url)!r} is not an absolute http(s) URL: include the scheme, "
-            "e.g. https://fhir.example.org/r4.",
+            f"{field}{shown} is not an absolute http(s) URL: include the scheme, e.g. https://fhir.example.org/r4.",
             field=field,
         )
     if parts.query or parts.fragment or url.endswith(("?", "#")):
