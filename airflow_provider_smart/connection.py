@@ -19,7 +19,7 @@ from airflow_provider_smart.auth.discovery import normalise_base_url
 from airflow_provider_smart.auth.keys import choose_alg, load_private_key
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
 from airflow_provider_smart.exceptions import SmartConfigError
-from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.origins import OriginPolicy, insecure_http_refusal
 from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, new_session
 
 AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token")
@@ -44,15 +44,18 @@ class ConnectionSettings:
     scope: str = DEFAULT_SCOPE
     token_url: str | None = None
     allowed_hosts: list[str] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # values may be API keys
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     refresh_token: str | None = field(default=None, repr=False)
     token_store: str = "variable"
+    allow_insecure_http: bool = False  # plain http off loopback / downgrades: for test servers only
 
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.private_key, self.client_secret, self.refresh_token) if s]
+        """Everything the secret masker must hide, header values included (they may be API keys)."""
+        values = [self.private_key, self.client_secret, self.refresh_token, *self.headers.values()]
+        return [s for s in values if s]
 
 
 def _as_list(value: Any, name: str) -> list[str]:
@@ -77,7 +80,26 @@ def _as_headers(value: Any) -> dict[str, str]:
         raise SmartConfigError("extra.headers must map header names to string values.", field="headers")
     if any(k.lower() == "authorization" for k in value):
         raise SmartConfigError("extra.headers must not set Authorization; the hook manages it.", field="headers")
+    for name, header_value in value.items():
+        # Named, never echoed: a header value may be a secret.
+        if not name or any(c in name for c in "\r\n:") or name != name.strip():
+            raise SmartConfigError(f"extra.headers: {name!r} is not a valid header name.", field="headers")
+        if any(c in header_value for c in "\r\n\x00"):
+            raise SmartConfigError(
+                f"extra.headers: the value of {name!r} contains a line break (CR/LF) or NUL; remove it.",
+                field="headers",
+            )
     return value
+
+
+def _as_flag(value: Any, name: str) -> bool:
+    if value in (None, ""):
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise SmartConfigError(f"extra.{name} must be true or false, not {value!r}.", field=name)
 
 
 def _as_verify(value: Any) -> bool | str:
@@ -107,6 +129,33 @@ def _as_timeout(value: Any) -> float:
     if timeout <= 0:
         raise SmartConfigError("extra.timeout must be positive.", field="timeout")
     return timeout
+
+
+def _token_url(value: Any, base: str, insecure: bool) -> str | None:
+    if value in (None, ""):
+        return None
+    url = normalise_base_url(value, field="token_url", allow_insecure_http=insecure)
+    refusal = insecure_http_refusal(url, base_is_https=base.startswith("https:"), allow_insecure_http=insecure)
+    if refusal:
+        raise SmartConfigError(f"extra.token_url: {refusal}.", field="token_url")
+    return url
+
+
+def _allowed_hosts(value: Any, base: str, insecure: bool) -> list[str]:
+    hosts = _as_list(value, "allowed_hosts")
+    for entry in hosts:
+        if "@" in entry:
+            raise SmartConfigError(
+                "extra.allowed_hosts: an entry contains user info (user@host); remove it.", field="allowed_hosts"
+            )
+        refusal = (
+            insecure_http_refusal(entry, base_is_https=base.startswith("https:"), allow_insecure_http=insecure)
+            if "://" in entry
+            else None
+        )
+        if refusal:
+            raise SmartConfigError(f"extra.allowed_hosts: {refusal}.", field="allowed_hosts")
+    return hosts
 
 
 def read_private_key(extra: dict[str, Any]) -> str | None:
@@ -177,7 +226,8 @@ def settings_from_connection(
     where = f"Connection {conn_id!r}: " if conn_id else ""
     extra = dict(extra or {})
     try:
-        base = normalise_base_url(host, field="host")
+        insecure = _as_flag(extra.get("allow_insecure_http"), "allow_insecure_http")
+        base = normalise_base_url(host, field="host", allow_insecure_http=insecure)
         if not login:
             raise SmartConfigError(
                 "login (Client ID) is empty: set it to the client id the server issued.", field="login"
@@ -195,11 +245,12 @@ def settings_from_connection(
             alg=(extra.get("alg") or None),
             jku=extra.get("jku") or None,
             scope=(extra.get("scope") or DEFAULT_SCOPE).strip(),
-            token_url=normalise_base_url(extra["token_url"], field="token_url") if extra.get("token_url") else None,
-            allowed_hosts=_as_list(extra.get("allowed_hosts"), "allowed_hosts"),
+            token_url=_token_url(extra.get("token_url"), base, insecure),
+            allowed_hosts=_allowed_hosts(extra.get("allowed_hosts"), base, insecure),
             headers=_as_headers(extra.get("headers")),
             verify=_as_verify(extra.get("verify")),
             timeout=_as_timeout(extra.get("timeout")),
+            allow_insecure_http=insecure,
         )
         if method == "refresh_token":
             _refresh_token_settings(settings, password, extra)
@@ -251,6 +302,7 @@ def build_auth(
         "on_new_token": on_new_token,
         "session": session or new_session(verify=settings.verify, timeout=settings.timeout),
         "origins": origins,
+        "allow_insecure_http": settings.allow_insecure_http,
     }
     common["store_key"] = (
         f"{settings.auth_method}:{settings.client_id}@{settings.token_url or settings.fhir_base_url}#{common['scope']}"

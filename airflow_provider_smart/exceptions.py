@@ -113,6 +113,16 @@ class SmartTransportError(SmartError):
     kind = "smart.transport"
 
 
+class TokenStoreError(SmartError):
+    """A token store could not be read or written; ``context["store"]`` names it (a file, a Variable...).
+
+    When a rotated refresh token could not be saved, ``context["unsaved"]`` is True: the running process
+    holds the only valid copy, and the message says what to do.
+    """
+
+    kind = "smart.token_store"
+
+
 class BulkExportError(SmartError):
     """A Bulk Data kick-off, status, manifest or file failed for good."""
 
@@ -157,6 +167,7 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     DiscoveryError,
     SmartAuthError,
     SmartTransportError,
+    TokenStoreError,
     BulkExportError,
     ExportTimeoutError,
     BulkDownloadError,

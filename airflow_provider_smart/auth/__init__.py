@@ -28,7 +28,14 @@ from airflow_provider_smart.auth.scopes import (
 from airflow_provider_smart.auth.smart_client import SmartClient
 from airflow_provider_smart.auth.stores import FileTokenStore
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
-from airflow_provider_smart.exceptions import DiscoveryError, SmartAuthError, SmartConfigError, SmartError
+from airflow_provider_smart.exceptions import (
+    DiscoveryError,
+    SmartAuthError,
+    SmartConfigError,
+    SmartError,
+    SmartTransportError,
+    TokenStoreError,
+)
 from airflow_provider_smart.origins import OriginPolicy
 
 __all__ = [
@@ -48,10 +55,12 @@ __all__ = [
     "SmartConfigError",
     "SmartConfiguration",
     "SmartError",
+    "SmartTransportError",
     "StoredToken",
     "TokenAuth",
     "TokenResponse",
     "TokenStore",
+    "TokenStoreError",
     "build_authorize_post",
     "build_authorize_url",
     "build_scopes",

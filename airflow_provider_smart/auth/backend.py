@@ -2,20 +2,23 @@
 
 ``BackendServicesAuth`` (``client_credentials`` with a signed JWT assertion) and ``ClientSecretAuth``
 (``client_credentials`` with a secret) live here; ``SmartClient`` (App Launch refresh tokens) builds on
-the same :class:`TokenAuth`: a token cache renewed ``expiry_skew`` seconds before expiry, one token
+the same :class:`TokenAuth`: a token cache renewed min(60 s, 15 % of its lifetime) before expiry, one token
 request at a time across threads (and across processes when the store can lock), the token sent only
 to allowed origins, and one replay on a 401.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase
@@ -34,18 +37,34 @@ from airflow_provider_smart.auth.discovery import (
 )
 from airflow_provider_smart.auth.keys import PrivateKey
 from airflow_provider_smart.auth.tokens import (
+    MAX_RENEW_FRACTION,
+    RENEW_FRACTION,
     InMemoryTokenStore,
     StoredToken,
     TokenStore,
     parse_token_response,
 )
-from airflow_provider_smart.exceptions import SmartConfigError, SmartTransportError
-from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.auth.transport import Deadline
+from airflow_provider_smart.exceptions import SmartConfigError, SmartTransportError, TokenStoreError
+from airflow_provider_smart.origins import OriginPolicy, insecure_http_refusal, redact_url
 from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 log = logging.getLogger(__name__)
 
 TOKEN_REQUEST_ATTEMPTS = 3  # transport errors and 5xx from the token endpoint are retried (new assertion each)
+DEFAULT_EXPIRY_SKEW = 60.0
+STORE_WRITE_ATTEMPTS = 3  # a refused token-store write is retried at once, then kept in memory...
+STORE_RETRY_INTERVAL = 10.0  # ...and retried at most this often while the process keeps using it
+
+
+def describe_store_failure(exc: BaseException) -> str:
+    """What went wrong, without the exception's text when it could echo the token (database errors do)."""
+    if isinstance(exc, TokenStoreError):
+        return exc.message
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{type(exc).__name__}: {exc.strerror or 'I/O error'}{where}"
+    return type(exc).__name__
 
 
 class TokenAuth(AuthBase):
@@ -61,12 +80,13 @@ class TokenAuth(AuthBase):
         smart_configuration: SmartConfiguration | None = None,
         token_store: TokenStore | None = None,
         store_key: str | None = None,
-        expiry_skew: float = 60.0,
+        expiry_skew: float | None = None,
         session: requests.Session | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         allowed_hosts: Iterable[str] = (),
         origins: OriginPolicy | None = None,
         on_new_token: Callable[[StoredToken], None] | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         client_id = client_auth.client_id
         if not client_id:
@@ -76,20 +96,42 @@ class TokenAuth(AuthBase):
         self.client_id = client_id
         self.client_auth = client_auth
         self.scope = scope or ""
-        self.fhir_base_url = normalise_base_url(fhir_base_url, field="fhir_base_url") if fhir_base_url else None
-        self._token_url = token_url
+        self.allow_insecure_http = allow_insecure_http
+        self.fhir_base_url = (
+            normalise_base_url(fhir_base_url, field="fhir_base_url", allow_insecure_http=allow_insecure_http)
+            if fhir_base_url
+            else None
+        )
+        if token_url:
+            normalise_base_url(token_url, field="token_url", allow_insecure_http=allow_insecure_http)
+        # No downgrade: with an https FHIR base (or, lacking one, an https token URL) nothing goes over http.
+        self._base_is_https = urlsplit(self.fhir_base_url or token_url or "").scheme == "https"
+        self._token_url = self._checked_token_url(token_url, "token_url") if token_url else None
         self._smart_configuration = smart_configuration
         self.token_store: TokenStore = token_store or InMemoryTokenStore()
         self.store_key = store_key or f"{type(self).__name__}:{client_id}@{token_url or self.fhir_base_url}"
-        self.expiry_skew = expiry_skew
+        # Renew when less than min(expiry_skew, a fraction of the lifetime) is left: by default
+        # min(60 s, 15 %); an explicit expiry_skew is capped at half the lifetime (never a mint per request).
+        self.expiry_skew = DEFAULT_EXPIRY_SKEW if expiry_skew is None else float(expiry_skew)
+        self._renew_fraction = RENEW_FRACTION if expiry_skew is None else MAX_RENEW_FRACTION
         self.timeout = timeout
         # Token requests never go through a session that carries this auth.
         self._http = session or new_session(timeout=timeout)
         self._on_new_token = on_new_token
         self._lock = threading.Lock()
+        self._unsaved: StoredToken | None = None  # a token the store refused; this process's only copy
+        self._unsaved_precious = False  # ...and it carries a rotated refresh token
+        self._unsaved_message = ""
+        self._next_save_retry = 0.0
+        self._atexit_registered = False
         # Shared with the Bulk Data client when given: one allow-list, so neither can drift from the other.
-        self.origins = origins if origins is not None else OriginPolicy()
+        self.origins = origins or OriginPolicy(
+            allow_insecure_http=allow_insecure_http, base_is_https=self._base_is_https
+        )
         for entry in [self.fhir_base_url or "", *allowed_hosts]:
+            refusal = self.origins.refusal(entry.strip()) if "://" in entry else None
+            if refusal:
+                raise SmartConfigError(f"allowed_hosts: {refusal}.", field="allowed_hosts")
             self.origins.add(entry)
         self.token_requests = 0
 
@@ -100,15 +142,27 @@ class TokenAuth(AuthBase):
             if self.fhir_base_url is None:
                 raise SmartConfigError("fhir_base_url is needed to discover the SMART configuration.")
             self._smart_configuration = discover_smart_configuration(
-                self.fhir_base_url, session=self._http, timeout=self.timeout
+                self.fhir_base_url,
+                session=self._http,
+                timeout=self.timeout,
+                allow_insecure_http=self.allow_insecure_http,
             )
         return self._smart_configuration
 
     @property
     def token_url(self) -> str:
         if self._token_url is None:
-            self._token_url = self.smart_configuration.token_endpoint
+            self._token_url = self._checked_token_url(self.smart_configuration.token_endpoint, "token_endpoint")
         return self._token_url
+
+    def _checked_token_url(self, url: str, field: str) -> str:
+        """``url`` if it may receive our credentials: never plain http when the connection is https."""
+        refusal = insecure_http_refusal(
+            url, base_is_https=self._base_is_https, allow_insecure_http=self.allow_insecure_http
+        )
+        if refusal:
+            raise SmartConfigError(f"{field}: {refusal}. Nothing was sent there.", field=field)
+        return url
 
     # --- origins --------------------------------------------------------------------------------
     def allow_origin(self, url: str) -> None:
@@ -129,19 +183,23 @@ class TokenAuth(AuthBase):
 
     def _mint(self, current: StoredToken | None) -> StoredToken:
         token_url = self.token_url
+        # One overall deadline for every attempt (and the pauses between them): a stalled or dripping
+        # token endpoint cannot hold the caller longer than the timeout it chose.
+        deadline = Deadline(self.timeout)
         for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
             try:
                 # A new form each attempt: a JWT assertion is single-use (fresh jti on retries).
                 response = request_token(
-                    self._http, token_url, self._grant_form(current), self.client_auth, self.timeout
+                    self._http, token_url, self._grant_form(current), self.client_auth, self.timeout, deadline=deadline
                 )
             except SmartTransportError:
-                if attempt == TOKEN_REQUEST_ATTEMPTS:
+                if attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt:
                     raise
             else:
-                if response.status_code < 500 or attempt == TOKEN_REQUEST_ATTEMPTS:
+                last = attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt
+                if response.status_code < 500 or last:
                     break
-            log.warning("Token endpoint %s failed (attempt %d); retrying.", token_url, attempt)
+            log.warning("Token endpoint %s failed (attempt %d); retrying.", redact_url(token_url), attempt)
             time.sleep(0.5 * attempt)
         self.token_requests += 1
         token = self._keep_from_previous(parse_token_response(response, token_url), current)
@@ -156,23 +214,34 @@ class TokenAuth(AuthBase):
         return token
 
     def get_token(self, *, force: bool = False) -> StoredToken:
-        """A token with more than ``expiry_skew`` seconds left, minting one if needed (one at a time).
+        """A token with more than the renewal margin left, minting one if needed (one at a time).
 
-        When the store offers ``lock(key)`` (the file store does), minting also holds that lock, so
-        separate processes sharing the store mint once, and never use a refresh token twice.
+        The margin is ``min(expiry_skew, 15 % of the token's lifetime)``, so short-lived tokens are not
+        re-minted on every request. Threads that waited while another minted use that token: one mint
+        serves them all. When the store offers ``lock(key)`` (the file store does), minting also holds
+        that lock, so separate processes sharing the store mint once, and never use a refresh token twice.
         """
+        seen: str | None = None
         if not force:
-            token = self.token_store.get(self.store_key)
-            if token is not None and token.access_token and token.is_fresh(self.expiry_skew):
+            token = self._cached()
+            if token is not None and token.access_token and self._fresh(token):
                 return token
+            seen = token.access_token if token is not None else None
         with self._locked():
             # Re-read: another thread or process may have minted while we waited for the locks.
-            current = self.token_store.get(self.store_key)
-            if current is not None and current.access_token and current.is_fresh(self.expiry_skew) and not force:
-                return current
+            current = self._cached(locked=True)
+            if current is not None and current.access_token and not force:
+                if self._fresh(current):
+                    return current
+                remaining = current.expires_in()
+                if current.access_token != seen and (remaining is None or remaining > 0):
+                    return current  # minted while we waited: use it rather than mint again
             token = self._mint(current)
-            self.token_store.set(self.store_key, token)
+            self._save(token, current)
             return token
+
+    def _fresh(self, token: StoredToken) -> bool:
+        return token.is_fresh(self.expiry_skew, fraction=self._renew_fraction)
 
     def invalidate(self, access_token: str | None = None) -> None:
         """Mark the cached token expired (only if it is still ``access_token``, so concurrent 401s mint once).
@@ -180,9 +249,122 @@ class TokenAuth(AuthBase):
         The entry is kept, expired, rather than deleted: it may hold a refresh token still needed.
         """
         with self._locked():  # read-modify-write: unlocked, it could restore a refresh token just rotated away
-            current = self.token_store.get(self.store_key)
+            current = self._cached(locked=True)
             if current is not None and (access_token is None or current.access_token == access_token):
-                self.token_store.set(self.store_key, dataclasses.replace(current, expires_at=0.0))
+                self._save(dataclasses.replace(current, expires_at=0.0), current)
+
+    # --- the token store, and what happens when it cannot be written ---------------------------------
+    def _cached(self, *, locked: bool = False) -> StoredToken | None:
+        """The current token: one the store refused to save (kept in memory) wins over the store's copy.
+
+        While such a token is pending, the write is retried every ``STORE_RETRY_INTERVAL`` seconds
+        (under the locks: never racing a mint that replaces it).
+        """
+        if self._unsaved is None:
+            return self.token_store.get(self.store_key)
+        if time.monotonic() >= self._next_save_retry:
+            if locked:
+                self._retry_save()
+            elif self._lock.acquire(blocking=False):
+                try:
+                    store_lock = getattr(self.token_store, "lock", None)
+                    with store_lock(self.store_key) if store_lock else contextlib.nullcontext():
+                        self._retry_save()
+                finally:
+                    self._lock.release()
+        unsaved = self._unsaved
+        return unsaved if unsaved is not None else self.token_store.get(self.store_key)
+
+    def _save(self, token: StoredToken, previous: StoredToken | None) -> None:
+        """Write ``token`` to the store; if that fails, keep it in memory, retry, and say what to do."""
+        rotated = bool(token.refresh_token) and (previous is None or token.refresh_token != previous.refresh_token)
+        self._unsaved_precious = self._unsaved_precious or rotated
+        for attempt in range(1, STORE_WRITE_ATTEMPTS + 1):
+            try:
+                self.token_store.set(self.store_key, token)
+            except Exception as exc:  # any store: a file, a Variable, a user's own
+                failure = describe_store_failure(exc)
+                if attempt < STORE_WRITE_ATTEMPTS:
+                    time.sleep(0.2 * attempt)
+            else:
+                if self._unsaved is not None:
+                    log.warning("Token store %r accepted the token kept in memory; it is saved now.", self.token_store)
+                self._unsaved = None
+                self._unsaved_precious = False
+                return
+        self._unsaved = token
+        self._next_save_retry = time.monotonic() + STORE_RETRY_INTERVAL
+        self._unsaved_message = self._store_failure_message(failure)
+        if self._unsaved_precious:
+            log.error(self._unsaved_message)
+            if not self._atexit_registered:
+                self._atexit_registered = True
+                atexit.register(self._at_exit)
+        else:
+            log.warning(
+                "Token store %r could not save the access token for %s (%s); keeping it in memory for this "
+                "process (no refresh token is at stake).",
+                self.token_store,
+                self.store_key,
+                failure,
+            )
+
+    def _store_failure_message(self, failure: str) -> str:
+        if not self._unsaved_precious:
+            return f"Token store {self.token_store!r} could not save the token for {self.store_key} ({failure})."
+        return (
+            f"Token store {self.token_store!r} could not save the rotated refresh token for {self.store_key} "
+            f"({failure}). The server replaced the previous refresh token, so the copy in the store is probably "
+            f"no longer valid: this process (pid {os.getpid()}) holds the only valid one. It keeps using it and "
+            "retries the write. Fix the store now (disk space, file permissions, or the Airflow Variable / "
+            "metadata database it writes to); if this process ends before a write succeeds, the grant is lost "
+            "and must be re-authorised (airflow-smart authorize --conn-id <conn>, asking for offline_access)."
+        )
+
+    def _retry_save(self) -> None:
+        token = self._unsaved
+        if token is None:
+            return
+        try:
+            self.token_store.set(self.store_key, token)
+        except Exception as exc:
+            self._next_save_retry = time.monotonic() + STORE_RETRY_INTERVAL
+            self._unsaved_message = self._store_failure_message(describe_store_failure(exc))
+            return
+        log.warning("Token store %r accepted the token kept in memory; it is saved now.", self.token_store)
+        if self._unsaved is token:
+            self._unsaved = None
+            self._unsaved_precious = False
+
+    @property
+    def unsaved(self) -> bool:
+        """True while a token the store refused is held only in this process's memory."""
+        return self._unsaved is not None
+
+    def ensure_saved(self) -> None:
+        """Retry writing a token the store refused; raise :class:`TokenStoreError` if it still cannot.
+
+        Call it before a process ends (a task's last step): it turns a silently lost refresh token into
+        a failed task whose message says what to do.
+        """
+        with self._locked():
+            if self._unsaved is None:
+                return
+            self._retry_save()
+            if self._unsaved is not None:
+                raise TokenStoreError(
+                    self._unsaved_message,
+                    store=repr(self.token_store),
+                    key=self.store_key,
+                    unsaved=self._unsaved_precious,
+                )
+
+    def _at_exit(self) -> None:
+        if self._unsaved is None:
+            return
+        self._retry_save()
+        if self._unsaved is not None and self._unsaved_precious:
+            log.critical("Process exiting with an unsaved refresh token. %s", self._unsaved_message)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

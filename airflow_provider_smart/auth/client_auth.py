@@ -10,11 +10,14 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import urljoin
 
 import requests
 
 from airflow_provider_smart.auth.keys import PrivateKey, choose_alg, load_private_key
-from airflow_provider_smart.exceptions import SmartConfigError
+from airflow_provider_smart.auth.transport import Deadline, send
+from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError
+from airflow_provider_smart.origins import redact_url
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 270  # SMART: exp SHALL be <= 5 min ahead; keep a margin for clock skew.
@@ -148,15 +151,39 @@ def request_token(
     form: dict[str, str],
     client: ClientAuthentication,
     timeout: float,
+    *,
+    deadline: Deadline | None = None,
 ) -> requests.Response:
-    """POST one grant to the token endpoint, authenticated as ``client`` (form-encoded, as SMART requires)."""
-    from airflow_provider_smart.exceptions import SmartTransportError
+    """POST one grant to the token endpoint, authenticated as ``client`` (form-encoded, as SMART requires).
 
+    Bounded by ``deadline`` (default: ``timeout`` seconds overall). A redirect is never followed: it
+    would re-send the client secret, or hand a fresh signed assertion, to the ``Location``'s origin.
+
+    :raises SmartTransportError: unreachable, stalled past the deadline, or a broken connection.
+    :raises SmartAuthError: the endpoint answered a redirect (``error="redirect"``).
+    """
     auth = client.apply(form, token_url)
-    try:
-        return session.post(token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
-    except requests.RequestException as exc:
-        # The exception text may echo the request; name only its type.
-        raise SmartTransportError(
-            f"Could not reach the token endpoint {token_url}: {type(exc).__name__}.", url=token_url
-        ) from None
+    response = send(
+        session,
+        "POST",
+        token_url,
+        data=form,
+        auth=auth,
+        headers={"Accept": "application/json"},
+        timeout=timeout,
+        deadline=deadline or Deadline(timeout),
+        what="the token endpoint",
+    )
+    if 300 <= response.status_code < 400:
+        location = response.headers.get("Location")
+        target = redact_url(urljoin(token_url, location)) if location else "nowhere (no Location header)"
+        raise SmartAuthError(
+            f"The token endpoint {redact_url(token_url)} answered HTTP {response.status_code}, redirecting to "
+            f"{target}. Token requests never follow redirects (they carry the client's credentials): "
+            "set token_url to the endpoint's final https URL if it really moved.",
+            error="redirect",
+            status=response.status_code,
+            url=redact_url(token_url),
+            location=target,
+        )
+    return response

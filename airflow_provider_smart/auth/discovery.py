@@ -8,25 +8,65 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from airflow_provider_smart.auth.transport import Deadline, send
 from airflow_provider_smart.exceptions import DiscoveryError, SmartConfigError
+from airflow_provider_smart.origins import insecure_http_refusal, is_http_url, redact_url
 from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+MAX_DISCOVERY_BYTES = 4 * 1024 * 1024  # a CapabilityStatement can be large; a configuration is a few kB
+_CREDENTIAL_ENDPOINTS = (
+    "token_endpoint",
+    "authorization_endpoint",
+    "registration_endpoint",
+    "introspection_endpoint",
+    "revocation_endpoint",
+)
 
 
-def normalise_base_url(url: str | None, *, field: str = "host") -> str:
-    """Check a FHIR base URL has a scheme and host; drop the trailing slash (we append paths to it)."""
+def normalise_base_url(url: str | None, *, field: str = "host", allow_insecure_http: bool = False) -> str:
+    """Check a FHIR base (or token) URL; drop the trailing slash (we append paths to it).
+
+    Refused, naming ``field`` and never echoing a password: no scheme or host, ``user:password@``
+    (credentials belong in the connection's login/password), a query or fragment, and plain http on a
+    non-loopback host unless ``allow_insecure_http``.
+    """
+    if url is not None and not isinstance(url, str):
+        raise SmartConfigError(f"{field} must be a URL string, not {type(url).__name__}.", field=field)
     url = (url or "").strip()
     if not url:
         raise SmartConfigError(
             f"{field} is empty: set it to the FHIR base URL, e.g. https://fhir.example.org/r4.", field=field
         )
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
         raise SmartConfigError(
-            f"{field} {url!r} is not an absolute http(s) URL: include the scheme, e.g. https://fhir.example.org/r4.",
+            f"{field} is not a valid URL (check the host and port), e.g. https://fhir.example.org/r4.", field=field
+        ) from None
+    if "@" in parts.netloc:
+        # Before anything echoes the URL: its user info may hold a password.
+        raise SmartConfigError(
+            f"{field} contains user info (user:password@host): remove it; put the client id in the login "
+            "field and the secret in the password field.",
             field=field,
         )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = "" if "@" in url else f" {redact_url(url)!r}"  # 'user:pw@host' parses as scheme 'user'
+        raise SmartConfigError(
+            f"{field}{shown} is not an absolute http(s) URL: include the scheme, e.g. https://fhir.example.org/r4.",
+            field=field,
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise SmartConfigError(
+            f"{field} {redact_url(url)!r} has a query string or fragment: give the base URL only "
+            "(paths such as /.well-known/smart-configuration are appended to it).",
+            field=field,
+        )
+    refusal = insecure_http_refusal(url, base_is_https=False, allow_insecure_http=allow_insecure_http)
+    if refusal:
+        raise SmartConfigError(f"{field}: {refusal}.", field=field)
     return url.rstrip("/")
 
 
@@ -106,19 +146,76 @@ class SmartConfiguration:
         return capability in self.capabilities
 
 
-def _get_json(session: requests.Session, url: str, accept: str, timeout: float) -> tuple[int, Any]:
-    try:
-        response = session.get(url, headers={"Accept": accept}, timeout=timeout)
-    except requests.RequestException as exc:
-        raise DiscoveryError(f"Could not reach {url}: {type(exc).__name__}: {exc}", url=url) from None
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _get_json(
+    session: requests.Session,
+    url: str,
+    accept: str,
+    timeout: float,
+    deadline: Deadline,
+    allow_insecure_http: bool,
+) -> tuple[int, Any]:
+    """GET ``url`` as JSON, following up to five redirects that keep to https (discovery sends no secret)."""
+    seen = [url]
+    current = url
+    while True:
+        response = send(
+            session,
+            "GET",
+            current,
+            headers={"Accept": accept},
+            timeout=timeout,
+            deadline=deadline,
+            what="the SMART discovery URL",
+            max_bytes=MAX_DISCOVERY_BYTES,
+        )
+        if response.status_code not in _REDIRECTS:
+            break
+        location = response.headers.get("Location")
+        if not location:
+            raise DiscoveryError(
+                f"{redact_url(current)} answered HTTP {response.status_code} without a Location header.",
+                url=redact_url(url),
+                status=response.status_code,
+            )
+        target = urljoin(current, location)
+        refusal = insecure_http_refusal(
+            target, base_is_https=urlsplit(current).scheme == "https", allow_insecure_http=allow_insecure_http
+        )
+        if refusal or not is_http_url(target):
+            raise DiscoveryError(
+                f"{redact_url(current)} redirects to {redact_url(target)}, which discovery will not follow: "
+                f"{refusal or 'not an http(s) URL'}.",
+                url=redact_url(url),
+                status=response.status_code,
+            )
+        if target in seen:
+            raise DiscoveryError(
+                f"Redirect loop fetching {redact_url(url)}: "
+                + " -> ".join(redact_url(u) for u in [*seen[seen.index(target) :], target])
+                + "; fix the server or the FHIR base URL.",
+                url=redact_url(url),
+                status=response.status_code,
+            )
+        if len(seen) > MAX_REDIRECTS:
+            raise DiscoveryError(
+                f"{redact_url(url)} redirected more than {MAX_REDIRECTS} times; fix the server or the FHIR base URL.",
+                url=redact_url(url),
+                status=response.status_code,
+            )
+        seen.append(target)
+        current = target
     if response.status_code != 200:
         return response.status_code, None
     try:
         return 200, response.json()
     except ValueError:
         raise DiscoveryError(
-            f"{url} did not return JSON (Content-Type {response.headers.get('Content-Type')!r}).",
-            url=url,
+            f"{redact_url(current)} did not return JSON (Content-Type {response.headers.get('Content-Type')!r}).",
+            url=redact_url(url),
             status=200,
         ) from None
 
@@ -153,28 +250,55 @@ def discover_smart_configuration(
     *,
     session: requests.Session | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    allow_insecure_http: bool = False,
 ) -> SmartConfiguration:
     """Fetch and validate the SMART configuration of a FHIR server.
 
     The well-known path is string-appended to the base (keeping its path, as SMART requires);
     a 404 there falls back to the deprecated CapabilityStatement ``oauth-uris`` extension.
+    Redirects are followed (at most five, never from https to http); ``timeout`` bounds the whole
+    discovery. Endpoints that would receive credentials (token, authorization...) must be https when
+    the base is, and never plain http on a non-loopback host unless ``allow_insecure_http``.
     """
-    base = normalise_base_url(fhir_base_url, field="fhir_base_url")
+    base = normalise_base_url(fhir_base_url, field="fhir_base_url", allow_insecure_http=allow_insecure_http)
     http = session or new_session(timeout=timeout)
+    deadline = Deadline(timeout)
     url = f"{base}/.well-known/smart-configuration"
-    status, data = _get_json(http, url, "application/json", timeout)
+    status, data = _get_json(http, url, "application/json", timeout, deadline, allow_insecure_http)
     if status == 200:
-        return SmartConfiguration.from_dict(data, base)
-    if status not in (404, 410):
+        config = SmartConfiguration.from_dict(data, base)
+    elif status not in (404, 410):
         raise DiscoveryError(
             f"{url} answered HTTP {status}; expected 200 with the SMART configuration.", url=url, status=status
         )
-    status, data = _get_json(http, f"{base}/metadata", "application/fhir+json", timeout)
-    if status != 200:
-        raise DiscoveryError(
-            f"{base} has no /.well-known/smart-configuration (404) and /metadata answered HTTP {status}; "
-            "check the FHIR base URL, or set token_url in the connection extra.",
-            url=url,
-            status=status,
+    else:
+        status, data = _get_json(
+            http, f"{base}/metadata", "application/fhir+json", timeout, deadline, allow_insecure_http
         )
-    return _from_capability_statement(data, base)
+        if status != 200:
+            raise DiscoveryError(
+                f"{base} has no /.well-known/smart-configuration (404) and /metadata answered HTTP {status}; "
+                "check the FHIR base URL, or set token_url in the connection extra.",
+                url=url,
+                status=status,
+            )
+        config = _from_capability_statement(data, base)
+    check_endpoints(config, allow_insecure_http=allow_insecure_http)
+    return config
+
+
+def check_endpoints(config: SmartConfiguration, *, allow_insecure_http: bool = False) -> None:
+    """Refuse discovered endpoints that would carry credentials over plain http (see :mod:`origins`)."""
+    base_is_https = urlsplit(config.fhir_base_url).scheme == "https"
+    for name in _CREDENTIAL_ENDPOINTS:
+        value = getattr(config, name)
+        refusal = value and insecure_http_refusal(
+            value, base_is_https=base_is_https, allow_insecure_http=allow_insecure_http
+        )
+        if refusal:
+            raise DiscoveryError(
+                f"The SMART configuration of {config.fhir_base_url} advertises {name} {refusal}. "
+                f"Nothing was sent there.",
+                url=redact_url(value),
+                field=name,
+            )

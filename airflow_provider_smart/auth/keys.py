@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +26,7 @@ def load_private_key(key: str | bytes | PrivateKey, *, field: str = "private_key
         return key
     if isinstance(key, str):
         key = key.strip().encode()
+    key = repair_pem(key)
     if not key:
         raise SmartConfigError(f"{field} is empty: paste the PEM private key (-----BEGIN PRIVATE KEY-----...).")
     if b"-----BEGIN" not in key:
@@ -46,6 +48,26 @@ def load_private_key(key: str | bytes | PrivateKey, *, field: str = "private_key
     if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise SmartConfigError(f"{field} must be an RSA or EC key, not {type(loaded).__name__}.", field=field)
     return loaded
+
+
+_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def repair_pem(key: bytes) -> bytes:
+    """Undo what single-line fields do to a PEM: literal ``\\n`` escapes, or line breaks turned to spaces.
+
+    Only the base64 body is rewrapped (64 columns); a key that is not PEM-shaped is returned as is.
+    """
+    match = _PEM.search(key)
+    if match is None or (b"\\" not in key and b"\n" in match.group(2).strip()):
+        return key  # not PEM, or already has real line breaks and no escapes
+    label, body = match.group(1), match.group(2)
+    body = body.replace(b"\\r", b"").replace(b"\\n", b"")
+    if b":" in body:  # an encrypted legacy PEM (Proc-Type:...) cannot be rebuilt safely; leave it
+        return key
+    body = re.sub(rb"\s+", b"", body)
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN " + label + b"-----\n" + b"\n".join(lines) + b"\n-----END " + label + b"-----\n"
 
 
 def algs_for_key(key: PrivateKey) -> tuple[str, ...]:

@@ -101,7 +101,7 @@ class SmartClient(TokenAuth):
     # --- launch context ---------------------------------------------------------------------------
     @property
     def tokens(self) -> TokenResponse | None:
-        stored = self.token_store.get(self.store_key)
+        stored = self._cached()  # a token the store refused is newer than the store's copy
         return TokenResponse.from_stored(stored) if stored is not None else None
 
     @property

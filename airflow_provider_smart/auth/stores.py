@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_smart.auth.tokens import StoredToken
+from airflow_provider_smart.exceptions import TokenStoreError
 
 
 class FileTokenStore:
@@ -52,11 +53,36 @@ class FileTokenStore:
                     os.close(self._local.fd)
 
     def _read(self) -> dict[str, Any]:
+        """The file's tokens; a file that cannot be read or parsed is an error naming it, never ``{}``.
+
+        (Treating it as empty would let the next write replace it, losing any refresh token it held.)
+        """
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise TokenStoreError(
+                f"Token store file {self.path} cannot be read ({reason}); check its permissions.",
+                store=str(self.path),
+            ) from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            position = f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "?"
+            raise TokenStoreError(
+                f"Token store file {self.path} is not valid JSON ({position}). Restore it from a backup, or "
+                "move it aside and re-authorise (airflow-smart authorize) if it held a refresh token.",
+                store=str(self.path),
+            ) from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise TokenStoreError(
+                f"Token store file {self.path} is not a JSON object of tokens (found {type(data).__name__}); "
+                "move it aside and re-authorise if it held a refresh token.",
+                store=str(self.path),
+            )
+        return data
 
     def _write(self, data: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
@@ -74,7 +100,15 @@ class FileTokenStore:
 
     def get(self, key: str) -> StoredToken | None:
         entry = self._read().get(key)
-        return StoredToken.from_dict(entry) if isinstance(entry, dict) else None
+        if entry is None:
+            return None
+        try:
+            return StoredToken.from_dict(entry)
+        except TypeError:
+            raise TokenStoreError(
+                f"Token store file {self.path}: the entry for {key!r} is not a token; move the file aside.",
+                store=str(self.path),
+            ) from None
 
     def set(self, key: str, token: StoredToken) -> None:
         with self.lock(key):

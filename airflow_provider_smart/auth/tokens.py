@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,6 +14,14 @@ import requests
 from airflow_provider_smart.exceptions import SmartAuthError
 
 DEFAULT_EXPIRES_IN = 300  # SMART's recommended lifetime, assumed when a server omits expires_in
+UNUSABLE_EXPIRES_IN = 60.0  # assumed when expires_in is zero, negative, NaN or not a number
+MIN_EXPIRES_IN = 1.0
+MAX_EXPIRES_IN = 24 * 3600.0  # longer claims are renewed daily anyway
+RENEW_FRACTION = 0.15  # renew when less than min(60 s, 15 % of the lifetime) is left
+MAX_RENEW_FRACTION = 0.5  # an explicit expiry_skew is capped at half the lifetime
+MAX_DESCRIPTION = 300  # characters of a server's error_description kept in our messages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +32,7 @@ class StoredToken:
     token_type: str = "bearer"
     expires_at: float | None = None  # epoch seconds; None = unknown, rely on a 401
     scope: str = ""
+    lifetime: float | None = None  # seconds the token was issued for (sizes the renewal margin)
     refresh_token: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
     # App Launch context (patient, encounter, fhirContext...) and any other non-secret fields.
@@ -30,9 +41,18 @@ class StoredToken:
     def expires_in(self, now: float | None = None) -> float | None:
         return None if self.expires_at is None else self.expires_at - (time.time() if now is None else now)
 
-    def is_fresh(self, skew: float, now: float | None = None) -> bool:
+    def is_fresh(self, skew: float, now: float | None = None, *, fraction: float = RENEW_FRACTION) -> bool:
+        """More than the renewal margin left: ``min(skew, fraction * lifetime)`` when the lifetime is known.
+
+        A fixed margin would make every request mint when tokens live no longer than the margin.
+        """
         remaining = self.expires_in(now)
-        return remaining is None or remaining > skew
+        return remaining is None or remaining > self.renewal_margin(skew, fraction)
+
+    def renewal_margin(self, skew: float, fraction: float = RENEW_FRACTION) -> float:
+        if self.lifetime is None or not self.lifetime > 0:
+            return skew
+        return min(skew, fraction * self.lifetime)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, secrets included: for token stores only, never for logs."""
@@ -85,6 +105,50 @@ class InMemoryTokenStore:
         return f"InMemoryTokenStore({len(self._tokens)} tokens)"
 
 
+def truncate(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (servers have sent megabytes of description)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def clamp_expires_in(value: Any, token_url: str) -> float:
+    """A usable lifetime from whatever ``expires_in`` the server sent, with a warning when it was not sane.
+
+    Missing: SMART's 300 s. Zero, negative, NaN, a bool or not a number: 60 s (then a 401 renews it
+    sooner if needed). Below 1 s: 1 s. Infinite or above a day: a day. Never a crash, never a token
+    per request.
+    """
+    if value is None:
+        log.warning("Token response from %s has no expires_in; assuming %d s.", token_url, DEFAULT_EXPIRES_IN)
+        return float(DEFAULT_EXPIRES_IN)
+    number: float | None = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    shown = truncate(repr(value), 40)
+    if number is None or math.isnan(number) or number <= 0:
+        log.warning(
+            "Token response from %s has an unusable expires_in %s; assuming %.0f s (a 401 renews it sooner).",
+            token_url,
+            shown,
+            UNUSABLE_EXPIRES_IN,
+        )
+        return UNUSABLE_EXPIRES_IN
+    if number < MIN_EXPIRES_IN:
+        log.warning("Token response from %s has expires_in %s; assuming %.0f s.", token_url, shown, MIN_EXPIRES_IN)
+        return MIN_EXPIRES_IN
+    if number > MAX_EXPIRES_IN:
+        log.warning(
+            "Token response from %s has expires_in %s; renewing after %.0f s anyway.", token_url, shown, MAX_EXPIRES_IN
+        )
+        return MAX_EXPIRES_IN
+    return number
+
+
 def raise_for_token_error(response: requests.Response, token_url: str) -> None:
     """Turn a non-200 token-endpoint answer into a :class:`SmartAuthError` with the RFC 6749 code."""
     if response.status_code == 200:
@@ -94,8 +158,12 @@ def raise_for_token_error(response: requests.Response, token_url: str) -> None:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        error = body["error"]
-        description = body.get("error_description") if isinstance(body.get("error_description"), str) else None
+        error = truncate(body["error"], 80)
+        description = (
+            truncate(body["error_description"], MAX_DESCRIPTION)
+            if isinstance(body.get("error_description"), str)
+            else None
+        )
         hint = {
             "invalid_client": "check the client id, that the public key (kid) is registered, and alg",
             "invalid_scope": "ask only for scopes the client is registered for",
@@ -112,7 +180,7 @@ def raise_for_token_error(response: requests.Response, token_url: str) -> None:
             error=error,
             error_description=description,
             status=response.status_code,
-            error_uri=body.get("error_uri") if isinstance(body.get("error_uri"), str) else None,
+            error_uri=truncate(body["error_uri"], MAX_DESCRIPTION) if isinstance(body.get("error_uri"), str) else None,
             url=token_url,
         )
     raise SmartAuthError(
@@ -145,13 +213,7 @@ def parse_token_response(response: requests.Response, token_url: str, *, now: fl
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise invalid(f"token_type is {token_type!r}, expected 'bearer'")
-    expires_in = data.get("expires_in", DEFAULT_EXPIRES_IN)
-    try:
-        expires_in = float(expires_in)
-    except (TypeError, ValueError):
-        raise invalid(f"expires_in {expires_in!r} is not a number") from None
-    if expires_in <= 0:
-        raise invalid(f"expires_in {expires_in!r} is not positive")
+    expires_in = clamp_expires_in(data.get("expires_in"), token_url)
     scope = data.get("scope", "")
     if not isinstance(scope, str):
         raise invalid("scope is not a string")
@@ -162,6 +224,7 @@ def parse_token_response(response: requests.Response, token_url: str, *, now: fl
         access_token=access_token,
         token_type=token_type,
         expires_at=now + expires_in,
+        lifetime=expires_in,
         scope=scope,
         refresh_token=refresh_token,
         id_token=id_token,

@@ -87,7 +87,10 @@ class SmartHook(BaseHook):
         """The origins that may receive the token: one policy shared by the auth and the Bulk Data client."""
         from airflow_provider_smart.origins import OriginPolicy
 
-        return OriginPolicy()
+        settings = self.settings
+        return OriginPolicy(
+            [settings.fhir_base_url], settings.allowed_hosts, allow_insecure_http=settings.allow_insecure_http
+        )
 
     @cached_property
     def auth(self) -> TokenAuth:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import requests
 
 from airflow_provider_smart.auth import (
     FileTokenStore,
+    InMemoryTokenStore,
     SmartAuthError,
     SmartClient,
     build_authorize_url,
@@ -26,6 +29,7 @@ from airflow_provider_smart.auth import (
     generate_state,
     refresh_access_token,
 )
+from airflow_provider_smart.exceptions import TokenStoreError
 
 REDIRECT = "http://127.0.0.1:9/callback"  # never contacted: the test reads the redirect's Location
 LAUNCH_SCOPES = "launch launch/patient openid fhirUser offline_access user/*.rs patient/*.rs"
@@ -140,7 +144,7 @@ def test_smart_client_refreshes_before_expiry_and_keeps_rotated_token(launch_san
     session.auth = client
     assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
     assert launch_sandbox.refresh_requests == 0
-    time.sleep(1.2)
+    time.sleep(1.7)  # an explicit expiry_skew is capped at half the lifetime: 1.5 s here
     assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
     assert launch_sandbox.refresh_requests == 1
     rotated = client.tokens.refresh_token
@@ -235,3 +239,77 @@ def test_two_processes_refreshing_at_once_do_not_burn_the_token(launch_sandbox: 
     # finds a token another one just refreshed uses it instead of refreshing, hence "at most 9".
     assert [e for e in launch_sandbox.token_log if e.get("error")] == []
     assert 3 <= launch_sandbox.refresh_requests <= 9
+
+
+# --- issue 8 item 7: a rotated refresh token is never silently lost ---------------------------------
+class RefusingStore(InMemoryTokenStore):
+    """A store whose writes fail on cue, like a full disk or a refused Variable write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = False
+        self.attempts = 0
+
+    def set(self, key: str, token: Any) -> None:
+        if self.refuse:
+            self.attempts += 1
+            raise OSError(errno.ENOSPC, "No space left on device", "/var/tokens.json")
+        super().set(key, token)
+
+
+def test_rotated_refresh_token_survives_a_refused_store_write(
+    launch_sandbox: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RefusingStore()
+    client, _ = smart_client(launch_sandbox, token_store=store)
+    session = requests.Session()
+    session.auth = client
+    session.get(f"{launch_sandbox.url}/Patient").raise_for_status()  # first refresh, saved
+    saved = store.get(client.store_key)
+    assert saved is not None and saved.refresh_token
+
+    store.refuse = True
+    launch_sandbox.expire_tokens()
+    with caplog.at_level(logging.WARNING):
+        assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200  # the process keeps working
+    rotated = client.tokens.refresh_token
+    assert rotated != saved.refresh_token  # the server rotated it; only this process has the new one
+    assert store.attempts >= 3  # the write was retried
+    assert client.unsaved
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "only valid one" in errors[0].getMessage()
+    assert "re-authorised" in errors[0].getMessage() and "No space left" in errors[0].getMessage()
+    assert all(rotated not in r.getMessage() and saved.refresh_token not in r.getMessage() for r in caplog.records)
+
+    # The next refresh uses the in-memory token (the store's copy was discarded by the server).
+    launch_sandbox.expire_tokens()
+    assert session.get(f"{launch_sandbox.url}/Patient").status_code == 200
+    newest = client.tokens.refresh_token
+    assert newest != rotated
+
+    with pytest.raises(TokenStoreError, match="only valid one") as err:
+        client.ensure_saved()  # what a task calls before it ends: a clear failure, not a silent loss
+    assert err.value.kind == "smart.token_store" and err.value.context["unsaved"] is True
+    assert newest not in str(err.value)
+
+    store.refuse = False
+    client.ensure_saved()
+    assert not client.unsaved
+    assert store.get(client.store_key).refresh_token == newest
+
+
+def test_unsaved_access_token_without_refresh_token_is_only_a_warning(
+    sandbox: Any, es384: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_provider_smart.auth import BackendServicesAuth
+
+    store = RefusingStore()
+    store.refuse = True
+    auth = BackendServicesAuth(
+        client_id="es-client", private_key=es384.pem, kid=es384.kid, fhir_base_url=sandbox.url, token_store=store
+    )
+    with caplog.at_level(logging.WARNING):
+        first = auth.get_token()
+        assert auth.get_token() is first  # kept in memory: no token per request
+    assert sandbox.token_requests == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

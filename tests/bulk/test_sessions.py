@@ -24,7 +24,8 @@ def test_trusted_origins_forms() -> None:
     assert trusted.allows("https://ehr.example/other/path")
     assert not trusted.allows("http://ehr.example/fhir")  # scheme is part of an origin
     assert not trusted.allows("https://ehr.example:8443/fhir")
-    assert trusted.allows("https://files.example/a") and trusted.allows("http://files.example:81/a")
+    assert trusted.allows("https://files.example/a")
+    assert not trusted.allows("http://files.example/a")  # https base: a bare host matches https only
     assert trusted.allows("https://s3.example:9000/b") and not trusted.allows("https://s3.example/b")
     assert trusted.allows("https://cdn.example/x") and not trusted.allows("https://evil.example/x")
     assert not trusted.allows("file:///etc/passwd")

@@ -1,0 +1,144 @@
+"""Small purpose-built HTTP(S) servers on 127.0.0.1 that misbehave on cue (redirect, drip, lie...).
+
+A route is a function ``(handler) -> None`` that writes the whole answer; every request is recorded
+(method, path, headers, body) so a test can prove what a server did, or did not, receive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+Route = Callable[["Handler"], None]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.body = self.rfile.read(length) if length else b""
+        self.server.owner.requests.append(
+            {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": self.body}
+        )
+        path = self.path.split("?", 1)[0]
+        route = self.server.owner.routes.get(path) or self.server.owner.routes.get("*")
+        if route is None:
+            self.send_json(404, {"error": "not_found"})
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
+            route(self)
+
+    do_GET = do_POST = do_DELETE = _handle
+
+    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def redirect(self, status: int, location: str) -> None:
+        self.send_response(status)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def drip(self, data: bytes, interval: float, *, stop: threading.Event, headers_too: bool = False) -> None:
+        """Send ``data`` one byte per ``interval`` (the status line and headers too when ``headers_too``)."""
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+        if not headers_too:
+            self.wfile.write(head)
+            self.wfile.flush()
+            payload = data
+        else:
+            payload = head + data
+        for i in range(len(payload)):
+            if stop.is_set():
+                return
+            self.wfile.write(payload[i : i + 1])
+            self.wfile.flush()
+            time.sleep(interval)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: HostileServer
+
+
+class HostileServer:
+    """``with HostileServer({"/token": route}) as srv: srv.url``; pass ``tls=(cert, key)`` for https."""
+
+    def __init__(self, routes: dict[str, Route] | None = None, *, tls: tuple[Path, Path] | None = None) -> None:
+        self.routes: dict[str, Route] = dict(routes or {})
+        self.requests: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server.owner = self
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> HostileServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and its key), usable as its own CA bundle (``verify=cert``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
