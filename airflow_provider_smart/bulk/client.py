@@ -145,6 +145,7 @@ class BulkExportClient:
             )
         status_url = resolve(response.url or spec.url, location.strip())
         _require_http(status_url, "kick-off's Content-Location")
+        self.transport.refuse_downgrade(status_url, "kick-off's Content-Location")
         self.allow_origin(status_url)
         log.info("Export kicked off with %s %s; status URL %s", spec.method, spec.url, status_url)
         return status_url
@@ -231,6 +232,7 @@ class BulkExportClient:
 
     def _poll(self, status_url: str, *, read_manifest: bool) -> StatusResult:
         _require_http(status_url, "status URL")
+        self.transport.refuse_downgrade(status_url, "status URL")
         self.allow_origin(status_url)  # the caller vouches for it: it came from our kick-off
         response = self._status_request(status_url)
         if response.status_code == 202:

@@ -346,6 +346,7 @@ class FileDownloader:
             why = "The manifest says requiresAccessToken=false: downloading without the token."
             self._log_once("no-token", why)
             return False
+        self.transport.refuse_downgrade(url, "file URL")
         if not self.transport.trusts(url):
             origin = origin_of(url)
             self._log_once(

@@ -15,7 +15,8 @@ from typing import Any
 import requests
 
 from airflow_provider_smart.bulk.retry import RetryPolicy
-from airflow_provider_smart.origins import OriginPolicy
+from airflow_provider_smart.exceptions import BulkExportError
+from airflow_provider_smart.origins import OriginPolicy, redact_url
 from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, ensure_pool_size, token_free_copy
 
 
@@ -46,7 +47,8 @@ class BulkTransport:
     ) -> None:
         self.session = session
         self.plain_session = token_free_copy(session)
-        self.origins = origins or shared_origins(session) or OriginPolicy()
+        # A policy of its own knows the FHIR base first: an https base forbids plain http everywhere.
+        self.origins = origins or shared_origins(session) or OriginPolicy(list(trusted_urls))
         for entry in [*trusted_urls, *allowed_hosts]:
             self.origins.add(entry)
         self.timeout = timeout
@@ -59,6 +61,12 @@ class BulkTransport:
 
     def trusts(self, url: str) -> bool:
         return self.origins.allows(url)
+
+    def refuse_downgrade(self, url: str, what: str) -> None:
+        """Raise when ``url`` would need the token over plain http (an https server sent an http URL)."""
+        refusal = self.origins.refusal(url)
+        if refusal:
+            raise BulkExportError(f"The {what} {refusal}.", url=redact_url(url))
 
     def session_for(self, url: str, *, with_token: bool = True) -> requests.Session:
         return self.session if with_token and self.trusts(url) else self.plain_session

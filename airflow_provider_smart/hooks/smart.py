@@ -139,6 +139,16 @@ class SmartHook(BaseHook):
             comma_join_repeats=comma_join_repeats,
         )
 
+    def ensure_tokens_saved(self) -> None:
+        """Raise ``TokenStoreError`` if a rotated refresh token could not be saved in the token store.
+
+        Operators call it as their task ends (``post_execute``): the process is about to exit, and the
+        only valid copy of the refresh token would go with it.
+        """
+        auth: TokenAuth | None = self.__dict__.get("auth")
+        if auth is not None:
+            auth.ensure_saved()
+
     def get_token(self, *, force_refresh: bool = False) -> StoredToken:
         """A valid token (cached until ``expiry_skew`` before expiry). Its ``repr`` hides the secret."""
         return self.auth.get_token(force=force_refresh)

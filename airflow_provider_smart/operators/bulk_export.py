@@ -51,6 +51,10 @@ class _ExportTaskMixin:
             comma_join_repeats=self.comma_join_repeats,
         )
 
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        if "hook" in self.__dict__:
+            self.hook.ensure_tokens_saved()
+
     def workflow(self, identity: dict[str, Any]) -> ExportWorkflow:
         from airflow_provider_smart.bulk import DownloadOptions, ExportWorkflow
         from airflow_provider_smart.operators._destination import resolve_destination

@@ -47,6 +47,7 @@ class SmartTokenOperator(BaseOperator):
 
         hook = SmartHook(self.smart_conn_id, scope=self.scope)
         token = hook.get_token()
+        hook.ensure_tokens_saved()
         required = self.required_scopes.split() if isinstance(self.required_scopes, str) else self.required_scopes
         missing = missing_scopes(token.scope, required or [])
         if missing:

@@ -57,6 +57,10 @@ class SmartBulkExportSensor(BaseSensorOperator):
     def hook(self) -> SmartHook:
         return SmartHook(self.smart_conn_id, scope=self.scope)
 
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        if "hook" in self.__dict__:
+            self.hook.ensure_tokens_saved()
+
     @cached_property
     def client(self) -> BulkExportClient:
         """Built once and reused by every poke of this task attempt (one session, one cached token)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -99,3 +100,21 @@ def test_importing_the_package_is_cheap() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_https_server_handing_out_http_urls_is_refused_before_any_request(tmp_path) -> None:
+    from airflow_provider_smart.bulk import BulkDownloadError, BulkExportError
+
+    client = BulkExportClient(requests.Session(), "https://ehr.example/fhir")
+    with pytest.raises(BulkExportError, match=r"status URL http://ehr.example/status/1 is plain http.*https"):
+        client.poll("http://ehr.example/status/1")
+    entry = {
+        "kind": "output",
+        "type": "Patient",
+        "url": "http://ehr.example/f/1",
+        "count": 1,
+        "path": "Patient.1.ndjson",
+    }
+    with pytest.raises(BulkDownloadError, match="plain http while the FHIR base URL is https"):
+        client.download_batch([entry], tmp_path, requires_access_token=True)
+    assert not list(tmp_path.iterdir())
