@@ -28,6 +28,7 @@ from airflow_provider_smart.bulk.ndjson import NdjsonCheckError, NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import SAFE_TYPE, check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, backoff_delay, parse_retry_after
+from airflow_provider_smart.bulk.stream import BodyReader, IncompleteBody, open_body
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
 
@@ -73,27 +74,6 @@ def _replace(part: Any, final: Any) -> None:
         part.replace(final)  # atomic and overwriting on local disks, also on Windows
     except (AttributeError, NotImplementedError):
         part.rename(final)
-
-
-def _direct_body(response: requests.Response) -> Any:
-    """The ``http.client`` response under an identity-encoded body, or None.
-
-    Reading it directly skips urllib3's buffering, a copy per chunk that cost about a third of the
-    client's CPU per GB in the download benchmark. gzip bodies go through urllib3's decoder instead.
-    """
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    fp = getattr(response.raw, "_fp", None)
-    if encoding in ("", "identity") and callable(getattr(fp, "read", None)):
-        return fp
-    return None
-
-
-def _chunks(response: requests.Response, direct: Any) -> Any:
-    if direct is None:
-        yield from response.iter_content(CHUNK_SIZE)
-        return
-    while chunk := direct.read(CHUNK_SIZE):
-        yield chunk
 
 
 def _discard(part: Any) -> None:
@@ -284,10 +264,10 @@ class FileDownloader:
         response = self._open(url)
         scanner = NdjsonScanner(expected)
         started = last_log = time.monotonic()
+        body = open_body(response, CHUNK_SIZE)
         try:
-            direct = _direct_body(response)
             with part.open("wb") as handle:
-                for chunk in _chunks(response, direct):
+                for chunk in body:
                     handle.write(chunk)
                     scanner.feed(chunk)
                     now = time.monotonic()
@@ -300,7 +280,9 @@ class FileDownloader:
                             scanner.bytes / 1e6 / (now - started),
                         )
             lines = scanner.finish()
-            self._check_complete(response, scanner.bytes, direct=direct is not None)
+            self._check_complete(response, scanner.bytes, body=body)
+        except IncompleteBody as exc:
+            raise _Transient(str(exc)) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
         except (
@@ -308,14 +290,14 @@ class FileDownloader:
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
             requests.exceptions.ContentDecodingError,
-            # read straight from http.client (see _chunks); disk errors are not in this list on purpose
+            # read straight from http.client (see bulk/stream.py); disk errors are not in this list on purpose
             http.client.HTTPException,
             ConnectionError,
             TimeoutError,
         ) as exc:
             raise _Transient(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:
-            response.close()
+            body.close()  # back to the pool if the body was read whole, else closed
         return lines, scanner.bytes
 
     @staticmethod
@@ -327,14 +309,15 @@ class FileDownloader:
         return scanner.finish()
 
     @staticmethod
-    def _check_complete(response: requests.Response, decoded_bytes: int, *, direct: bool = False) -> None:
+    def _check_complete(response: requests.Response, decoded_bytes: int, *, body: BodyReader | None = None) -> None:
+        if body is not None:
+            body.check_complete()  # raises IncompleteBody
+            return
         declared = response.headers.get("Content-Length", "")
         if not declared.isdigit():
             return  # chunked: urllib3 / http.client raise on a broken chunk stream
         tell = getattr(response.raw, "tell", None)
-        if direct:
-            received = decoded_bytes  # an identity body read past urllib3: what we got is what came
-        elif callable(tell):
+        if callable(tell):
             received = int(tell())  # bytes off the wire, compressed or not: what Content-Length counts
         elif not response.headers.get("Content-Encoding"):
             received = decoded_bytes
