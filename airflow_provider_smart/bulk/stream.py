@@ -78,14 +78,17 @@ class BodyReader:
             self.mode = "fallback"  # urllib3 reads and decodes; it also releases the connection itself
         self._ended = False  # the body was read to its end (EOF, Content-Length or last chunk reached)
         self._gzip_eof = False  # gzip: the last member's trailer was read and verified
+        self._chunks: Iterator[Chunk] | None = None
 
     # -- reading --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Chunk]:
         if self.mode == "identity":
-            return self._identity()
-        if self.mode == "gzip":
-            return self._gzip()
-        return self._fallback()
+            self._chunks = self._identity()
+        elif self.mode == "gzip":
+            self._chunks = self._gzip()
+        else:
+            self._chunks = self._fallback()
+        return self._chunks
 
     def _identity(self) -> Iterator[Chunk]:
         fp = self._fp
@@ -178,6 +181,10 @@ class BodyReader:
 
     def close(self) -> None:
         """Return the connection to the pool if the body was read whole, else close it."""
+        chunks, self._chunks = self._chunks, None
+        close = getattr(chunks, "close", None)
+        if callable(close):
+            close()  # a reader left half-way releases its buffer now, not when collected
         response = self.response
         fp = self._fp
         if self.mode != "fallback" and fp is not None and fp.isclosed() and self.complete:

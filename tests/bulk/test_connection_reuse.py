@@ -56,6 +56,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
             return
+        if mode == "stall":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:100_000])
+            self.wfile.flush()
+            self.server.release.wait(10)  # then nothing until the test is over
+            return
         if mode == "short" and self.server.short_left > 0:
             with self.server.lock:
                 self.server.short_left -= 1
@@ -79,6 +86,7 @@ class CountingServer(http.server.ThreadingHTTPServer):
         self.connections = 0
         self.short_left = 0
         self.lock = threading.Lock()
+        self.release = threading.Event()
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()
@@ -148,6 +156,7 @@ def serve(mode: str, context: ssl.SSLContext | None = None) -> Iterator[Counting
     try:
         yield server
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
 
@@ -211,6 +220,14 @@ def test_a_short_body_that_stays_short_fails(tmp_path: Path) -> None:
         client = client_for(server)
         client.transient_retries = 1
         with pytest.raises(BulkDownloadError, match="ended after"):
+            client.download(manifest(server, 1), tmp_path)
+
+
+def test_the_read_timeout_still_applies_to_every_read(tmp_path: Path) -> None:
+    for server in serve("stall"):
+        client = client_for(server)
+        client.timeout, client.transient_retries = 0.3, 0
+        with pytest.raises(BulkDownloadError, match=r"broke mid-file \(TimeoutError\)"):
             client.download(manifest(server, 1), tmp_path)
 
 
