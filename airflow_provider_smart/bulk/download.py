@@ -1,6 +1,7 @@
 """Parallel, streaming, checked downloads of Bulk Data files into a local or object-storage directory.
 
-Per file: stream it in 1 MiB chunks (gzip decoded on the fly) into ``.<name>.part`` next to its
+Per file: stream it in 256 KiB chunks through one reused buffer (gzip decoded on the fly; see
+``stream.py``, which also hands the connection back to the pool) into ``.<name>.part`` next to its
 final name, count lines and check resourceTypes on the way, compare with the manifest ``count``,
 then rename. A file with its final name was therefore complete and checked, which is what lets a
 rerun skip it. Transient failures (429, 5xx, dropped connections, short bodies) retry the whole
