@@ -33,19 +33,27 @@ def main(spec_path: str, result_path: str) -> None:
     from airflow_provider_smart.auth import BackendServicesAuth
     from airflow_provider_smart.bulk import BulkExportClient, DownloadOptions, ExportManifest
 
-    auth = BackendServicesAuth(
-        client_id=spec["client_id"],
-        private_key=open(spec["key_path"]).read(),  # noqa: SIM115
-        kid=spec["kid"],
-        fhir_base_url=spec["fhir_url"],
-        token_url=spec["token_url"],
-        scope=spec["scope"],
-    )
     session = requests.Session()
-    session.auth = auth
+    auth = None
+    if spec.get("token_url"):
+        auth = BackendServicesAuth(
+            client_id=spec["client_id"],
+            private_key=open(spec["key_path"]).read(),  # noqa: SIM115
+            kid=spec["kid"],
+            fhir_base_url=spec["fhir_url"],
+            token_url=spec["token_url"],
+            scope=spec["scope"],
+        )
+        session.auth = auth
+    else:
+        # A static file server (nginx): the manifest says requiresAccessToken=false. Trust the run's CA;
+        # with trust_env on, requests would let REQUESTS_CA_BUNDLE override session.verify.
+        session.trust_env = False
+        session.verify = spec.get("ca_path") or True
     client = BulkExportClient(session, spec["fhir_url"])
     manifest = ExportManifest.from_json(spec["manifest"], spec["status_url"])
-    auth.get_token()  # an operator holds a token from its kick-off and polls already
+    if auth is not None:
+        auth.get_token()  # an operator holds a token from its kick-off and polls already
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -64,7 +72,7 @@ def main(spec_path: str, result_path: str) -> None:
         "bytes": report.bytes,
         "lines": report.lines,
         "files": len(report.files),
-        "token_requests": auth.token_requests,
+        "token_requests": auth.token_requests if auth is not None else 0,
         "vm_hwm_kb": vm_hwm_kb(),
     }
     with open(result_path, "w") as handle:

@@ -45,10 +45,13 @@ class Sizes:
     small_fraction: int  # figure 2's small export: 1/small_fraction of the patients
     many_files: int  # the many-small-files extra: this many Observation files of ~50 kB
     reps: int
+    static_reps: int  # figure 1 (nginx): interleaved repetitions of every variant
 
 
-FULL = Sizes(patients=2400, obs_per_patient=300, per_file=20000, small_fraction=10, many_files=200, reps=5)
-QUICK = Sizes(patients=160, obs_per_patient=300, per_file=2000, small_fraction=10, many_files=40, reps=1)
+FULL = Sizes(
+    patients=2400, obs_per_patient=300, per_file=20000, small_fraction=10, many_files=200, reps=3, static_reps=9
+)
+QUICK = Sizes(patients=160, obs_per_patient=300, per_file=2000, small_fraction=10, many_files=40, reps=1, static_reps=2)
 SMALL_FILE_LINES = 75  # ~50 kB Observation files
 
 
@@ -270,38 +273,16 @@ def run_download_figures(keys: Keys, sizes: Sizes) -> dict[str, Any]:
             verify(dest, e, lines=True)
             shutil.rmtree(dest)
 
-        variants: list[Variant] = []
-        if curl is not None:
-            variants += [
-                Variant("curl_seq", "curl, sequential (xargs -P 1)", curl_runner(big, curl, 1), big),
-                Variant(
-                    "curl_par", f"curl, parallel (xargs -P {CONCURRENCY})", curl_runner(big, curl, CONCURRENCY), big
-                ),
-            ]
-        variants += [
+        # Figure 2 (and the sandbox row of figure 1's context): our client against the sandbox itself.
+        variants: list[Variant] = [
             Variant("ours", f"ours, {CONCURRENCY} threads (defaults)", ours_runner(big, keys), big),
-            Variant("ours_c1", "ours, 1 thread", ours_runner(big, keys, concurrency=1), big),
-            Variant(
-                "ours_check",
-                f"ours, {CONCURRENCY} threads, check_resource_types=True",
-                ours_runner(big, keys, check_resource_types=True),
-                big,
-            ),
-            Variant("ours_gzip", f"ours, {CONCURRENCY} threads, gzip", ours_runner(big_gz, keys), big_gz),
+            Variant("ours_small", f"ours, {CONCURRENCY} threads, small export", ours_runner(small, keys), small),
         ]
-        if curl is not None:
-            variants.append(
-                Variant(
-                    "curl_par_gzip",
-                    f"curl --compressed, parallel (xargs -P {CONCURRENCY}), gzip",
-                    curl_runner(big_gz, curl, CONCURRENCY, compressed=True),
-                    big_gz,
-                )
-            )
-        variants.append(
-            Variant("ours_small", f"ours, {CONCURRENCY} threads, small export", ours_runner(small, keys), small)
-        )
-        log(f"figure 1/2: {len(variants)} variants x {sizes.reps} repetitions...")
+        from fig_static import run_static_figure
+
+        log("figure 1: nginx serving the big export (http, https; identity, gzip)...")
+        static = run_static_figure(big, big_gz, curl, sizes.static_reps)
+        log(f"figure 2: {len(variants)} variants x {sizes.reps} repetitions...")
         runs = measure(variants, sizes.reps)
         rows = {v.key: summarise(v, runs[v.key]) for v in variants}
 
@@ -343,5 +324,6 @@ def run_download_figures(keys: Keys, sizes: Sizes) -> dict[str, Any]:
             for name, e in (("big", big), ("big_gzip", big_gz), ("small", small), ("many", many_export))
         },
         "rows": rows,
+        "static": static,
         "many": many_rows,
     }

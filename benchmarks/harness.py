@@ -303,7 +303,7 @@ def run_measured(
     *,
     timeout: float,
     env: dict[str, str] | None = None,
-    server: ServerProcess | None = None,
+    server: Any = None,  # anything with cpu_seconds(): a ServerProcess or static_server.Nginx
 ) -> Measured:
     """Run ``argv`` to completion and measure it with ``wait4``: wall time, user/sys CPU and peak RSS of it
     and its reaped descendants (for a process tree, ``ru_maxrss`` is the largest single process's peak)."""

@@ -1,6 +1,7 @@
 """Parallel, streaming, checked downloads of Bulk Data files into a local or object-storage directory.
 
-Per file: stream it in ``CHUNK_SIZE`` chunks (gzip decoded on the fly) into ``.<name>.part`` next to its
+Per file: stream it in 256 KiB chunks through one reused buffer (gzip decoded on the fly; see
+``stream.py``, which also hands the connection back to the pool) into ``.<name>.part`` next to its
 final name, count lines and check resourceTypes on the way, compare with the manifest ``count``,
 then rename. A file with its final name was therefore complete and checked, which is what lets a
 rerun skip it. Transient failures (429, 5xx, dropped connections, short bodies) retry the whole
@@ -27,6 +28,7 @@ from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, cla
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
 from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
+from airflow_provider_smart.bulk.stream import BodyReader, IncompleteBody, open_body
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, NdjsonCheckError
@@ -41,27 +43,6 @@ MAX_LISTED_ISSUES = 1000  # per list in the report (it may travel via XCom)
 MAX_LOGGED_ISSUES = 50  # per kind in the log; the report counts them all
 PROGRESS_LOG_EVERY = 30.0  # seconds between progress lines for one long file
 EXPECTED_TYPE = {"deleted": "Bundle", "error": "OperationOutcome"}  # what the spec puts in those files
-
-
-def _direct_body(response: requests.Response) -> Any:
-    """The ``http.client`` response under an identity-encoded body, or None.
-
-    Reading it directly skips urllib3's buffering, a copy per chunk that cost about a third of the
-    client's CPU per GB in the download benchmark. gzip bodies go through urllib3's decoder instead.
-    """
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    fp = getattr(response.raw, "_fp", None)
-    if encoding in ("", "identity") and callable(getattr(fp, "read", None)):
-        return fp
-    return None
-
-
-def _chunks(response: requests.Response, direct: Any) -> Any:
-    if direct is None:
-        yield from response.iter_content(CHUNK_SIZE)
-        return
-    while chunk := direct.read(CHUNK_SIZE):
-        yield chunk
 
 
 def _expected_type(kind: str, rtype: str | None) -> str | None:
@@ -223,10 +204,10 @@ class FileDownloader:
         response = self._open(url)
         scanner = NdjsonScanner(expected)
         started = last_log = time.monotonic()
+        body = open_body(response, CHUNK_SIZE)
         try:
-            direct = _direct_body(response)
             with part.open("wb") as handle:
-                for chunk in _chunks(response, direct):
+                for chunk in body:
                     handle.write(chunk)
                     scanner.feed(chunk)
                     now = time.monotonic()
@@ -239,7 +220,9 @@ class FileDownloader:
                             scanner.bytes / 1e6 / (now - started),
                         )
             lines = scanner.finish()
-            self._check_complete(response, scanner.bytes, direct=direct is not None)
+            self._check_complete(response, scanner.bytes, body=body)
+        except IncompleteBody as exc:
+            raise TransientFailure(str(exc)) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
         except (
@@ -247,14 +230,14 @@ class FileDownloader:
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
             requests.exceptions.ContentDecodingError,
-            # read straight from http.client (see _chunks); disk errors are not in this list on purpose
+            # read straight from http.client (see bulk/stream.py); disk errors are not in this list on purpose
             http.client.HTTPException,
             ConnectionError,
             TimeoutError,
         ) as exc:
             raise TransientFailure(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:
-            response.close()
+            body.close()  # back to the pool if the body was read whole, else closed
         return lines, scanner.bytes
 
     @staticmethod
@@ -266,14 +249,15 @@ class FileDownloader:
         return scanner.finish()
 
     @staticmethod
-    def _check_complete(response: requests.Response, decoded_bytes: int, *, direct: bool = False) -> None:
+    def _check_complete(response: requests.Response, decoded_bytes: int, *, body: BodyReader | None = None) -> None:
+        if body is not None:
+            body.check_complete()  # raises IncompleteBody
+            return
         declared = response.headers.get("Content-Length", "")
         if not declared.isdigit():
             return  # chunked: urllib3 / http.client raise on a broken chunk stream
         tell = getattr(response.raw, "tell", None)
-        if direct:
-            received = decoded_bytes  # an identity body read past urllib3: what we got is what came
-        elif callable(tell):
+        if callable(tell):
             received = int(tell())  # bytes off the wire, compressed or not: what Content-Length counts
         elif not response.headers.get("Content-Encoding"):
             received = decoded_bytes

@@ -1,0 +1,203 @@
+"""Reading one download's body: into a reused buffer, gzip decoded with zlib, checked whole, connection kept.
+
+:func:`open_body` wraps a streamed ``requests`` response in a :class:`BodyReader`. Iterating it yields the
+body's (decoded) bytes in order. For identity bodies every chunk is the same reused ``bytearray`` (or a
+``bytes`` tail), filled by ``http.client``'s ``readinto`` straight from the socket's buffered reader: no
+fresh buffer, no copy per chunk, and the socket's read timeout still applies to every ``recv``. gzip
+bodies are read the same way and inflated with :func:`zlib.decompressobj` (``wbits=31``: gzip framing, the
+CRC-32 and length trailer verified), bypassing urllib3's decoder and its buffering.
+
+A chunk is only valid until the next one is requested: consumers must write or scan it, not keep it.
+
+:meth:`BodyReader.check_complete` raises :class:`IncompleteBody` for a body shorter than its
+``Content-Length`` or a gzip stream without its trailer. :meth:`BodyReader.close` returns the connection
+to the pool when the body was read whole (``requests`` would otherwise see an unread body and drop the
+socket: a new TCP, and over https a new TLS, handshake per file), and closes it in every other case.
+
+Anything that is not a plain ``http.client`` response under urllib3 (a mocked adapter, an encoding we did
+not ask for) falls back to ``iter_content``, as before.
+"""
+
+from __future__ import annotations
+
+import http.client
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+CHUNK_SIZE = 256 * 1024  # identity: bytes per readinto (see benchmarks/README.md for the measurement)
+GZIP_READ_SIZE = 64 * 1024  # compressed bytes per readinto
+GZIP_MAX_OUT = 1024 * 1024  # decoded bytes per decompress() call at most: bounds memory against gzip bombs
+
+Chunk = bytes | bytearray
+
+
+class IncompleteBody(Exception):
+    """The body ended early or its gzip stream is broken: worth retrying the whole file."""
+
+
+def _encoding(response: requests.Response) -> str:
+    return response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+
+
+def _declared_length(response: requests.Response) -> int | None:
+    declared = response.headers.get("Content-Length", "").strip()
+    if not declared.isdigit() or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+        return None
+    return int(declared)
+
+
+def open_body(response: requests.Response, chunk_size: int = CHUNK_SIZE) -> BodyReader:
+    """A :class:`BodyReader` over a ``stream=True`` response whose status and headers were read."""
+    return BodyReader(response, chunk_size)
+
+
+class BodyReader:
+    """The body of one streamed response; iterate it once, then :meth:`check_complete` and :meth:`close`.
+
+    ``received`` counts the bytes that came off the wire (after transfer decoding, before content
+    decoding: what ``Content-Length`` counts); ``decoded`` the bytes yielded.
+    """
+
+    def __init__(self, response: requests.Response, chunk_size: int = CHUNK_SIZE) -> None:
+        self.response = response
+        self.chunk_size = chunk_size
+        self.received = 0
+        self.decoded = 0
+        self.declared = _declared_length(response)
+        self.encoding = _encoding(response)
+        fp = getattr(response.raw, "_fp", None)
+        self._fp: http.client.HTTPResponse | None = fp if isinstance(fp, http.client.HTTPResponse) else None
+        if self._fp is not None and self.encoding == "identity":
+            self.mode = "identity"
+        elif self._fp is not None and self.encoding in ("gzip", "x-gzip"):
+            self.mode = "gzip"
+        else:
+            self.mode = "fallback"  # urllib3 reads and decodes; it also releases the connection itself
+        self._ended = False  # the body was read to its end (EOF, Content-Length or last chunk reached)
+        self._gzip_eof = False  # gzip: the last member's trailer was read and verified
+        self._chunks: Iterator[Chunk] | None = None
+
+    # -- reading --------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Chunk]:
+        if self.mode == "identity":
+            self._chunks = self._identity()
+        elif self.mode == "gzip":
+            self._chunks = self._gzip()
+        else:
+            self._chunks = self._fallback()
+        return self._chunks
+
+    def _identity(self) -> Iterator[Chunk]:
+        fp = self._fp
+        assert fp is not None
+        buffer = bytearray(self.chunk_size)
+        view = memoryview(buffer)
+        size = len(buffer)
+        try:
+            while True:
+                n = fp.readinto(view)  # fills the buffer: as many recv()s as the socket needs, no copy
+                if not n:
+                    self._ended = True
+                    return
+                self.received += n
+                self.decoded += n
+                if n == size:
+                    yield buffer
+                else:  # the tail (or a short read at EOF): a copy of a partial chunk, once per file
+                    yield view[:n].tobytes()
+        finally:
+            view.release()
+
+    def _gzip(self) -> Iterator[Chunk]:
+        fp = self._fp
+        assert fp is not None
+        buffer = bytearray(min(self.chunk_size, GZIP_READ_SIZE))
+        view = memoryview(buffer)
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            while True:
+                n = fp.readinto(view)
+                if not n:
+                    self._ended = True
+                    self._gzip_eof = inflater.eof or self.received == 0  # an empty body is an empty file
+                    return
+                self.received += n
+                data: Any = view[:n]
+                while data:
+                    if inflater.eof:  # another gzip member follows (RFC 1952 allows concatenation)
+                        inflater = zlib.decompressobj(wbits=31)
+                    try:
+                        out = inflater.decompress(data, GZIP_MAX_OUT)
+                    except zlib.error as exc:
+                        raise IncompleteBody(f"the gzip body is corrupt ({exc})") from None
+                    data = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
+                    if out:
+                        self.decoded += len(out)
+                        yield out
+                # What one read's input leaves for later is only ever unconsumed_tail, drained above.
+        finally:
+            view.release()
+
+    def _fallback(self) -> Iterator[Chunk]:
+        for chunk in self.response.iter_content(self.chunk_size):
+            self.decoded += len(chunk)
+            yield chunk
+        self._ended = True
+
+    # -- after reading --------------------------------------------------------------------------
+    def check_complete(self) -> None:
+        """Raise :class:`IncompleteBody` unless the whole body arrived (call after iterating)."""
+        if self.mode == "fallback":
+            self._check_fallback()
+            return
+        if self.declared is not None and self.received < self.declared:
+            raise IncompleteBody(f"the body ended after {self.received} of {self.declared} bytes")
+        if self.mode == "gzip" and not self._gzip_eof:
+            raise IncompleteBody(f"the gzip body ended without its trailer after {self.received} bytes")
+
+    def _check_fallback(self) -> None:
+        if self.declared is None:
+            return  # chunked: urllib3 / http.client raise on a broken chunk stream
+        tell = getattr(self.response.raw, "tell", None)
+        if callable(tell):
+            received = int(tell())  # bytes off the wire, compressed or not: what Content-Length counts
+        elif self.encoding == "identity":
+            received = self.decoded
+        else:
+            return
+        if received < self.declared:
+            raise IncompleteBody(f"the body ended after {received} of {self.declared} bytes")
+
+    @property
+    def complete(self) -> bool:
+        try:
+            self.check_complete()
+        except IncompleteBody:
+            return False
+        return self._ended
+
+    def close(self) -> None:
+        """Return the connection to the pool if the body was read whole, else close it."""
+        chunks, self._chunks = self._chunks, None
+        close = getattr(chunks, "close", None)
+        if callable(close):
+            close()  # a reader left half-way releases its buffer now, not when collected
+        response = self.response
+        fp = self._fp
+        if self.mode != "fallback" and fp is not None and fp.isclosed() and self.complete:
+            # http.client has read the body to its end and closed its reader: the connection is clean.
+            # Tell requests the content is consumed, so that close() does not shut the socket.
+            response._content_consumed = True  # type: ignore[attr-defined]
+            release = getattr(response.raw, "release_conn", None)
+            if callable(release):
+                release()
+        response.close()
+
+    def __enter__(self) -> BodyReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,303 @@
+"""Finished downloads return their connection to the pool: N files over C threads open about C connections.
+
+Real HTTP(S) on 127.0.0.1: a small keep-alive HTTP/1.1 server counts the TCP connections it accepts.
+Over https that is also one TLS handshake per connection, so reuse matters even more there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import http.server
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_smart.bulk import (
+    BulkDownloadError,
+    BulkExportClient,
+    DownloadOptions,
+    ExportManifest,
+    RetryPolicy,
+)
+from airflow_provider_smart.bulk.stream import IncompleteBody, open_body
+
+LINE = b'{"resourceType":"Observation","id":"%d","status":"final","code":{"text":"reuse test"}}\n'
+FILES = 12
+LINES = 3000  # ~270 kB per file: more than one read buffer
+
+
+def ndjson(index: int) -> bytes:
+    return b"".join(LINE % (index * LINES + i) for i in range(LINES))
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server: CountingServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        name = self.path.rsplit("/", 1)[-1]
+        index = int(name.split(".")[1])
+        body = ndjson(index)
+        mode = self.server.mode
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+ndjson")
+        if mode == "gzip":
+            body = gzip.compress(body, compresslevel=1)
+            self.send_header("Content-Encoding", "gzip")
+        if mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            step = 50_000
+            for start in range(0, len(body), step):
+                piece = body[start : start + step]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if mode == "stall":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:100_000])
+            self.wfile.flush()
+            self.server.release.wait(10)  # then nothing until the test is over
+            return
+        if mode == "short" and self.server.short_left > 0:
+            with self.server.lock:
+                self.server.short_left -= 1
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True  # the body ends early: the client must not reuse this socket
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class CountingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, mode: str, context: ssl.SSLContext | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.mode = mode
+        self.context = context
+        self.connections = 0
+        self.short_left = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        with self.lock:
+            self.connections += 1
+        if self.context is not None:
+            sock = self.context.wrap_socket(sock, server_side=True)
+        return sock, address
+
+    @property
+    def base(self) -> str:
+        scheme = "https" if self.context else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reuse-test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context, directory / "ca.pem"
+
+
+def serve(mode: str, context: ssl.SSLContext | None = None) -> Iterator[CountingServer]:
+    server = CountingServer(mode, context)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def manifest(server: CountingServer, files: int = FILES) -> ExportManifest:
+    output = [
+        {"type": "Observation", "url": f"{server.base}/files/Observation.{i}.ndjson", "count": LINES}
+        for i in range(files)
+    ]
+    data = {"transactionTime": "2024-01-01T00:00:00Z", "request": "x", "requiresAccessToken": False}
+    return ExportManifest.from_json({**data, "output": output, "error": []}, server.base)
+
+
+def client_for(
+    server: CountingServer, ca: Path | None = None, *, attempts: int = 5, timeout: float = 60
+) -> BulkExportClient:
+    session = requests.Session()
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify when trust_env is on
+    session.trust_env = False
+    if ca is not None:
+        session.verify = str(ca)
+    retry = RetryPolicy(attempts=attempts, backoff_base=0.01, backoff_max=0.01)
+    return BulkExportClient(session, server.base + "/fhir", retry=retry, timeout=timeout)
+
+
+def check_files(destination: Path, files: int = FILES) -> None:
+    for i in range(files):
+        # saved as Observation.<n>.ndjson, n counting from 1 in manifest order (see plan_files)
+        assert (destination / f"Observation.{i + 1}.ndjson").read_bytes() == ndjson(i)
+
+
+@pytest.mark.parametrize("mode", ["identity", "chunked", "gzip"])
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_http_downloads_reuse_connections(mode: str, concurrency: int, tmp_path: Path) -> None:
+    for server in serve(mode):
+        report = client_for(server).download(
+            manifest(server), tmp_path, DownloadOptions(max_concurrent_downloads=concurrency)
+        )
+        assert report.lines == FILES * LINES
+        check_files(tmp_path)
+        assert server.connections <= concurrency, f"{server.connections} connections for {FILES} files"
+
+
+@pytest.mark.parametrize("mode", ["identity", "gzip"])
+def test_https_downloads_reuse_connections(mode: str, tls: tuple[ssl.SSLContext, Path], tmp_path: Path) -> None:
+    context, ca = tls
+    for server in serve(mode, context):
+        client_for(server, ca).download(manifest(server), tmp_path, DownloadOptions(max_concurrent_downloads=3))
+        check_files(tmp_path)
+        assert server.connections <= 3, f"{server.connections} TLS connections for {FILES} files"
+
+
+def test_a_short_body_is_retried_on_a_new_connection(tmp_path: Path) -> None:
+    for server in serve("short"):
+        server.short_left = 2
+        report = client_for(server).download(manifest(server, 4), tmp_path, DownloadOptions(max_concurrent_downloads=1))
+        check_files(tmp_path, 4)
+        assert sum(f.attempts for f in report.files) == 4 + 2
+        # the two cut connections are never reused; the good ones are: 1 + 2 replacements at most
+        assert 2 <= server.connections <= 3
+
+
+def test_a_short_body_that_stays_short_fails(tmp_path: Path) -> None:
+    for server in serve("short"):
+        server.short_left = 100
+        client = client_for(server, attempts=1)
+        with pytest.raises(BulkDownloadError, match="ended after"):
+            client.download(manifest(server, 1), tmp_path)
+
+
+def test_the_read_timeout_still_applies_to_every_read(tmp_path: Path) -> None:
+    for server in serve("stall"):
+        client = client_for(server, attempts=0, timeout=0.3)
+        with pytest.raises(BulkDownloadError, match=r"broke mid-file \(TimeoutError\)"):
+            client.download(manifest(server, 1), tmp_path)
+
+
+# -- the body reader on its own ---------------------------------------------------------------------
+
+
+class GzipBodies(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    bodies: dict[str, bytes] = {}
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = self.bodies[self.path]
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def gzip_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GzipBodies)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def read_all(url: str) -> tuple[bytes, Any]:
+    response = requests.get(url, stream=True, headers={"Accept-Encoding": "gzip"}, timeout=10)
+    body = open_body(response)
+    data = b"".join(bytes(chunk) for chunk in body)
+    return data, body
+
+
+def test_gzip_members_truncation_and_corruption(gzip_server: str) -> None:
+    data = ndjson(1)
+    whole = gzip.compress(data)
+    GzipBodies.bodies.update(
+        {
+            "/whole": whole,
+            "/members": gzip.compress(data[:1000]) + gzip.compress(data[1000:]),
+            "/no-trailer": whole[:-8],  # the CRC and length never came: not a complete file
+            "/corrupt": whole[:-8] + b"\0\0\0\0" + whole[-4:],  # a wrong CRC-32
+        }
+    )
+    for path in ("/whole", "/members"):
+        got, body = read_all(gzip_server + path)
+        assert got == data and body.mode == "gzip"
+        body.check_complete()
+        body.close()
+    got, body = read_all(gzip_server + "/no-trailer")
+    with pytest.raises(IncompleteBody, match="without its trailer"):
+        body.check_complete()
+    body.close()
+    with pytest.raises(IncompleteBody, match="corrupt"):
+        read_all(gzip_server + "/corrupt")
