@@ -57,7 +57,7 @@ class SmartHook(BaseHook):
 
         conn = self._connection or self.get_connection(self.smart_conn_id)
         settings = settings_from_connection(
-            conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=self.smart_conn_id
+            conn.host, conn.login, conn.password, conn.extra_dejson, conn_id=self.smart_conn_id, port=conn.port
         )
         mask_secrets(*settings.secrets)
         return settings
@@ -71,7 +71,9 @@ class SmartHook(BaseHook):
 
             conn = await get_async_connection(self.smart_conn_id, hook=self)
             extra = await get_async_extra_dejson(conn)
-            settings = settings_from_connection(conn.host, conn.login, conn.password, extra, conn_id=self.smart_conn_id)
+            settings = settings_from_connection(
+                conn.host, conn.login, conn.password, extra, conn_id=self.smart_conn_id, port=conn.port
+            )
             mask_secrets(*settings.secrets)
             self.__dict__["settings"] = settings  # the same cache slot the sync property uses
         return self.settings
@@ -116,13 +118,14 @@ class SmartHook(BaseHook):
         return self.auth.smart_configuration
 
     def test_connection(self) -> tuple[bool, str]:
-        """Discover the token endpoint and request a real token; report scope and expiry, never the token."""
-        try:
-            token = self.get_token(force_refresh=True)
-        except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        summary = token.summary()
-        return True, (
-            f"Token obtained from {self.auth.token_url}: scope {summary['scope'] or '(none granted)'!r}, "
-            f"expires at {summary['expires_at']}."
-        )
+        """What Airflow's Test button, ``airflow connections test`` and ``airflow-smart test`` run.
+
+        Backend Services and client-secret connections: discover the token endpoint and request a real
+        token; report scope and expiry, never the token. Refresh-token connections are tested without
+        refreshing (a refresh rotates the token, and a rotation the workers never see burns their grant):
+        discovery, plus a check that a refresh token is stored. Never raises. Messages name fields, not the
+        connection id: the API server tests a copy under a random id.
+        """
+        from airflow_provider_smart.hooks.connection_test import run_connection_test
+
+        return run_connection_test(self)
