@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench bench-quick lint clean
+.PHONY: venv test ui-check demo bench bench-quick lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The connection form and Test button in the real Airflow UI, in headless Chromium; screenshots in build/ui-check/.
+ui-check: $(STAMP)
+	$(PY) scripts/ui_check.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
