@@ -105,7 +105,7 @@ def describe_error(exc: Exception) -> str:
 
     if isinstance(exc, SmartAuthError):
         hint = _HINTS.get(exc.error)
-        return f"{exc.message} {hint}" if hint else exc.message
+        return f"{exc.message} {hint}" if hint and "check" not in exc.message.lower() else exc.message
     if isinstance(exc, SmartError):
         return exc.message
     if isinstance(exc, requests.ConnectionError):
