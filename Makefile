@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast check demo bench bench-quick lint typecheck clean
+.PHONY: venv test test-fast check ui-check demo bench bench-quick lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 # The edit-test loop: library and sandbox tests, no subprocesses or metadata DB (see the `slow` marker).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The connection form and Test button in the real Airflow UI, in headless Chromium; screenshots in build/ui-check/.
+ui-check: $(STAMP)
+	$(PY) scripts/ui_check.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

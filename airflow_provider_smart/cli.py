@@ -31,8 +31,12 @@ def _keygen(args: argparse.Namespace) -> int:
         "conn_type": "smart",
         "host": args.fhir_url,
         "login": args.client_id,
-        "extra": {"private_key_path": str(key_path.resolve()), "kid": args.kid, "alg": args.alg, "scope": args.scope},
+        "extra": {"key_file": str(key_path.resolve()), "kid": args.kid, "alg": args.alg, "scope": args.scope},
     }
+    from airflow_provider_smart.connection import _effective_port
+
+    if args.fhir_url.startswith(("http://", "https://")):
+        connection["port"] = _effective_port(args.fhir_url)  # lets the Test button of Airflow 3.3.1/3.3.2 work
     print(f"Private key written to {key_path} (mode 0600). Keep it secret.")
     print(f"\nPublic JWK Set (register it with the EHR; also saved as {out / 'jwks.json'}):")
     print(json.dumps(jwks, indent=2))
@@ -65,6 +69,20 @@ def _token(args: argparse.Namespace) -> int:
         summary["access_token"] = token.access_token
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    """The connection test Airflow's Test button runs, from the command line, on any Airflow version."""
+    from airflow_provider_smart.hooks.smart import SmartHook
+
+    try:
+        connection = _load_connection(args.conn_id)
+    except Exception as exc:
+        print(f"Connection {args.conn_id!r} could not be read: {exc}", file=sys.stderr)
+        return 1
+    ok, message = SmartHook(args.conn_id, connection=connection).test_connection()
+    print(f"{'OK' if ok else 'FAILED'}: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 DEFAULT_LAUNCH_SCOPE = "openid fhirUser offline_access user/*.rs"
@@ -163,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True, help="folder for private_key.pem and jwks.json")
     keygen.add_argument("--fhir-url", default="https://fhir.example.org/r4", help="FHIR base URL for the template")
     keygen.add_argument("--client-id", default="my-backend-client", help="client id for the template")
-    keygen.add_argument("--scope", default="system/*.read", help="scope for the template")
+    keygen.add_argument("--scope", default="system/*.rs", help="scope for the template (default system/*.rs)")
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
 
     sub.add_parser(
@@ -191,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
     token.add_argument("--scope", help="request this scope instead of the connection's")
     token.add_argument("--show-token", action="store_true", help="also print the access token itself")
+
+    test = sub.add_parser(
+        "test",
+        help="test a connection as Airflow's Test button does (works where the button cannot, e.g. Airflow "
+        "3.3.1/3.3.2 without a port); refresh tokens are never rotated",
+    )
+    test.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
     return parser
 
 
@@ -201,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return _sandbox(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
     try:
-        return {"keygen": _keygen, "token": _token, "authorize": _authorize}[args.command](args)
+        return {"keygen": _keygen, "token": _token, "authorize": _authorize, "test": _test}[args.command](args)
     except Exception as exc:  # a CLI prints the error, not a traceback full of internals
         from airflow_provider_smart.exceptions import SmartError
 

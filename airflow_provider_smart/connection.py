@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -24,7 +25,19 @@ from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, 
 
 AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token")
 TOKEN_STORES = ("variable", "file:<path>", "memory")
-DEFAULT_SCOPE = "system/*.read"
+# SMART v2: read and search every resource type. Used by the client-credentials methods only; a
+# refresh-token connection asks for nothing, so the server keeps the scope granted at authorisation.
+DEFAULT_SCOPE = "system/*.rs"
+# What the connection form used to pre-fill for every auth method; meaningless on a user's grant.
+_OLD_FORM_SCOPE = "system/*.read"
+# Airflow hides the value of any extra whose name contains a sensitive word ("token", "private_key",
+# "secret", ...): in the UI a new form then shows "***" and saves it literally. Non-secret extras use
+# names free of those words; the names they had before are still read.
+EXTRA_ALIASES = {
+    "key_file": "private_key_path",
+    "oauth_url": "token_url",
+    "rotation_store": "token_store",
+}
 # Tokens are shared by every hook in a process (a sensor and a download in one worker reuse them).
 PROCESS_TOKEN_STORE = InMemoryTokenStore()
 
@@ -65,7 +78,7 @@ def _as_list(value: Any, name: str) -> list[str]:
         return [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise SmartConfigError(f"extra.{name} must be a comma-separated string or a list of strings.", field=name)
+    raise SmartConfigError(f"{name} must be a comma-separated string or a list of strings.", field=name)
 
 
 def _as_headers(value: Any) -> dict[str, str]:
@@ -75,11 +88,11 @@ def _as_headers(value: Any) -> dict[str, str]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise SmartConfigError('extra.headers must be a JSON object, e.g. {"Epic-Client-ID": "abc"}.') from None
+            raise SmartConfigError('Extra headers must be a JSON object, e.g. {"Epic-Client-ID": "abc"}.') from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise SmartConfigError("extra.headers must map header names to string values.", field="headers")
+        raise SmartConfigError("Extra headers must map header names to string values.", field="headers")
     if any(k.lower() == "authorization" for k in value):
-        raise SmartConfigError("extra.headers must not set Authorization; the hook manages it.", field="headers")
+        raise SmartConfigError("Extra headers must not set Authorization: the hook manages it.", field="headers")
     for name, header_value in value.items():
         # Named, never echoed: a header value may be a secret.
         if not name or any(c in name for c in "\r\n:") or name != name.strip():
@@ -114,9 +127,11 @@ def _as_verify(value: Any) -> bool | str:
         if lowered in ("false", "0", "no"):
             return False
         if not Path(value).exists():
-            raise SmartConfigError(f"extra.verify: CA bundle {value!r} does not exist.", field="verify")
+            raise SmartConfigError(
+                f"Verify TLS: the CA bundle {value!r} does not exist on this machine.", field="verify"
+            )
         return value
-    raise SmartConfigError("extra.verify must be true, false or a CA bundle path.", field="verify")
+    raise SmartConfigError("Verify TLS must be true, false or a CA bundle path.", field="verify")
 
 
 def _as_timeout(value: Any) -> float:
@@ -125,19 +140,19 @@ def _as_timeout(value: Any) -> float:
     try:
         timeout = float(value)
     except (TypeError, ValueError):
-        raise SmartConfigError(f"extra.timeout must be a number of seconds, got {value!r}.", field="timeout") from None
+        raise SmartConfigError(f"The timeout must be a number of seconds, not {value!r}.", field="timeout") from None
     if timeout <= 0:
-        raise SmartConfigError("extra.timeout must be positive.", field="timeout")
+        raise SmartConfigError("The timeout must be positive.", field="timeout")
     return timeout
 
 
 def _token_url(value: Any, base: str, insecure: bool) -> str | None:
     if value in (None, ""):
         return None
-    url = normalise_base_url(value, field="token_url", allow_insecure_http=insecure)
+    url = normalise_base_url(value, field="oauth_url", allow_insecure_http=insecure)
     refusal = insecure_http_refusal(url, base_is_https=base.startswith("https:"), allow_insecure_http=insecure)
     if refusal:
-        raise SmartConfigError(f"extra.token_url: {refusal}.", field="token_url")
+        raise SmartConfigError(f"extra.oauth_url: {refusal}.", field="oauth_url")
     return url
 
 
@@ -158,19 +173,58 @@ def _allowed_hosts(value: Any, base: str, insecure: bool) -> list[str]:
     return hosts
 
 
+def normalise_extra(extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``extra`` with the older extra names mapped to today's (``token_url`` -> ``oauth_url``, ...).
+
+    When both names are set, the new one wins unless it is empty.
+    """
+    extra = dict(extra or {})
+    for new, old in EXTRA_ALIASES.items():
+        if old in extra:
+            value = extra.pop(old)
+            if extra.get(new) in (None, ""):
+                extra[new] = value
+    return extra
+
+
 def read_private_key(extra: dict[str, Any]) -> str | None:
+    extra = normalise_extra(extra)
     key = extra.get("private_key")
-    path = extra.get("private_key_path")
+    path = extra.get("key_file")
     if key and path:
-        raise SmartConfigError("Set extra.private_key or extra.private_key_path, not both.", field="private_key")
+        raise SmartConfigError(
+            "Both a pasted private key and a key file are set: keep one of them.", field="private_key"
+        )
     if path:
         try:
             return Path(path).expanduser().read_text()
         except OSError as exc:
             raise SmartConfigError(
-                f"extra.private_key_path {path!r} cannot be read ({exc.strerror}).", field="private_key_path"
+                f"The key file {path!r} cannot be read on this machine ({exc.strerror}).", field="key_file"
             ) from None
     return key or None
+
+
+def _effective_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _check_port(base_url: str, port: Any) -> None:
+    """The Port field is optional and only has to agree with the FHIR base URL (see README: Test button)."""
+    if port in (None, "", 0, "0"):
+        return
+    try:
+        value = int(port)
+    except (TypeError, ValueError):
+        raise SmartConfigError(f"The port {port!r} is not a number.", field="port") from None
+    expected = _effective_port(base_url)
+    if value != expected:
+        raise SmartConfigError(
+            f"The port {value} does not match the FHIR base URL, whose port is {expected}: "
+            f"set {expected} or leave the port empty.",
+            field="port",
+        )
 
 
 def _refresh_token_settings(settings: ConnectionSettings, password: str | None, extra: dict[str, Any]) -> None:
@@ -178,22 +232,25 @@ def _refresh_token_settings(settings: ConnectionSettings, password: str | None, 
     settings.refresh_token = extra.get("refresh_token") or None
     if not settings.refresh_token:
         raise SmartConfigError(
-            "auth_method refresh_token needs extra.refresh_token: run 'airflow-smart authorize --conn-id <id>' "
-            "to obtain one (ask for offline_access).",
+            "The refresh token is empty: run 'airflow-smart authorize --conn-id <id>' to obtain one "
+            "(ask for offline_access), or paste the one your server issued.",
             field="refresh_token",
         )
-    settings.scope = (extra.get("scope") or "").strip()  # empty: refreshes keep the original grant
+    # Empty: refreshes ask for nothing and the server keeps the scope granted at authorisation. The
+    # system/*.read the form used to pre-fill is a Backend Services scope, never part of a user's grant.
+    scope = (extra.get("scope") or "").strip()
+    settings.scope = "" if scope == _OLD_FORM_SCOPE else scope
     settings.private_key = read_private_key(extra)
     if settings.private_key:
         load_private_key(settings.private_key, field="private_key")
         if not settings.kid:
-            raise SmartConfigError("extra.kid is needed with extra.private_key.", field="kid")
+            raise SmartConfigError("The Key ID (kid) is empty: a private key needs its kid.", field="kid")
     else:
         settings.client_secret = password or None  # none at all: a public client
-    store = (extra.get("token_store") or "variable").strip()
+    store = (extra.get("rotation_store") or "variable").strip()
     if store not in ("variable", "memory") and not (store.startswith("file:") and len(store) > 5):
         raise SmartConfigError(
-            f"extra.token_store {store!r} is unknown: use one of {', '.join(TOKEN_STORES)}.", field="token_store"
+            f"The rotation store {store!r} is unknown: use one of {', '.join(TOKEN_STORES)}.", field="rotation_store"
         )
     settings.token_store = store
 
@@ -214,20 +271,36 @@ def token_store_for(settings: ConnectionSettings, store_factory: StoreFactory | 
     if spec == "memory":
         return PROCESS_TOKEN_STORE
     raise SmartConfigError(
-        f"extra.token_store {spec!r} needs Airflow (use SmartHook), or choose 'file:<path>' or 'memory'.",
-        field="token_store",
+        f"The rotation store {spec!r} needs Airflow (use SmartHook), or choose 'file:<path>' or 'memory'.",
+        field="rotation_store",
     )
 
 
+def refresh_store_key(settings: ConnectionSettings) -> str:
+    """Where a refresh-token connection's rotated tokens live in its rotation store."""
+    return f"refresh_token:{settings.client_id}@{settings.fhir_base_url}"
+
+
 def settings_from_connection(
-    host: str | None, login: str | None, password: str | None, extra: dict[str, Any] | None, *, conn_id: str = ""
+    host: str | None,
+    login: str | None,
+    password: str | None,
+    extra: dict[str, Any] | None,
+    *,
+    conn_id: str = "",
+    port: int | str | None = None,
 ) -> ConnectionSettings:
-    """Validate the fields of a ``smart`` connection; errors name the field to fix."""
+    """Validate the fields of a ``smart`` connection; errors name the field to fix.
+
+    ``extra`` may use today's names or the older ones in :data:`EXTRA_ALIASES`. ``conn_id`` only prefixes
+    error messages (leave it empty where the id means nothing to a person, e.g. Airflow's Test button).
+    """
     where = f"Connection {conn_id!r}: " if conn_id else ""
-    extra = dict(extra or {})
+    extra = normalise_extra(extra)
     try:
         insecure = _as_flag(extra.get("allow_insecure_http"), "allow_insecure_http")
         base = normalise_base_url(host, field="host", allow_insecure_http=insecure)
+        _check_port(base, port)
         if not login:
             raise SmartConfigError(
                 "login (Client ID) is empty: set it to the client id the server issued.", field="login"
@@ -235,7 +308,7 @@ def settings_from_connection(
         method = (extra.get("auth_method") or "private_key_jwt").strip()
         if method not in AUTH_METHODS:
             raise SmartConfigError(
-                f"extra.auth_method {method!r} is unknown: use one of {', '.join(AUTH_METHODS)}.", field="auth_method"
+                f"The auth method {method!r} is unknown: use one of {', '.join(AUTH_METHODS)}.", field="auth_method"
             )
         settings = ConnectionSettings(
             fhir_base_url=base,
@@ -245,7 +318,7 @@ def settings_from_connection(
             alg=(extra.get("alg") or None),
             jku=extra.get("jku") or None,
             scope=(extra.get("scope") or DEFAULT_SCOPE).strip(),
-            token_url=_token_url(extra.get("token_url"), base, insecure),
+            token_url=_token_url(extra.get("oauth_url"), base, insecure),
             allowed_hosts=_allowed_hosts(extra.get("allowed_hosts"), base, insecure),
             headers=_as_headers(extra.get("headers")),
             verify=_as_verify(extra.get("verify")),
@@ -258,19 +331,21 @@ def settings_from_connection(
             settings.private_key = read_private_key(extra)
             if not settings.private_key:
                 raise SmartConfigError(
-                    "private_key_jwt needs a key: set extra.private_key (PEM) or extra.private_key_path.",
+                    "private_key_jwt needs a key: paste the PEM into Private key, or set a Key file path.",
                     field="private_key",
                 )
             key = load_private_key(settings.private_key, field="private_key")
             settings.alg = choose_alg(key, settings.alg) if settings.alg else None
             if not settings.kid:
                 raise SmartConfigError(
-                    "extra.kid is empty: set it to the key id registered in the client's JWK Set.", field="kid"
+                    "The Key ID (kid) is empty: set it to the kid registered in the client's JWK Set.", field="kid"
                 )
         else:
             settings.client_secret = password or None
             if not settings.client_secret:
-                raise SmartConfigError(f"{method} needs the client secret in the Password field.", field="password")
+                raise SmartConfigError(
+                    f"{method} needs the client secret in the Client secret (Password) field.", field="password"
+                )
     except SmartConfigError as exc:
         raise SmartConfigError(where + exc.message, **exc.context) from None
     return settings
@@ -313,7 +388,7 @@ def build_auth(
         common.update(
             scope=scope or settings.scope or None,
             token_store=token_store or token_store_for(settings, store_factory),
-            store_key=f"refresh_token:{settings.client_id}@{settings.fhir_base_url}",
+            store_key=refresh_store_key(settings),
         )
         seed = StoredToken(access_token="", expires_at=0.0, refresh_token=settings.refresh_token)
         return SmartClient(
@@ -346,4 +421,11 @@ def build_session(
     )
 
 
-__all__ = ["ConnectionSettings", "StoredToken", "build_auth", "build_session", "settings_from_connection"]
+__all__ = [
+    "ConnectionSettings",
+    "StoredToken",
+    "build_auth",
+    "build_session",
+    "normalise_extra",
+    "settings_from_connection",
+]

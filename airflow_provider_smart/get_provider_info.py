@@ -17,61 +17,86 @@ def _text(label: str, description: str, **schema: Any) -> dict[str, Any]:
     return {"label": label, "description": description, "schema": {"type": ["string", "null"], **schema}}
 
 
+# Field order is form order: what every connection needs, then the Backend Services options, then the
+# refresh-token (App Launch) fields in their own section. Airflow hides the value of any extra whose
+# name contains a sensitive word (token, private_key, secret, password, ...), so only the secrets carry
+# such names; the other fields' older names (private_key_path, token_url, token_store) are still read.
+REFRESH_SECTION = "Refresh token (App Launch) connections only"
+
 CONN_FIELDS: dict[str, Any] = {
     "auth_method": _text(
         "Auth method",
-        "private_key_jwt (SMART Backend Services, default), client_secret_basic, client_secret_post, or "
-        "refresh_token (a user-authorised App Launch; run 'airflow-smart authorize --conn-id ...').",
+        "private_key_jwt: SMART Backend Services, a signed JWT (the default). client_secret_basic / "
+        "client_secret_post: a client secret in the Client secret field. refresh_token: a user-authorised "
+        "App Launch; fill the section at the end (or run 'airflow-smart authorize --conn-id ...').",
         enum=["private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token"],
         default="private_key_jwt",
     ),
     "private_key": _text(
         "Private key (PEM)",
-        "The client's PEM private key (RSA or EC P-384). Paste it whole, line breaks included.",
+        "The client's private key: RSA (2048 bits or more) or EC P-256/P-384. Paste it whole, line breaks "
+        "included. Stored encrypted and shown as *** once saved.",
         format="multiline",
     ),
-    "private_key_path": _text(
-        "Private key file", "Path to the PEM file on the workers, instead of pasting the key above."
+    "key_file": _text(
+        "Key file",
+        "Instead of pasting the key: the path of a PEM file. It is read wherever the connection is used: "
+        "on the workers, and on the API server when you press Test.",
     ),
     "kid": _text("Key ID (kid)", "The kid of this key in the JWK Set registered with the server."),
     "alg": _text(
         "Signing algorithm",
-        "JWT signing algorithm; empty = chosen from the key type and the server's advertised algorithms.",
-        enum=["ES384", "RS384", "ES256", "RS256", "PS384"],
+        "Empty: chosen from the key type and the algorithms the server advertises (ES384 or RS384 first).",
+        enum=["ES384", "RS384", "ES256", "RS256", "PS384", "ES512", "RS512", "PS256", "PS512"],
     ),
     "scope": _text(
         "Scope",
-        "Space-separated scopes to request, e.g. system/Patient.rs system/Observation.rs",
-        default="system/*.read",
+        "Space-separated scopes to request, e.g. system/Patient.rs system/Observation.rs. Empty: system/*.rs "
+        "(read and search everything) for Backend Services and client secrets; for refresh_token, the scope "
+        "granted at authorisation.",
     ),
-    "token_url": _text("Token endpoint", "Skips discovery when set.", format="url"),
-    "jku": _text("JWKS URL (jku)", "Sent in the assertion header only when set; must match the registration."),
+    "oauth_url": _text(
+        "Token endpoint URL",
+        "Empty: discovered from the server's .well-known/smart-configuration. Set it to skip that discovery.",
+        format="url",
+    ),
+    "jku": _text(
+        "JWKS URL (jku)", "Sent in the JWT header only when set; must be the JWKS URL registered for the client."
+    ),
     "allowed_hosts": _text(
-        "Other hosts for the token",
-        "Comma-separated hosts (or origins) besides the FHIR server that may receive the access token, "
+        "Hosts that may receive the token",
+        "Comma-separated hosts (or origins) besides the FHIR server that may be sent the access token, "
         "e.g. a file server that requires it. Leave empty unless the server's docs say so.",
     ),
     "headers": _text(
         "Extra headers (JSON)", 'Static headers for every FHIR request, e.g. {"Epic-Client-ID": "..."}', format="json"
     ),
-    "refresh_token": _text(
-        "Refresh token",
-        "auth_method refresh_token only: the initial offline_access refresh token (airflow-smart authorize "
-        "writes it). Rotated tokens are kept in the token store below.",
-        format="password",
-    ),
-    "token_store": _text(
-        "Token store",
-        "auth_method refresh_token only: where rotated tokens persist between tasks: variable (Airflow "
-        "Variables, Fernet-encrypted; default), file:/path/tokens.json, or memory.",
-        default="variable",
-    ),
     "verify": _text("Verify TLS", "true (default), false, or the path of a CA bundle."),
     "timeout": {
         "label": "Timeout (s)",
-        "description": "Per-request timeout in seconds.",
-        "schema": {"type": ["number", "null"], "minimum": 1, "default": 60},
+        "description": "Per-request timeout in seconds (default 60).",
+        "schema": {"type": ["number", "null"], "minimum": 1},
     },
+    "refresh_token": _text(
+        "Refresh token",
+        "refresh_token connections only: the offline_access refresh token ('airflow-smart authorize' "
+        "writes it). Rotated tokens are kept in the rotation store below, not here.",
+        format="password",
+        section=REFRESH_SECTION,
+    ),
+    "rotation_store": _text(
+        "Rotation store",
+        "refresh_token connections only: where rotated tokens persist between tasks. Empty or variable: "
+        "Airflow Variables (Fernet-encrypted, shared by workers, the API server and the CLI). "
+        "file:/shared/path/tokens.json: a locked file every process can reach. memory: this process only.",
+        section=REFRESH_SECTION,
+    ),
+    "launch_scope": _text(
+        "Scopes to authorise",
+        "refresh_token connections only: the scopes 'airflow-smart authorize --conn-id ...' asks the user for "
+        "(default: openid fhirUser offline_access user/*.rs).",
+        section=REFRESH_SECTION,
+    ),
 }
 
 
@@ -110,16 +135,20 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_smart.hooks.smart.SmartHook",
                 "hook-name": "SMART on FHIR",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["port", "schema"],
+                    # The port stays visible: Airflow 3.3.1/3.3.2's Test button only works for a connection
+                    # that stores one (README, "The Test button"). It must agree with the FHIR base URL.
+                    "hidden-fields": ["schema"],
                     "relabeling": {
                         "host": "FHIR base URL",
+                        "port": "Port of the FHIR base URL",
                         "login": "Client ID",
-                        "password": "Client secret (client_secret_* methods only)",
+                        "password": "Client secret",
                     },
                     "placeholders": {
                         "host": "https://fhir.example.org/r4",
+                        "port": "443 for https (needed by the Test button on Airflow 3.3.1/3.3.2)",
                         "login": "my-backend-client",
-                        "password": "leave empty for private_key_jwt",
+                        "password": "client_secret_basic / client_secret_post only",
                     },
                 },
                 "conn-fields": CONN_FIELDS,

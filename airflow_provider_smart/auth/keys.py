@@ -33,7 +33,7 @@ def load_private_key(key: str | bytes | PrivateKey, *, field: str = "private_key
         raise SmartConfigError(
             f"{field} is not a PEM private key: it must start with '-----BEGIN PRIVATE KEY-----' "
             "(or RSA/EC PRIVATE KEY). If you pasted it into a single-line field, its line breaks were lost; "
-            "use the multiline 'Private key' field or private_key_path.",
+            "use the multiline 'Private key' field or a Key file path.",
             field=field,
         )
     try:

@@ -59,7 +59,7 @@ class SmartHook(BaseHook):
         """The connection, validated (errors name the field to fix); its secrets registered with the masker."""
         if self._settings is None:
             conn = self._connection or self.get_connection(self.smart_conn_id)
-            self._settings = self._validate(conn.host, conn.login, conn.password, conn.extra_dejson)
+            self._settings = self._validate(conn.host, conn.login, conn.password, conn.extra_dejson, conn.port)
         return self._settings
 
     async def aresolve_settings(self) -> ConnectionSettings:
@@ -70,15 +70,17 @@ class SmartHook(BaseHook):
 
             conn = await get_async_connection(self.smart_conn_id, hook=self)
             extra = await get_async_extra_dejson(conn)
-            self._settings = await asyncio.to_thread(self._validate, conn.host, conn.login, conn.password, extra)
+            self._settings = await asyncio.to_thread(
+                self._validate, conn.host, conn.login, conn.password, extra, conn.port
+            )
         return self._settings
 
     def _validate(
-        self, host: str | None, login: str | None, password: str | None, extra: dict[str, Any]
+        self, host: str | None, login: str | None, password: str | None, extra: dict[str, Any], port: int | None
     ) -> ConnectionSettings:
         from airflow_provider_smart.connection import settings_from_connection
 
-        settings = settings_from_connection(host, login, password, extra, conn_id=self.smart_conn_id)
+        settings = settings_from_connection(host, login, password, extra, conn_id=self.smart_conn_id, port=port)
         mask_secrets(*settings.secrets)
         return settings
 
@@ -158,13 +160,14 @@ class SmartHook(BaseHook):
         return self.auth.smart_configuration
 
     def test_connection(self) -> tuple[bool, str]:
-        """Discover the token endpoint and request a real token; report scope and expiry, never the token."""
-        try:
-            token = self.get_token(force_refresh=True)
-        except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        summary = token.summary()
-        return True, (
-            f"Token obtained from {self.auth.token_url}: scope {summary['scope'] or '(none granted)'!r}, "
-            f"expires at {summary['expires_at']}."
-        )
+        """What Airflow's Test button, ``airflow connections test`` and ``airflow-smart test`` run.
+
+        Backend Services and client-secret connections: discover the token endpoint and request a real
+        token; report scope and expiry, never the token. Refresh-token connections are tested without
+        refreshing (a refresh rotates the token, and a rotation the workers never see burns their grant):
+        discovery, plus a check that a refresh token is stored. Never raises. Messages name fields, not the
+        connection id: the API server tests a copy under a random id.
+        """
+        from airflow_provider_smart.hooks.connection_test import run_connection_test
+
+        return run_connection_test(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -39,7 +40,8 @@ def test_test_connection_reports_scope_never_the_token(smart_conn: Any, sandbox:
     caplog.set_level(logging.DEBUG)
     ok, message = SmartHook().test_connection()
     assert ok, message
-    assert "system/*.rs" in message and "expires at" in message
+    assert message.startswith("Connected: ")
+    assert "system/*.rs" in message and "valid until" in message
     tokens = [e for e in sandbox.issued_tokens()] if hasattr(sandbox, "issued_tokens") else []
     for token in tokens:
         assert token not in message and token not in caplog.text
@@ -50,6 +52,7 @@ def test_test_connection_never_raises(smart_conn: Any) -> None:
     ok, message = SmartHook().test_connection()
     assert not ok
     assert "private_key could not be parsed" in message
+    assert "smart_default" not in message and not re.match(r"\w*(Error|Exception)\b", message)
 
 
 def test_test_connection_reports_auth_errors(smart_conn: Any, sandbox: Any) -> None:

@@ -27,7 +27,7 @@ def test_api_server_hook_meta_lists_the_form_fields() -> None:
     smart = meta["smart"]
     assert smart.hook_name == "SMART on FHIR"
     fields = smart.extra_fields or {}
-    assert {"private_key", "scope", "kid", "alg", "token_url", "auth_method", "allowed_hosts"} <= set(fields)
+    assert {"private_key", "scope", "kid", "alg", "oauth_url", "auth_method", "allowed_hosts"} <= set(fields)
     assert fields["private_key"]["schema"]["format"] == "multiline"
     behaviour = smart.standard_fields
     assert behaviour is not None

@@ -24,7 +24,7 @@ def settings(host: str | None = BASE, login: str | None = "client", password: st
 def test_valid_connection_defaults() -> None:
     s = settings(headers='{"Epic-Client-ID": "abc"}', allowed_hosts="files.example.org, cdn.example.org:8443")
     assert s.fhir_base_url == BASE
-    assert s.scope == "system/*.read"
+    assert s.scope == "system/*.rs"  # SMART v2: read and search everything
     assert s.auth_method == "private_key_jwt"
     assert s.headers == {"Epic-Client-ID": "abc"}
     assert s.allowed_hosts == ["files.example.org", "cdn.example.org:8443"]
@@ -53,9 +53,11 @@ def test_valid_connection_defaults() -> None:
         ({"headers": '{"Authorization": "Bearer x"}'}, "headers", "Authorization"),
         ({"timeout": "soon"}, "timeout", "number"),
         ({"verify": "/nonexistent/ca.pem"}, "verify", "does not exist"),
-        ({"private_key_path": "/nonexistent/key.pem", "private_key": None}, "private_key_path", "cannot be read"),
+        ({"private_key_path": "/nonexistent/key.pem", "private_key": None}, "key_file", "cannot be read"),
+        ({"key_file": "/nonexistent/key.pem", "private_key": None}, "key_file", "cannot be read"),
         ({"auth_method": "client_secret_basic"}, "password", "client secret"),
-        ({"token_url": "token"}, "token_url", "absolute"),
+        ({"token_url": "token"}, "oauth_url", "absolute"),
+        ({"oauth_url": "token"}, "oauth_url", "absolute"),
     ],
 )
 def test_bad_connections_name_the_field(kwargs: dict[str, Any], field: str | None, needle: str) -> None:
@@ -91,3 +93,64 @@ def test_error_to_dict_redacts_secrets() -> None:
         "message": "boom",
         "context": {"client_secret": "***", "nested": {"access_token": "***", "ok": 1}},
     }
+
+
+def test_new_extra_names_and_their_older_aliases_give_the_same_settings(tmp_path) -> None:
+    path = tmp_path / "key.pem"
+    path.write_text(RSA_PEM)
+    new = {"key_file": str(path), "oauth_url": BASE + "/token", "rotation_store": "memory"}
+    old = {"private_key_path": str(path), "token_url": BASE + "/token", "token_store": "memory"}
+    for extra in (new, old):
+        s = settings(private_key=None, **extra)
+        assert s.private_key == RSA_PEM and s.token_url == BASE + "/token"
+        r = settings(private_key=None, auth_method="refresh_token", refresh_token="rt", **extra)
+        assert r.token_store == "memory"
+
+
+def test_a_new_name_wins_over_its_alias_unless_it_is_empty() -> None:
+    s = settings(oauth_url=BASE + "/new-token", token_url=BASE + "/old-token")
+    assert s.token_url == BASE + "/new-token"
+    s = settings(oauth_url="", token_url=BASE + "/old-token")
+    assert s.token_url == BASE + "/old-token"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "ok"),
+    [
+        (BASE, None, True),
+        (BASE, 0, True),  # what the UI of Airflow 3.3.1/3.3.2 sends for an empty port
+        (BASE, 443, True),
+        (BASE, "443", True),
+        (BASE, 80, False),
+        ("http://127.0.0.1:8900/fhir", 8900, True),
+        ("http://127.0.0.1:8900/fhir", 80, False),
+        ("http://localhost/r4", 80, True),
+        (BASE, "https", False),
+    ],
+)
+def test_the_port_is_optional_and_must_agree_with_the_base_url(host: str, port: Any, ok: bool) -> None:
+    if ok:
+        settings_from_connection(host, "client", None, {"private_key": EC_PEM, "kid": "k1"}, port=port)
+        return
+    with pytest.raises(SmartConfigError) as err:
+        settings_from_connection(host, "client", None, {"private_key": EC_PEM, "kid": "k1"}, port=port)
+    assert err.value.context["field"] == "port"
+    assert "port" in str(err.value)
+
+
+def test_refresh_token_connections_default_to_the_granted_scope() -> None:
+    def refresh(**extra: Any):
+        return settings_from_connection(
+            BASE, "app", None, {"auth_method": "refresh_token", "refresh_token": "rt", **extra}
+        )
+
+    assert refresh().scope == ""  # refreshes ask for nothing: the server keeps the granted scope
+    assert refresh(scope="system/*.read").scope == ""  # the old form's pre-filled default, never a user grant
+    assert refresh(scope="patient/Observation.rs").scope == "patient/Observation.rs"
+    assert refresh().token_store == "variable"
+
+
+def test_errors_without_conn_id_start_with_a_sentence() -> None:
+    with pytest.raises(SmartConfigError) as err:
+        settings_from_connection(BASE, "client", None, {"private_key": EC_PEM})
+    assert str(err.value).startswith("The Key ID (kid) is empty")

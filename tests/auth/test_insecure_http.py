@@ -145,7 +145,8 @@ def test_http_host_off_loopback_needs_the_insecure_flag() -> None:
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"token_url": "http://ehr.example/token"}, "token_url"),
+        ({"token_url": "http://ehr.example/token"}, "oauth_url"),  # the old name, read as oauth_url
+        ({"oauth_url": "http://ehr.example/token"}, "oauth_url"),
         ({"allowed_hosts": "http://files.example"}, "allowed_hosts"),
         ({"allow_insecure_http": "yes please"}, "allow_insecure_http"),
     ],
@@ -156,11 +157,11 @@ def test_downgrades_in_extras_are_refused(extra: dict[str, Any], field: str) -> 
     assert err.value.context["field"] == field
 
 
-@pytest.mark.parametrize("field", ["host", "token_url"])
+@pytest.mark.parametrize("field", ["host", "oauth_url"])
 def test_user_info_in_urls_is_refused_without_echoing_the_password(field: str) -> None:
     url = "https://alice:hunter2@ehr.example/fhir"
     with pytest.raises(SmartConfigError, match="user info") as err:
-        conn(url) if field == "host" else conn(token_url=url)
+        conn(url) if field == "host" else conn(oauth_url=url)
     assert err.value.context["field"] == field
     assert "hunter2" not in str(err.value) and "hunter2" not in repr(err.value.to_dict())
     with pytest.raises(SmartConfigError) as err2:
