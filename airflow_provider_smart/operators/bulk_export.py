@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
 from airflow_provider_smart.hooks.smart import SmartHook
+from airflow_provider_smart.operators._lineage_assets import emit_asset_events, openlineage_facets
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -358,7 +359,11 @@ class SmartBulkExportOperator(_BulkDownloadMixin, BaseOperator):
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
         # Pushed only on success: it is what the next run's since="auto" starts from.
         context["ti"].xcom_push(key="transaction_time", value=summary.get("transaction_time"))
+        emit_asset_events(context, self.outlets, summary)
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return openlineage_facets(self, task_instance)
 
     def _cancel_if_asked(self, status_url: str | None, why: str) -> None:
         if not (self.cancel_on_kill and status_url):
@@ -425,13 +430,18 @@ class SmartBulkExportDownloadOperator(_BulkDownloadMixin, BaseOperator):
         job = ExportJob(self.destination, {"status_url": self.status_url})
         if (done := job.completed_summary()) is not None:
             self._raise_for_error_issues(done)
+            emit_asset_events(context, self.outlets, done)
             return done
         result = client.poll(self.status_url)
         if result.state != "complete":
             raise AirflowException(f"Export {self.status_url} is not complete yet ({result.progress}).")
         summary = self._land(client, job, self.status_url, result.manifest)
         self._raise_for_error_issues(summary)
+        emit_asset_events(context, self.outlets, summary)
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return openlineage_facets(self, task_instance)
 
     def _download_batch(self, client: BulkExportClient, destination: Any) -> dict[str, Any]:
         from airflow_provider_smart.bulk import plan_files
