@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench bench-quick lint clean
+.PHONY: venv test demo e2e bench bench-quick lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The e2e extra (Celery, Amazon, OpenLineage providers, moto, psycopg2); scripts/e2e.py installs Debian's
+# postgresql and redis-server itself when they are missing.
+E2E_STAMP := $(VENV)/.installed-e2e
+$(E2E_STAMP): $(STAMP)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev,e2e]"
+	touch $(E2E_STAMP)
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+e2e: $(E2E_STAMP)
+	$(PY) scripts/e2e.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
