@@ -54,10 +54,14 @@ def start_sandbox(keys: Path) -> Any:
     return sandbox
 
 
-def wait_for_run(api: AirflowAPI, run_id: str, seen: dict[str, set[str]], timeout: float, on_poll: Any = None) -> str:
+def wait_for_run(
+    ctx: dict[str, Any], run_id: str, seen: dict[str, set[str]], timeout: float, on_poll: Any = None
+) -> str:
     """Poll the run until it ends; record every state each task instance was seen in."""
+    api = ctx["api"]
 
     def done() -> str | None:
+        ctx["procs"].assert_alive(skip=ctx["killed"])
         for ti in api.task_instances(DAG_ID, run_id):
             seen.setdefault(f"{ti['task_id']}[{ti['map_index']}]", set()).add(str(ti["state"]))
         if on_poll is not None:
@@ -126,6 +130,7 @@ def kill_run(ctx: dict[str, Any], export_root: str) -> None:
         if len(running) >= 2:
             time.sleep(2)  # let them get into their downloads
             pid = airflow.workers[victim]
+            ctx["killed"].add(victim)
             killed["pids"] = kill_tree(pid, signal.SIGKILL)
             killed["tis"] = sorted(t["map_index"] for t in running)
             killed["at"] = time.monotonic()
@@ -137,7 +142,7 @@ def kill_run(ctx: dict[str, Any], export_root: str) -> None:
             sandbox.clear_faults()
 
     seen: dict[str, set[str]] = {}
-    state = wait_for_run(api, run_id, seen, 900, on_poll=maybe_kill)
+    state = wait_for_run(ctx, run_id, seen, 900, on_poll=maybe_kill)
     checks.check("a worker was SIGKILLed mid-download", bool(killed), f"killed pids {killed.get('pids')}")
     retried = []
     for index in killed.get("tis", []):
@@ -228,6 +233,8 @@ def main() -> int:
         key_lines = [line for line in pem.splitlines() if line and not line.startswith("-----")]
         ctx: dict[str, Any] = {
             "api": api,
+            "procs": procs,
+            "killed": set(),
             "checks": checks,
             "sandbox": sandbox,
             "airflow": airflow,
@@ -236,7 +243,9 @@ def main() -> int:
             "logs": logs,
             "workers": list(airflow.workers),
             "secrets": [pem, *key_lines, aws_secret, *airflow.secrets],
-            "fhir_auth": BackendServicesAuth(client_id=CLIENT_ID, private_key=pem, kid=KID, scope="system/*.rs"),
+            "fhir_auth": BackendServicesAuth(
+                client_id=CLIENT_ID, private_key=pem, kid=KID, scope="system/*.rs", fhir_base_url=sandbox.url
+            ),
         }
         export_root = f"s3://aws_default@{BUCKET}/fhir"
 
@@ -244,7 +253,7 @@ def main() -> int:
         run_started = time.monotonic()
         run_id = trigger(api, "first", export_root, offset=10)
         seen: dict[str, set[str]] = {}
-        state = wait_for_run(api, run_id, seen, 900)
+        state = wait_for_run(ctx, run_id, seen, 900)
         print(f"run 1 ended {state} after {time.monotonic() - run_started:.0f} s; checks:")
         verify_run(ctx, run_id, seen, state)
 

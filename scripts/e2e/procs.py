@@ -91,6 +91,13 @@ class Processes:
         """Run ``fn()`` when stopping (for daemons such as postgres that are not our children)."""
         self.cleanups.append((name, fn))
 
+    def assert_alive(self, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Fail fast when a service died (its log says why)."""
+        for name, proc in self.started:
+            if name not in skip and proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}: " + " | ".join(tail))
+
     def pid_of(self, name: str) -> int:
         return next(p.pid for n, p in self.started if n == name)
 

@@ -31,6 +31,7 @@ PYTHON_DISTS = (
     "moto",
     "s3fs",
     "psycopg2-binary",
+    "asyncpg",
 )
 
 
@@ -175,7 +176,7 @@ class Airflow:
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://{db}",
             AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/0",
-            AIRFLOW__CELERY__RESULT_BACKEND=f"db+postgresql://{db}",
+            AIRFLOW__CELERY__RESULT_BACKEND=f"db+postgresql+psycopg2://{db}",
             AIRFLOW__CORE__FERNET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
             AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(32),
             AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
