@@ -88,7 +88,7 @@ def verify_run(ctx: dict[str, Any], run_id: str, seen: dict[str, set[str]], stat
     status_url = api.xcom(DAG_ID, run_id, "kickoff", "status_url")
     c.bucket_holds_export(checks, ctx["s3"], summary, EXPECTED)
     c.ran_on_both_workers(checks, tis, ctx["workers"]) if ctx.get("both_workers", True) else None
-    c.sensor_deferred(checks, api, DAG_ID, run_id, seen.get("wait[-1]", set()), ctx["logs"])
+    c.sensor_deferred(checks, api, DAG_ID, run_id, seen.get("wait[-1]", set()))
     c.export_deleted(checks, sandbox, status_url, ctx["fhir_auth"])
     c.no_secrets_in_logs(checks, api, DAG_ID, run_id, tis, ctx["secrets"] + sandbox.issued_tokens())
     c.asset_event_and_consumer(checks, api, run_id, summary)

@@ -61,11 +61,17 @@ def asset_event_extra(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def emit_asset_events(context: Any, outlets: Iterable[Any] | None, summary: dict[str, Any]) -> None:
-    """Attach :func:`asset_event_extra` to the event Airflow emits for each ``Asset`` outlet.
+    """Record a landed export: :func:`asset_event_extra` on each ``Asset`` outlet's event, and the summary
+    on the running task for :func:`openlineage_facets`.
 
     Call once an export has landed complete (Airflow emits the events when the task succeeds). An
-    ``AssetAlias`` outlet gets an event for ``Asset(uri=<destination>)``.
+    ``AssetAlias`` outlet gets an event for ``Asset(uri=<destination>)``. The summary is kept on
+    ``context["task"]`` (the operator being run) because the OpenLineage listener calls the operator
+    from a forked process after ``execute``, where fetching the XCom back could hang.
     """
+    task = context.get("task") if hasattr(context, "get") else None
+    if task is not None:
+        task._smart_export_summary = summary
     outlets = list(outlets or [])
     if not outlets:
         return
@@ -111,22 +117,15 @@ def fhir_dataset_id(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}", parts.path or "/"
 
 
-def _fhir_base_url(operator: Any) -> str | None:
-    try:
-        from airflow.sdk import BaseHook
+def openlineage_facets(operator: Any, task_instance: Any = None) -> Any:
+    """``OperatorLineage`` for an export or download task that completed, or ``None`` without the provider.
 
-        return BaseHook.get_connection(operator.smart_conn_id).host or None
-    except Exception:
-        return None
-
-
-def openlineage_facets(operator: Any, task_instance: Any) -> Any:
-    """``OperatorLineage`` for an export or download task that completed, or ``None``.
-
-    Input: the FHIR server's export (namespace: the server's origin; name: the kick-off path, e.g.
-    ``/fhir/Group/cohort-a/$export``; a documentation facet lists the request parameters). Output: the
-    destination (namespace and name as ``ObjectStoragePath`` has them) with an ``outputStatistics`` facet:
-    resources, bytes and files landed by this task.
+    A whole export (the summary :func:`emit_asset_events` kept on the operator): input the FHIR server's
+    export (namespace: the server's origin; name: the kick-off path such as ``/fhir/Group/cohort-a/$export``;
+    a documentation facet lists the request parameters), output the destination (namespace and name as
+    ``ObjectStoragePath`` has them) with an ``outputStatistics`` facet (resources, bytes, files). One mapped
+    batch: input the export job (its status URL without query), output the destination with the batch's
+    resources and files. Nothing here talks to a server or the metadata DB.
     """
     try:
         from airflow.providers.common.compat.openlineage.facet import (
@@ -139,36 +138,36 @@ def openlineage_facets(operator: Any, task_instance: Any) -> Any:
     except ImportError:
         return None
 
-    result = task_instance.xcom_pull(task_ids=operator.task_id, key="return_value") if task_instance else None
-    result = result if isinstance(result, dict) else {}
-    destination = result.get("destination") or getattr(operator, "destination", None)
+    summary = getattr(operator, "_smart_export_summary", None)
+    batch = getattr(operator, "batch", None)
+    destination = (summary or {}).get("destination") or getattr(operator, "destination", None)
     if not destination or not isinstance(destination, str):
         return OperatorLineage()
-
-    request = result.get("request")
-    if request:
-        namespace, name = fhir_dataset_id(str(request))
-        query = urlsplit(str(request)).query
-        params = ", ".join(f"{k}={v}" for k, v in parse_qsl(query)) or "no parameters in the URL"
-        description = f"FHIR Bulk Data export {name} ({params}); transactionTime {result.get('transaction_time')}"
-    else:
-        base = _fhir_base_url(operator) or str((getattr(operator, "batch", None) or {}).get("status_url") or "")
-        if not base:
-            out_namespace, out_name = destination_dataset_id(destination)
-            return OperatorLineage(outputs=[OutputDataset(namespace=out_namespace, name=out_name)])
-        namespace, name = fhir_dataset_id(base)
-        description = "FHIR Bulk Data export (one batch of its files)"
-    documentation = DocumentationDatasetFacet(description=description)
-    inputs = [Dataset(namespace=namespace, name=name, facets={"documentation": documentation})]
-
-    if "output" in result:  # a whole export's summary
-        files = [e for kind in KINDS for e in result.get(kind) or []]
-        rows = sum(int(e.get("lines") or 0) for e in result.get("output") or [])
-        size = sum(int(e.get("bytes") or 0) for e in files)
-        count = len(files)
-    else:  # one batch's totals
-        rows, size, count = int(result.get("lines") or 0), int(result.get("bytes") or 0), int(result.get("files") or 0)
     out_namespace, out_name = destination_dataset_id(destination)
-    stats = OutputStatisticsOutputDatasetFacet(rowCount=rows, size=size, fileCount=count)
-    outputs = [OutputDataset(namespace=out_namespace, name=out_name, outputFacets={"outputStatistics": stats})]
-    return OperatorLineage(inputs=inputs, outputs=outputs)
+
+    if summary and summary.get("request"):
+        namespace, name = fhir_dataset_id(str(summary["request"]))
+        params = ", ".join(f"{k}={v}" for k, v in parse_qsl(urlsplit(str(summary["request"])).query))
+        description = (
+            f"FHIR Bulk Data export {name} ({params or 'no parameters in the URL'}); "
+            f"transactionTime {summary.get('transaction_time')}"
+        )
+        files = [e for kind in KINDS for e in summary.get(kind) or []]
+        stats = OutputStatisticsOutputDatasetFacet(
+            rowCount=sum(int(e.get("lines") or 0) for e in summary.get("output") or []),
+            size=sum(int(e.get("bytes") or 0) for e in files),
+            fileCount=len(files),
+        )
+    elif isinstance(batch, dict) and batch.get("status_url"):
+        namespace, name = fhir_dataset_id(str(batch["status_url"]))
+        paths = list(batch.get("paths") or [])
+        description = f"FHIR Bulk Data export job {name}: one batch of {len(paths)} file(s)"
+        stats = OutputStatisticsOutputDatasetFacet(rowCount=batch.get("count"), fileCount=len(paths))
+    else:
+        return OperatorLineage(outputs=[OutputDataset(namespace=out_namespace, name=out_name)])
+
+    documentation = DocumentationDatasetFacet(description=description)
+    return OperatorLineage(
+        inputs=[Dataset(namespace=namespace, name=name, facets={"documentation": documentation})],
+        outputs=[OutputDataset(namespace=out_namespace, name=out_name, outputFacets={"outputStatistics": stats})],
+    )

@@ -191,6 +191,8 @@ class Airflow:
             AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5",
             AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="180",
             AIRFLOW__OPENLINEAGE__NAMESPACE="e2e",
+            # The listener emits from a forked process it kills after 10 s by default: too short on 2 busy cores.
+            AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT="60",
             AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(
                 {"type": "file", "log_file_path": str(self.root / "openlineage" / "event"), "append": False}
             ),

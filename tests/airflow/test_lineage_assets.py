@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pendulum
 import pytest
 
 from airflow_provider_smart.operators._lineage_assets import (
@@ -93,23 +93,19 @@ def _xcom(run: Any, task_id: str) -> Any:
         return row.value
 
 
+def _load_dags(monkeypatch: pytest.MonkeyPatch, dest: Path) -> Any:
+    monkeypatch.setenv("SMART_TEST_DEST", str(dest))
+    spec = importlib.util.spec_from_file_location("smart_assets_test", DAGS / "smart_assets_test.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_export_operator_emits_one_asset_event_with_the_summary(
-    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow.sdk import DAG, Asset
-
-    from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
-
-    asset = Asset(name="smart_test_export_asset", uri="smart-bulk://test-export")
-    with DAG("smart_asset_export_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
-        SmartBulkExportOperator(
-            task_id="export",
-            resource_types=["Patient", "Observation"],
-            destination=str(tmp_path / "export"),
-            poll_interval=1,
-            outlets=[asset],
-        )
-    run = dag.test()
+    run = _load_dags(monkeypatch, tmp_path).export_dag.test()
     assert run.state == "success"
     summary = _xcom(run, "export")
     [(task_id, name, extra)] = _asset_events(run.run_id)
@@ -121,23 +117,9 @@ def test_export_operator_emits_one_asset_event_with_the_summary(
 
 
 def test_download_operator_emits_when_it_finishes_the_export_not_the_kickoff(
-    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow.sdk import DAG, Asset
-
-    from airflow_provider_smart.operators.bulk_export import SmartBulkExportDownloadOperator, SmartBulkExportOperator
-    from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
-
-    asset = Asset(name="smart_test_split_asset", uri="smart-bulk://test-split")
-    status_url = "{{ ti.xcom_pull(task_ids='kickoff', key='status_url') }}"
-    with DAG("smart_asset_split_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
-        kickoff = SmartBulkExportOperator(task_id="kickoff", resource_types=["Patient"], wait_for_completion=False)
-        wait = SmartBulkExportSensor(task_id="wait", status_url=status_url, poke_interval=1, timeout=120)
-        finish = SmartBulkExportDownloadOperator(
-            task_id="finish", status_url=status_url, destination=str(tmp_path / "split"), outlets=[asset]
-        )
-        kickoff >> wait >> finish
-    run = dag.test()
+    run = _load_dags(monkeypatch, tmp_path).split_dag.test()
     assert run.state == "success"
     [(task_id, name, extra)] = _asset_events(run.run_id)
     assert (task_id, name) == ("finish", "smart_test_split_asset")
@@ -167,6 +149,7 @@ def test_openlineage_events_name_the_fhir_export_and_the_destination(
         "SMART_TEST_EXPORT": json.dumps({"resource_types": ["Patient"]}),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events_dir / "ev")}),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "test",
+        "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "120",  # a busy 2-core CI machine
     }
     out = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "smart_export_test"],
