@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast check ui-check demo bench bench-quick lint typecheck clean
+.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The e2e extra (Celery, Amazon, OpenLineage providers, moto, psycopg2); scripts/e2e.py installs Debian's
+# postgresql and redis-server itself when they are missing.
+E2E_STAMP := $(VENV)/.installed-e2e
+$(E2E_STAMP): $(STAMP)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev,e2e]"
+	touch $(E2E_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -27,6 +34,9 @@ ui-check: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+e2e: $(E2E_STAMP)
+	$(PY) scripts/e2e.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

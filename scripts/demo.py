@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
@@ -33,6 +34,41 @@ def run(args: list[str], env: dict[str, str], quiet: bool = False) -> subprocess
     if not quiet:
         print(result.stdout.strip())
     return result
+
+
+def generate_keys(keys: Path, env: dict[str, str]) -> None:
+    """``airflow-smart keygen``: an ES384 key pair in ``keys`` (private_key.pem 0600, jwks.json) for CLIENT_ID."""
+    run(
+        [
+            str(BIN / "airflow-smart"),
+            "keygen",
+            "--alg",
+            "ES384",
+            "--kid",
+            KID,
+            "--out",
+            str(keys),
+            "--client-id",
+            CLIENT_ID,
+            "--scope",
+            "system/*.rs",
+        ],
+        env,
+        quiet=True,
+    )
+
+
+def smart_connection(base_url: str, keys: Path, *, inline_key: bool = False) -> dict[str, Any]:
+    """The ``smart_default`` connection for CLIENT_ID; ``inline_key`` puts the PEM itself in the extra (workers
+    on other machines have no key file), else its path."""
+    key_path = keys / "private_key.pem"
+    key = {"private_key": key_path.read_text()} if inline_key else {"private_key_path": str(key_path)}
+    return {
+        "conn_type": "smart",
+        "host": base_url,
+        "login": CLIENT_ID,
+        "extra": {**key, "kid": KID, "scope": "system/*.rs"},
+    }
 
 
 def start_sandbox(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -103,37 +139,14 @@ def main() -> int:
     )
 
     step("1. Generate a signing key pair (airflow-smart keygen)")
-    run(
-        [
-            str(BIN / "airflow-smart"),
-            "keygen",
-            "--alg",
-            "ES384",
-            "--kid",
-            KID,
-            "--out",
-            str(WORK / "keys"),
-            "--client-id",
-            CLIENT_ID,
-            "--scope",
-            "system/*.rs",
-        ],
-        env,
-        quiet=True,
-    )
+    generate_keys(WORK / "keys", env)
     print(f"private key {WORK / 'keys' / 'private_key.pem'} (0600), public JWKS {WORK / 'keys' / 'jwks.json'}")
 
     step("2. Start the sandbox SMART + Bulk Data server on 127.0.0.1 with the public key registered")
     sandbox, base_url = start_sandbox(env)
     print(f"FHIR base URL {base_url}")
     try:
-        connection = {
-            "conn_type": "smart",
-            "host": base_url,
-            "login": CLIENT_ID,
-            "extra": {"private_key_path": str(WORK / "keys" / "private_key.pem"), "kid": KID, "scope": "system/*.rs"},
-        }
-        env["AIRFLOW_CONN_SMART_DEFAULT"] = json.dumps(connection)
+        env["AIRFLOW_CONN_SMART_DEFAULT"] = json.dumps(smart_connection(base_url, WORK / "keys"))
 
         step("3. Migrate a fresh sqlite metadata DB and check the connection gets a token")
         run([str(BIN / "airflow"), "db", "migrate"], env, quiet=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_provider_smart.hooks.smart import SmartHook
+from airflow_provider_smart.operators._lineage_assets import emit_asset_events, openlineage_facets
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,6 +39,10 @@ class _ExportTaskMixin:
     delete_on_success: bool
     transient_retries: int | None = None
     comma_join_repeats: bool = False
+    _smart_export_summary: dict[str, Any] | None = None  # kept by emit_asset_events for the lineage below
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return openlineage_facets(self, task_instance)
 
     @cached_property
     def hook(self) -> SmartHook:
@@ -326,6 +331,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         raise_for_error_issues(summary)
         # Pushed only on success: it is what the next run's since="auto" starts from.
         context["ti"].xcom_push(key="transaction_time", value=summary.get("transaction_time"))
+        emit_asset_events(context, self.outlets, summary)
         return summary
 
     def _cancel_if_asked(self, status_url: str | None, why: str) -> None:
@@ -395,4 +401,5 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         workflow = self.workflow({"status_url": self.status_url})
         summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
         raise_for_error_issues(summary)
+        emit_asset_events(context, self.outlets, summary)
         return summary

@@ -27,7 +27,10 @@ def test_example_dags_parse_without_errors_or_warnings() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert "ERRORS={}" in lines
-    assert "DAGS=['smart_daily_export', 'smart_group_export_mapped', 'smart_token_check']" in lines
+    assert (
+        "DAGS=['smart_daily_export', 'smart_group_export_consumer', 'smart_group_export_mapped', 'smart_token_check']"
+        in lines
+    )
 
 
 def test_mapped_group_export_dag(airflow_db: str, sandbox: Any, es384: Any, tmp_path: Path) -> None:
