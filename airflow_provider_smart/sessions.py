@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
@@ -54,9 +55,10 @@ class TimeoutSession(requests.Session):
 
 # -- overall deadlines ----------------------------------------------------------------------------
 # A per-read timeout restarts with every byte, so a server dripping one byte under it keeps a request
-# alive forever. An overall deadline needs someone to cut the socket: the pools below record the
-# connections a request uses (in the requesting thread), and a watchdog shuts them down when the
-# deadline passes, which ends any blocked read at once.
+# alive forever. An overall deadline needs someone to cut the socket: the connections below record
+# their sockets (in the requesting thread, when they connect or are reused), and a watchdog shuts
+# them down when the deadline passes, which ends any blocked read at once. (The socket, not the
+# connection: http.client lets go of a connection's socket while a close-delimited body is read.)
 _current = threading.local()
 
 
@@ -68,43 +70,60 @@ class _Watch:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.fired = False
-        self._conns: list[Any] = []
-        self._shut: set[int] = set()
+        self._socks: list[Any] = []
         self._done = threading.Event()
         self._lock = threading.Lock()
 
-    def track(self, conn: Any) -> None:
+    def check(self) -> None:
+        if self.fired:
+            raise DeadlineExceeded(f"no complete answer within {self.seconds:g} s")
+
+    def track(self, sock: Any) -> None:
         with self._lock:
-            if self.fired:
-                raise DeadlineExceeded(f"no complete answer within {self.seconds:g} s")
-            self._conns.append(conn)
+            self._socks.append(sock)
+            fired = self.fired
+        if fired:
+            _cut(sock)
 
     def run(self) -> None:
         if self._done.wait(self.seconds):
             return
         with self._lock:
             self.fired = True
-        # Keep cutting until the request gives up: a connection still connecting has no socket yet.
-        while True:
-            with self._lock:
-                conns = list(self._conns)
-            for conn in conns:
-                sock = getattr(conn, "sock", None)
-                if sock is None or id(sock) in self._shut:
-                    continue
-                self._shut.add(id(sock))
-                try:
-                    if isinstance(sock, socket.socket):
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: leave its state alone
-                    else:
-                        sock.close()
-                except OSError:
-                    pass
-            if self._done.wait(0.05):
-                return
+            socks = list(self._socks)
+        for sock in socks:
+            _cut(sock)
 
     def stop(self) -> None:
         self._done.set()
+
+
+def _cut(sock: Any) -> None:
+    try:
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leave SSL state alone
+        else:
+            sock.close()
+    except OSError:
+        pass
+
+
+def _track(sock: Any) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None and sock is not None:
+        watch.track(sock)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self.sock)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self.sock)
 
 
 @contextmanager
@@ -152,20 +171,26 @@ def request_within(
 
 
 class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        watch = getattr(_current, "watch", None)
-        if watch is not None:
-            try:
-                watch.track(conn)
-            except DeadlineExceeded:
-                self._put_conn(conn)
-                raise
-        return conn
+        return _get_watched_conn(self, super()._get_conn, timeout)
 
 
-class _WatchedHTTPSConnectionPool(_WatchedHTTPConnectionPool, HTTPSConnectionPool):
-    pass
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _get_watched_conn(self, super()._get_conn, timeout)
+
+
+def _get_watched_conn(pool: HTTPConnectionPool, get: Any, timeout: float | None) -> Any:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.check()  # e.g. a redirect hop after the deadline
+    conn = get(timeout)
+    _track(getattr(conn, "sock", None))  # a reused connection is connected already
+    return conn
 
 
 _WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}

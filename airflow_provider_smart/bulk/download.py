@@ -20,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import requests
+import urllib3
 
 from airflow_provider_smart.bulk.models import TYPE_NAME, DownloadOptions, DownloadReport, FileReport
 from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import check_entry
-from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
+from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, MinRate, TransientFailure
 from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
@@ -57,11 +58,22 @@ def _direct_body(response: requests.Response) -> Any:
 
 
 def _chunks(response: requests.Response, direct: Any) -> Any:
-    if direct is None:
-        yield from response.iter_content(CHUNK_SIZE)
+    # read1: whatever one socket read brings (up to CHUNK_SIZE), so a trickle still reaches the
+    # min-rate check; read() would block until CHUNK_SIZE bytes arrived, however slowly.
+    if direct is not None:
+        while chunk := direct.read1(CHUNK_SIZE):
+            yield chunk
         return
-    while chunk := direct.read(CHUNK_SIZE):
+    while chunk := response.raw.read1(CHUNK_SIZE, decode_content=True):
         yield chunk
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost message of a decoding error (urllib3 wraps zlib's in tuples)."""
+    while exc.args and isinstance(exc.args[-1], BaseException):
+        exc = exc.args[-1]
+    text = str(exc.args[-1] if exc.args else exc)
+    return text[:200]
 
 
 def _expected_type(kind: str, rtype: str | None) -> str | None:
@@ -223,12 +235,14 @@ class FileDownloader:
         response = self._open(url)
         scanner = NdjsonScanner(expected)
         started = last_log = time.monotonic()
+        rate = MinRate(self.options.min_download_rate, self.options.min_rate_window)
         try:
             direct = _direct_body(response)
             with part.open("wb") as handle:
                 for chunk in _chunks(response, direct):
                     handle.write(chunk)
                     scanner.feed(chunk)
+                    rate.update(len(chunk))
                     now = time.monotonic()
                     if now - last_log >= PROGRESS_LOG_EVERY:
                         last_log = now
@@ -242,13 +256,22 @@ class FileDownloader:
             self._check_complete(response, scanner.bytes, direct=direct is not None)
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
+        except (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError) as exc:
+            # Bad compressed data is not a network hiccup: fetching it again gets the same bytes.
+            encoding = response.headers.get("Content-Encoding", "")
+            raise BulkDownloadError(
+                f"{redact_url(url)}: the {encoding or 'compressed'} body is corrupt ({_reason(exc)}); the server "
+                "sent data that does not decompress. Ask its operators to check the file, or kick off a new export.",
+                url=redact_url(url),
+                corrupt=True,
+            ) from None
         except (
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
             # read straight from http.client (see _chunks); disk errors are not in this list on purpose
             http.client.HTTPException,
+            urllib3.exceptions.HTTPError,  # read1 on urllib3's response (gzip bodies)
             ConnectionError,
             TimeoutError,
         ) as exc:
@@ -288,11 +311,13 @@ class FileDownloader:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = session.get(
+                # The status line and headers within the request deadline; the body is paced by MinRate.
+                response = self.transport.request(
+                    "GET",
                     current,
+                    session=session,
                     headers=DOWNLOAD_HEADERS,
                     stream=True,
-                    timeout=self.transport.timeout,
                     allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
