@@ -70,6 +70,7 @@ class BulkExportClient:
     :param kickoff_max_wait: the longest server-requested wait (429 ``Retry-After``) :meth:`kick_off`
         sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit). Airflow's
         deferrable operator sets it, then defers until the server's time.
+    :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
     :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
     :param clock: injectable ``time.monotonic``.
     """
@@ -86,6 +87,7 @@ class BulkExportClient:
         retry: RetryPolicy | None = None,
         comma_join_repeats: bool = False,
         kickoff_max_wait: float | None = None,
+        kickoff_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _require_http(fhir_base_url, "fhir_base_url")
@@ -103,6 +105,7 @@ class BulkExportClient:
         self.retry = self.transport.retry
         self.comma_join_repeats = comma_join_repeats
         self.kickoff_max_wait = kickoff_max_wait
+        self.kickoff_timeout = kickoff_timeout
         self.clock = clock
 
     @property
@@ -117,12 +120,13 @@ class BulkExportClient:
     def kick_off(self, request: ExportRequest, *, timeout: float | None = None) -> str:
         """Start an export; returns its absolute status URL.
 
-        A 429 (one export at a time) is waited out, but never past ``timeout`` seconds
-        (:class:`ExportTimeoutError`) and never longer in one go than ``kickoff_max_wait``
+        A 429 (one export at a time) is waited out, but never past ``timeout`` seconds (default
+        ``kickoff_timeout``; :class:`ExportTimeoutError`) and never longer in one go than ``kickoff_max_wait``
         (:class:`ExportThrottledError`, whose ``not_before`` says when to try again).
         """
         spec = build_kickoff(request, self.fhir_base_url, comma_join_repeats=self.comma_join_repeats)
         data = json.dumps(spec.body).encode() if spec.body is not None else None
+        timeout = self.kickoff_timeout if timeout is None else timeout
         policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
 
         def attempt() -> requests.Response:
