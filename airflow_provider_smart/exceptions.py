@@ -142,6 +142,20 @@ class ExportTimeoutError(BulkExportError):
     kind = "smart.bulk_export.timeout"
 
 
+class ExportThrottledError(BulkExportError):
+    """The server asked us to wait longer than this process may wait in place.
+
+    ``context["retry_after"]`` is the wait in seconds and ``context["not_before"]`` the epoch time
+    (wall clock) of the next allowed request: come back then, e.g. from a deferred Airflow task.
+    """
+
+    kind = "smart.bulk_export.throttled"
+
+    @property
+    def not_before(self) -> float:
+        return float(self.context.get("not_before") or 0.0)
+
+
 class BulkDownloadError(BulkExportError):
     """An output file could not be fetched, or failed its checks; ``context["url"]`` names it.
 
@@ -170,6 +184,7 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     TokenStoreError,
     BulkExportError,
     ExportTimeoutError,
+    ExportThrottledError,
     BulkDownloadError,
     NdjsonCheckError,
 )

@@ -8,13 +8,21 @@ that must not get the token), so TLS, timeouts, retries and pool sizes cannot di
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,12 @@ PREFIXES = ("https://", "http://")
 
 
 class TimeoutSession(requests.Session):
-    """A session with a default per-request timeout."""
+    """A session with a default per-request timeout, whose own ``verify`` beats the environment's.
+
+    ``requests`` lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace a session's ``verify`` (a CA
+    path, or False) when ``trust_env`` is on; here a ``verify`` the connection chose wins, and the
+    environment still supplies proxies (and the CA bundle when the connection left ``verify=True``).
+    """
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__()
@@ -33,6 +46,168 @@ class TimeoutSession(requests.Session):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.default_timeout)
         return super().request(method, url, *args, **kwargs)
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> _Settings:
+        if verify is None and self.verify is not True:
+            verify = self.verify  # requests would only look at the environment for None/True
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+
+# -- overall deadlines ----------------------------------------------------------------------------
+# A per-read timeout restarts with every byte, so a server dripping one byte under it keeps a request
+# alive forever. An overall deadline needs someone to cut the socket: the connections below record
+# their sockets (in the requesting thread, when they connect or are reused), and a watchdog shuts
+# them down when the deadline passes, which ends any blocked read at once. (The socket, not the
+# connection: http.client lets go of a connection's socket while a close-delimited body is read.)
+_current = threading.local()
+
+
+class DeadlineExceeded(requests.exceptions.Timeout):
+    """No complete answer within the overall deadline (the server was too slow, or dripped bytes)."""
+
+
+class _Watch:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._socks: list[Any] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        if self.fired:
+            raise DeadlineExceeded(f"no complete answer within {self.seconds:g} s")
+
+    def track(self, sock: Any) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            fired = self.fired
+        if fired:
+            _cut(sock)
+
+    def run(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        with self._lock:
+            self.fired = True
+            socks = list(self._socks)
+        for sock in socks:
+            _cut(sock)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def _cut(sock: Any) -> None:
+    try:
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leave SSL state alone
+        else:
+            sock.close()
+    except OSError:
+        pass
+
+
+def _track(sock: Any) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None and sock is not None:
+        watch.track(sock)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self.sock)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self.sock)
+
+
+@contextmanager
+def overall_deadline(seconds: float | None) -> Iterator[_Watch | None]:
+    """Within this block (this thread), requests on sessions built here end after ``seconds`` in total.
+
+    Enforced for sessions whose adapters come from this module (:func:`new_session`,
+    :func:`token_free_copy`, :func:`ensure_deadline_adapter`); a custom adapter gets per-read timeouts only.
+    Use :func:`request_within` rather than this directly: it turns a cut connection into
+    :class:`DeadlineExceeded`.
+    """
+    if seconds is None:
+        yield None
+        return
+    watch = _Watch(max(0.0, seconds))
+    previous = getattr(_current, "watch", None)
+    _current.watch = watch
+    thread = threading.Thread(target=watch.run, name="smart-deadline", daemon=True)
+    thread.start()
+    try:
+        yield watch
+    finally:
+        watch.stop()
+        _current.watch = previous
+
+
+def request_within(
+    session: requests.Session, seconds: float | None, method: str, url: str, **kwargs: Any
+) -> requests.Response:
+    """``session.request(...)`` that ends within ``seconds`` in total, raising :class:`DeadlineExceeded`.
+
+    With ``stream=True`` the bound covers the status line and headers; reading the body is the caller's.
+    """
+    with overall_deadline(seconds) as watch:
+        try:
+            response = session.request(method, url, **kwargs)
+        except Exception:
+            if watch is not None and watch.fired:
+                raise DeadlineExceeded(f"{method} gave no complete answer within {seconds:g} s") from None
+            raise
+        if watch is not None and watch.fired:
+            response.close()  # the body may be cut short (a close-delimited body looks complete)
+            raise DeadlineExceeded(f"{method} gave no complete answer within {seconds:g} s")
+    return response
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _get_watched_conn(self, super()._get_conn, timeout)
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _get_watched_conn(self, super()._get_conn, timeout)
+
+
+def _get_watched_conn(pool: HTTPConnectionPool, get: Any, timeout: float | None) -> Any:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.check()  # e.g. a redirect hop after the deadline
+    conn = get(timeout)
+    _track(getattr(conn, "sock", None))  # a reused connection is connected already
+    return conn
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose pools (direct and via an HTTP proxy) honour :func:`overall_deadline`."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 class NoAuth(AuthBase):
@@ -50,7 +225,7 @@ def _connect_retries() -> Retry:
 
 
 def _mount(session: requests.Session, pool_size: int, retries: Any) -> None:
-    adapter = HTTPAdapter(
+    adapter = DeadlineAdapter(
         pool_connections=max(pool_size, DEFAULT_POOL_SIZE), pool_maxsize=pool_size, max_retries=retries
     )
     for prefix in PREFIXES:
@@ -87,13 +262,19 @@ def ensure_pool_size(session: requests.Session, size: int) -> None:
     requests' default pool keeps 10 connections per host; parallel downloads beyond that would open
     and throw away connections (urllib3's "Connection pool is full" warning).
     """
-    if pool_size(session) >= size:
-        return
     current = session.adapters.get("https://")
-    if current is not None and type(current) is not HTTPAdapter:
+    if pool_size(session) >= size and type(current) is DeadlineAdapter:
+        return
+    if current is not None and type(current) not in (HTTPAdapter, DeadlineAdapter):
         log.debug("Leaving the custom %s adapter alone.", type(current).__name__)
         return
-    _mount(session, size, getattr(current, "max_retries", 0))
+    _mount(session, max(size, pool_size(session)), getattr(current, "max_retries", 0))
+
+
+def ensure_deadline_adapter(session: requests.Session) -> None:
+    """Give a session with ``requests``' stock adapters ours (same pool size and retries), so
+    :func:`overall_deadline` applies to it; custom adapters are left alone."""
+    ensure_pool_size(session, max(pool_size(session), DEFAULT_POOL_SIZE))
 
 
 def token_free_copy(session: requests.Session) -> requests.Session:

@@ -126,3 +126,92 @@ def airflow_db() -> str:
         timeout=300,
     )
     return _AIRFLOW_HOME
+
+
+# -- hostile servers: tiny scriptable HTTP servers for fault tests (loopback only) ----------------
+# ``hostile_server(app)``: each request calls ``app(handler)``; the handler has ``command``, ``path``,
+# ``headers``, and ``reply`` (a normal answer) / ``drip`` (one byte at a time). ``.hits`` records
+# ``(time.monotonic(), method, path)`` of every request.
+import contextlib  # noqa: E402
+import http.server  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _dispatch(self) -> None:
+        self.server.hits.append((time.monotonic(), self.command, self.path))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.server.app(self)
+
+    do_GET = do_POST = do_DELETE = _dispatch
+
+    def reply(
+        self, status: int, body: bytes | dict[str, Any] | str = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def drip(self, data: bytes, every: float) -> None:
+        """Send ``data`` one byte at a time, ``every`` seconds apart (stops when the client goes away)."""
+        for i in range(len(data)):
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+            time.sleep(every)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    app: Callable[[Handler], None]
+    hits: list[tuple[float, str, str]]
+
+
+class HostileServer:
+    def __init__(self, app: Callable[[Handler], None]) -> None:
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.httpd.app = app
+        self.httpd.hits = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}"
+
+    @property
+    def hits(self) -> list[tuple[float, str, str]]:
+        return self.httpd.hits
+
+    def __enter__(self) -> HostileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[Callable[[Callable[[Handler], None]], HostileServer]]:
+    started: list[HostileServer] = []
+
+    def make(app: Callable[[Handler], None]) -> HostileServer:
+        server = HostileServer(app).__enter__()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.__exit__(None, None, None)

@@ -31,7 +31,12 @@ if TYPE_CHECKING:
     from airflow_provider_smart.bulk.plan import batch, plan_batches, plan_files, safe_type_name
     from airflow_provider_smart.bulk.retry import RetryPolicy, backoff_delay, next_poll_delay, parse_retry_after
     from airflow_provider_smart.bulk.workflow import ExportWorkflow
-    from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, ExportTimeoutError
+    from airflow_provider_smart.exceptions import (
+        BulkDownloadError,
+        BulkExportError,
+        ExportThrottledError,
+        ExportTimeoutError,
+    )
 
 _EXPORTS = {
     "BulkExportClient": "client",
@@ -55,7 +60,7 @@ _EXPORTS = {
     "parse_retry_after": "retry",
     "ExportWorkflow": "workflow",
 }
-_ERRORS = ("BulkDownloadError", "BulkExportError", "ExportTimeoutError")
+_ERRORS = ("BulkDownloadError", "BulkExportError", "ExportThrottledError", "ExportTimeoutError")
 
 __all__ = [
     "BulkDownloadError",
@@ -65,6 +70,7 @@ __all__ = [
     "DownloadReport",
     "ExportManifest",
     "ExportRequest",
+    "ExportThrottledError",
     "ExportTimeoutError",
     "ExportWorkflow",
     "FileReport",

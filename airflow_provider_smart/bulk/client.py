@@ -34,9 +34,9 @@ from airflow_provider_smart.bulk.retry import (
 )
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, redact_url, resolve
-from airflow_provider_smart.exceptions import BulkExportError, ExportTimeoutError
+from airflow_provider_smart.exceptions import BulkExportError, ExportThrottledError, ExportTimeoutError
 from airflow_provider_smart.origins import OriginPolicy
-from airflow_provider_smart.sessions import DEFAULT_TIMEOUT
+from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, DeadlineExceeded
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -64,7 +64,13 @@ class BulkExportClient:
     :param origins: the origin policy to share (default: the session auth's own).
     :param allowed_hosts: extra file hosts that may receive the token (``host``, ``host:port`` or origin).
     :param timeout: connect and read timeout of every request, in seconds.
+    :param request_deadline: overall bound on one kick-off, status, manifest-page or DELETE request
+        (and a download's headers), however slowly the server drips bytes; None: ``2 * timeout``.
     :param retry: the retry policy (attempts, backoff, ``Retry-After`` cap, sleep).
+    :param kickoff_max_wait: the longest server-requested wait (429 ``Retry-After``) :meth:`kick_off`
+        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit). Airflow's
+        deferrable operator sets it, then defers until the server's time.
+    :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
     :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
     :param clock: injectable ``time.monotonic``.
     """
@@ -77,8 +83,11 @@ class BulkExportClient:
         origins: OriginPolicy | None = None,
         allowed_hosts: Iterable[str] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        request_deadline: float | None = None,
         retry: RetryPolicy | None = None,
         comma_join_repeats: bool = False,
+        kickoff_max_wait: float | None = None,
+        kickoff_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _require_http(fhir_base_url, "fhir_base_url")
@@ -89,11 +98,14 @@ class BulkExportClient:
             trusted_urls=[self.fhir_base_url],
             allowed_hosts=allowed_hosts,
             timeout=timeout,
+            request_deadline=request_deadline,
             retry=retry,
             clock=clock,
         )
         self.retry = self.transport.retry
         self.comma_join_repeats = comma_join_repeats
+        self.kickoff_max_wait = kickoff_max_wait
+        self.kickoff_timeout = kickoff_timeout
         self.clock = clock
 
     @property
@@ -105,16 +117,25 @@ class BulkExportClient:
         self.transport.trust(url)
 
     # -- kick-off -------------------------------------------------------------------------------
-    def kick_off(self, request: ExportRequest) -> str:
-        """Start an export; returns its absolute status URL. A 429 (one export at a time) is waited out."""
+    def kick_off(self, request: ExportRequest, *, timeout: float | None = None) -> str:
+        """Start an export; returns its absolute status URL.
+
+        A 429 (one export at a time) is waited out, but never past ``timeout`` seconds (default
+        ``kickoff_timeout``; :class:`ExportTimeoutError`) and never longer in one go than ``kickoff_max_wait``
+        (:class:`ExportThrottledError`, whose ``not_before`` says when to try again).
+        """
         spec = build_kickoff(request, self.fhir_base_url, comma_join_repeats=self.comma_join_repeats)
         data = json.dumps(spec.body).encode() if spec.body is not None else None
+        timeout = self.kickoff_timeout if timeout is None else timeout
+        policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
 
         def attempt() -> requests.Response:
             try:
                 response = self.transport.request(
                     spec.method, spec.url, params=spec.params, data=data, headers=spec.headers
                 )
+            except requests.TooManyRedirects:
+                raise _redirect_loop("kick-off", spec.url) from None
             except NETWORK_ERRORS as exc:
                 # Not retried: a POST/GET that reached the server may have started an export already.
                 raise BulkExportError(
@@ -132,7 +153,11 @@ class BulkExportClient:
             assert isinstance(failure, _Throttled)
             return self._kickoff_error(spec.method, spec.url, failure.response)
 
-        response = self.retry.run(attempt, what=f"Kick-off {spec.method} {spec.url}", give_up=give_up)
+        try:
+            response = policy.run(attempt, what=f"Kick-off {spec.method} {spec.url}", give_up=give_up)
+        except (ExportThrottledError, ExportTimeoutError) as exc:
+            exc.context.setdefault("url", spec.url)
+            raise
         if response.status_code != 202:
             raise self._kickoff_error(spec.method, spec.url, response)
         location = response.headers.get("Content-Location")
@@ -168,15 +193,24 @@ class BulkExportClient:
         )
 
     # -- status ---------------------------------------------------------------------------------
-    def _status_request(self, url: str, *, what: str = "status", method: str = "GET") -> requests.Response:
-        """GET (or DELETE) a status-like URL, retrying transient failures; returns the first other answer."""
+    def _status_request(
+        self, url: str, *, what: str = "status", method: str = "GET", policy: RetryPolicy | None = None
+    ) -> requests.Response:
+        """GET (or DELETE) a status-like URL, retrying transient failures; returns the first other answer.
+
+        Each try ends within the transport's ``request_deadline``; the retries within ``policy``'s bounds.
+        """
         headers = STATUS_HEADERS if method == "GET" else {"Accept": FHIR_JSON}
+        policy = policy or self.retry.bounded(clock=self.clock)
 
         def attempt() -> requests.Response:
             try:
                 response = self.transport.request(method, url, headers=headers)
+            except requests.TooManyRedirects:
+                raise _redirect_loop(f"export {what}", url) from None
             except NETWORK_ERRORS as exc:
-                raise TransientFailure(type(exc).__name__) from None
+                why = f"{type(exc).__name__}: {exc}" if isinstance(exc, DeadlineExceeded) else type(exc).__name__
+                raise TransientFailure(why) from None
             transient = response.status_code in TRANSIENT_POLL_STATUSES or (
                 response.status_code >= 400 and is_transient(parse_outcome(response.content))
             )
@@ -195,7 +229,11 @@ class BulkExportClient:
                 status_url=url,
             )
 
-        return self.retry.run(attempt, what=f"Export {what} request to {redact_url(url)}", give_up=give_up)
+        try:
+            return policy.run(attempt, what=f"Export {what} request to {redact_url(url)}", give_up=give_up)
+        except (ExportThrottledError, ExportTimeoutError) as exc:
+            exc.context.setdefault("status_url", url)
+            raise
 
     def _status_error(self, url: str, response: requests.Response) -> BulkExportError:
         status = response.status_code
@@ -213,33 +251,39 @@ class BulkExportClient:
             outcome=parse_outcome(response.content),
         )
 
-    def status(self, status_url: str) -> StatusResult:
+    def status(self, status_url: str, *, timeout: float | None = None, max_wait: float | None = None) -> StatusResult:
         """Ask once whether the export is done, without reading the manifest: the cheap poll.
 
         ``complete`` results carry no manifest (call :meth:`poll` for it); fatal errors raise
-        :class:`BulkExportError`; transient failures are retried inside.
+        :class:`BulkExportError`; transient failures are retried inside, for at most ``timeout``
+        seconds (then :class:`ExportTimeoutError`) and with no single pause longer than ``max_wait``
+        (a longer one raises :class:`ExportThrottledError` saying when to come back).
         """
-        return self._poll(status_url, read_manifest=False)
+        return self._poll(status_url, read_manifest=False, policy=self._policy(timeout, max_wait))
 
-    def poll(self, status_url: str) -> StatusResult:
-        """Ask once whether the export is done (transient failures are retried inside).
+    def poll(self, status_url: str, *, timeout: float | None = None, max_wait: float | None = None) -> StatusResult:
+        """Ask once whether the export is done (transient failures are retried inside, see :meth:`status`).
 
         Returns ``in_progress`` (with ``X-Progress`` and ``Retry-After``) or ``complete`` with the
         whole manifest, every ``link[relation=next]`` page merged in. Fatal errors (a failed or
         deleted export) raise :class:`BulkExportError`.
         """
-        return self._poll(status_url, read_manifest=True)
+        return self._poll(status_url, read_manifest=True, policy=self._policy(timeout, max_wait))
 
-    def _poll(self, status_url: str, *, read_manifest: bool) -> StatusResult:
+    def _policy(self, timeout: float | None = None, max_wait: float | None = None) -> RetryPolicy:
+        return self.retry.bounded(timeout=timeout, max_wait=max_wait, clock=self.clock)
+
+    def _poll(self, status_url: str, *, read_manifest: bool, policy: RetryPolicy) -> StatusResult:
         _require_http(status_url, "status URL")
         self.transport.refuse_downgrade(status_url, "status URL")
         self.allow_origin(status_url)  # the caller vouches for it: it came from our kick-off
-        response = self._status_request(status_url)
+        response = self._status_request(status_url, policy=policy)
         if response.status_code == 202:
             progress = response.headers.get("X-Progress")
             return StatusResult("in_progress", progress, self.retry.retry_after(response.headers.get("Retry-After")))
         if response.status_code != 200:
             raise self._status_error(status_url, response)
+        # The pages of a finished export are read to the end: the caller's timeout was about the export.
         manifest = self._read_pages(status_url, response) if read_manifest else None
         return StatusResult("complete", manifest=manifest)
 
@@ -265,8 +309,9 @@ class BulkExportClient:
 
     def _fetch_page(self, url: str) -> requests.Response:
         """A further manifest page; like a status URL it may answer 202 (not ready) first."""
+        policy = self._policy()
         for waits in range(MAX_PAGE_WAITS + 1):
-            response = self._status_request(url, what="manifest page")
+            response = self._status_request(url, what="manifest page", policy=policy)
             if response.status_code == 200:
                 return response
             if response.status_code != 202:
@@ -274,7 +319,8 @@ class BulkExportClient:
             if waits < MAX_PAGE_WAITS:
                 retry_after = self.retry.retry_after(response.headers.get("Retry-After"))
                 cap = self.retry.max_retry_after if retry_after is not None else MAX_PAGE_BACKOFF
-                self.transport.sleep(next_poll_delay(retry_after, waits + 1, 1.0, cap))
+                delay = next_poll_delay(retry_after, waits + 1, 1.0, cap)
+                policy.pause(delay, server_asked=retry_after is not None, what=f"Manifest page {redact_url(url)}")
         raise BulkExportError(
             f"The manifest page {redact_url(url)} stayed '202 Accepted' for {MAX_PAGE_WAITS} polls.",
             url=url,
@@ -294,15 +340,22 @@ class BulkExportClient:
 
         Waits ``Retry-After`` when the server sends it, else backs off exponentially from
         ``poll_interval``; every wait is clamped to [``min_poll_interval``, ``max_poll_interval``] and
-        never overshoots ``timeout`` (None: no limit). ``on_progress`` gets each in-progress result.
+        never overshoots ``timeout`` (None: no limit), retries of a failing status request included.
+        When the server's ``Retry-After`` points past the timeout the wait ends at the timeout without
+        polling early (servers may count early polls as violations); when only our own backoff does,
+        one last poll is made at the timeout. ``on_progress`` gets each in-progress result.
         On timeout raises :class:`ExportTimeoutError` with ``context["status_url"]``: the export keeps
         running on the server and a later ``wait``/``poll`` on that URL resumes it.
         """
         interval = DEFAULT_POLL_INTERVAL if poll_interval is None else poll_interval
         started = self.clock()
+        policy = self._policy(timeout)
         polls = 0
         while True:
-            result = self.poll(status_url)
+            try:
+                result = self._poll(status_url, read_manifest=True, policy=policy)
+            except ExportTimeoutError as exc:
+                raise self._timeout_error(status_url, started, timeout, None, str(exc)) from None
             polls += 1
             if result.complete:
                 assert result.manifest is not None
@@ -311,26 +364,32 @@ class BulkExportClient:
             if on_progress is not None:
                 on_progress(result)
             delay = next_poll_delay(result.retry_after, polls, interval, max_poll_interval, min_poll_interval)
-            elapsed = self.clock() - started
             log.info(
                 "Export in progress (%s) after %.0f s; next poll in %.0f s.",
                 result.progress or "no progress reported",
-                elapsed,
+                self.clock() - started,
                 delay,
             )
-            if timeout is not None:
-                remaining = timeout - elapsed
-                if remaining <= 0:
-                    raise ExportTimeoutError(
-                        f"The export at {redact_url(status_url)} was still running after {elapsed:.0f} s "
-                        f"(timeout {timeout:.0f} s, last progress: {result.progress or 'none'}). "
-                        "It keeps running on the server: resume with wait()/poll() on this status URL, "
-                        "or cancel() it.",
-                        status_url=status_url,
-                        progress=result.progress,
-                    )
-                delay = min(delay, remaining)
+            remaining = policy.remaining()
+            if remaining is not None and (remaining <= 0 or (result.retry_after is not None and delay > remaining)):
+                # The server does not want us back before the timeout: wait it out, never poll early.
+                self.transport.sleep(max(0.0, remaining))
+                raise self._timeout_error(status_url, started, timeout, result.progress)
+            if remaining is not None:
+                delay = min(delay, remaining)  # our own backoff: one last look at the timeout
             self.transport.sleep(delay)
+
+    def _timeout_error(
+        self, status_url: str, started: float, timeout: float | None, progress: str | None, why: str = ""
+    ) -> ExportTimeoutError:
+        elapsed = self.clock() - started
+        return ExportTimeoutError(
+            f"The export at {redact_url(status_url)} was still running after {elapsed:.0f} s "
+            f"(timeout {timeout or 0:.0f} s, last progress: {progress or 'none'}){f'; {why}' if why else ''}. "
+            "It keeps running on the server: resume with wait()/poll() on this status URL, or cancel() it.",
+            status_url=status_url,
+            progress=progress,
+        )
 
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, status_url: str) -> bool:
@@ -405,6 +464,14 @@ class BulkExportClient:
 
     def __repr__(self) -> str:
         return f"BulkExportClient({self.fhir_base_url!r})"
+
+
+def _redirect_loop(what: str, url: str) -> BulkExportError:
+    return BulkExportError(
+        f"The {what} request to {redact_url(url)} was redirected too many times (a redirect loop): "
+        "the server or a proxy in front of it is misconfigured; check the URL with the server's operators.",
+        url=redact_url(url),
+    )
 
 
 class _Throttled(TransientFailure):

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import requests
+import urllib3
 
 from airflow_provider_smart.bulk.models import TYPE_NAME, DownloadOptions, DownloadReport, FileReport
 from airflow_provider_smart.bulk.ndjson import NdjsonScanner
@@ -28,7 +29,7 @@ from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, cla
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
 from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
-from airflow_provider_smart.bulk.stream import BodyReader, IncompleteBody, open_body
+from airflow_provider_smart.bulk.stream import BodyReader, CorruptBody, IncompleteBody, open_body
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, NdjsonCheckError
@@ -204,7 +205,9 @@ class FileDownloader:
         response = self._open(url)
         scanner = NdjsonScanner(expected)
         started = last_log = time.monotonic()
-        body = open_body(response, CHUNK_SIZE)
+        body = open_body(
+            response, CHUNK_SIZE, min_rate=self.options.min_download_rate, window=self.options.min_rate_window
+        )
         try:
             with part.open("wb") as handle:
                 for chunk in body:
@@ -225,6 +228,14 @@ class FileDownloader:
             raise TransientFailure(str(exc)) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
+        except CorruptBody as exc:
+            # Bad compressed data is not a network hiccup: fetching it again gets the same bytes.
+            raise BulkDownloadError(
+                f"{redact_url(url)}: {exc}; the server sent data that does not decompress. Ask its operators "
+                "to check the file, or kick off a new export.",
+                url=redact_url(url),
+                corrupt=True,
+            ) from None
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -232,6 +243,7 @@ class FileDownloader:
             requests.exceptions.ContentDecodingError,
             # read straight from http.client (see bulk/stream.py); disk errors are not in this list on purpose
             http.client.HTTPException,
+            urllib3.exceptions.HTTPError,  # urllib3's reader (bodies stream.py does not read itself)
             ConnectionError,
             TimeoutError,
         ) as exc:
@@ -272,11 +284,13 @@ class FileDownloader:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = session.get(
+                # The status line and headers within the request deadline; the body's pace is stream.py's guard.
+                response = self.transport.request(
+                    "GET",
                     current,
+                    session=session,
                     headers=DOWNLOAD_HEADERS,
                     stream=True,
-                    timeout=self.transport.timeout,
                     allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:

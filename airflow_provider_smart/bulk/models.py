@@ -297,17 +297,28 @@ class DownloadOptions:
     :param check_resource_types: also check every line's ``resourceType`` (costs throughput: the scan
         holds Python's GIL; see benchmarks/).
     :param skip_existing: keep files already under their final name (they were checked before the rename).
+    :param min_download_rate: bytes/s a file must average over every ``min_rate_window`` seconds, else the
+        attempt is abandoned and the file retried as a transient failure (a server dripping bytes just
+        under the read timeout would otherwise hold it for hours); 0 disables the check.
+    :param min_rate_window: seconds over which ``min_download_rate`` is averaged.
     """
 
     max_concurrent_downloads: int = 4
     check_counts: bool = True
     check_resource_types: bool = False
     skip_existing: bool = True
+    min_download_rate: float = 4096.0  # with the window: reads of CHUNK_SIZE, progress judged per read
+    min_rate_window: float = 64.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent_downloads < 1:
             raise BulkExportError(
                 f"max_concurrent_downloads must be at least 1, not {self.max_concurrent_downloads!r}."
+            )
+        if not (self.min_download_rate >= 0 and self.min_rate_window > 0):  # also refuses NaN
+            raise BulkExportError(
+                f"min_download_rate must be >= 0 and min_rate_window > 0, not {self.min_download_rate!r} "
+                f"and {self.min_rate_window!r}."
             )
 
 

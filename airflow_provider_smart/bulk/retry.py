@@ -6,6 +6,7 @@ on its own to pace its polls). :class:`RetryPolicy` is the one place retries are
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import random
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TypeVar
+
+from airflow_provider_smart.exceptions import ExportThrottledError, ExportTimeoutError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 T = TypeVar("T")
@@ -119,14 +122,49 @@ class RetryPolicy:
     :param attempts: retries after the first try, per request or file.
     :param backoff_base: first backoff delay without a ``Retry-After``; doubles per retry up to ``backoff_max``.
     :param max_retry_after: cap on any server-requested wait (Cerner has asked for five hours).
+    :param deadline: a ``clock()`` time no retry loop waits past (None: no bound). A pause that would
+        end after it is cut short: if the server asked for it (``Retry-After``) the loop sleeps until
+        the deadline and raises :class:`ExportTimeoutError` without the early request; if it is our
+        own backoff, one last try is made at the deadline. Set it with :meth:`bounded`.
+    :param max_wait: the longest single pause slept in-process (None: no limit). A longer one raises
+        :class:`ExportThrottledError` at once, carrying when to come back, so an Airflow task can
+        defer instead of holding a worker slot.
     :param sleep: injectable ``time.sleep``.
+    :param clock: injectable ``time.monotonic``; ``deadline`` is on this clock.
     """
 
     attempts: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     max_retry_after: float = 3600.0
+    deadline: float | None = None
+    max_wait: float | None = None
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+    def bounded(
+        self,
+        *,
+        timeout: float | None = None,
+        max_wait: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> RetryPolicy:
+        """This policy, with its waits ending at most ``timeout`` seconds from now (and before any
+        deadline it already has) and no single in-process pause longer than ``max_wait``."""
+        clock = clock or self.clock
+        deadline = self.deadline
+        if timeout is not None:
+            mine = clock() + max(0.0, timeout)
+            deadline = mine if deadline is None else min(deadline, mine)
+        if max_wait is not None and self.max_wait is not None:
+            max_wait = min(max_wait, self.max_wait)
+        return dataclasses.replace(
+            self, deadline=deadline, max_wait=self.max_wait if max_wait is None else max_wait, clock=clock
+        )
+
+    def remaining(self) -> float | None:
+        """Seconds left before ``deadline`` (None: unbounded)."""
+        return None if self.deadline is None else self.deadline - self.clock()
 
     def retry_after(self, header: str | None) -> float | None:
         """A ``Retry-After`` header's wait in seconds, capped by ``max_retry_after`` (None if absent)."""
@@ -137,6 +175,29 @@ class RetryPolicy:
         if retry_after is not None:
             return min(retry_after, self.max_retry_after)
         return backoff_delay(failures, self.backoff_base, self.backoff_max)
+
+    def pause(self, delay: float, *, server_asked: bool, what: str) -> None:
+        """Sleep ``delay`` seconds within this policy's bounds (see ``deadline`` and ``max_wait``)."""
+        if self.max_wait is not None and delay > self.max_wait:
+            raise ExportThrottledError(
+                f"{what}: the server asked to wait {delay:.0f} s before trying again, longer than the "
+                f"{self.max_wait:.0f} s this process waits in place.",
+                retry_after=delay,
+                not_before=time.time() + delay,
+            )
+        remaining = self.remaining()
+        if remaining is not None and delay > remaining:
+            self.sleep(max(0.0, remaining))
+            if server_asked or remaining <= 0:
+                raise ExportTimeoutError(
+                    f"{what}: the server asked to wait {delay:.0f} s but the caller's timeout ends in "
+                    f"{max(0.0, remaining):.0f} s; gave up at the timeout instead of asking early."
+                    if server_asked
+                    else f"{what}: the caller's timeout passed.",
+                    retry_after=delay,
+                )
+            return
+        self.sleep(delay)
 
     def run(
         self,
@@ -150,6 +211,8 @@ class RetryPolicy:
 
         ``on_failure`` cleans up after each failed attempt; after ``attempts`` retries the exception
         from ``give_up(last_failure, tries)`` is raised. ``what`` names the operation in log lines.
+        Pauses respect ``deadline`` (:class:`ExportTimeoutError`) and ``max_wait``
+        (:class:`ExportThrottledError`).
         """
         failures = 0
         while True:
@@ -163,4 +226,4 @@ class RetryPolicy:
                     raise give_up(failure, failures) from None
                 delay = self.delay(failures, failure.retry_after)
                 log.warning("%s failed (%s); retry %d of %d in %.1f s.", what, failure, failures, self.attempts, delay)
-                self.sleep(delay)
+                self.pause(delay, server_asked=failure.retry_after is not None, what=f"{what} failed ({failure})")

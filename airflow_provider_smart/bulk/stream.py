@@ -21,6 +21,8 @@ not ask for) falls back to ``iter_content``, as before.
 from __future__ import annotations
 
 import http.client
+import socket
+import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -35,7 +37,11 @@ Chunk = bytes | bytearray
 
 
 class IncompleteBody(Exception):
-    """The body ended early or its gzip stream is broken: worth retrying the whole file."""
+    """The body ended early, or came slower than the caller's minimum rate: worth retrying the whole file."""
+
+
+class CorruptBody(Exception):
+    """The gzip data does not decompress: the same bytes would come again, so not worth a retry."""
 
 
 def _encoding(response: requests.Response) -> str:
@@ -49,9 +55,11 @@ def _declared_length(response: requests.Response) -> int | None:
     return int(declared)
 
 
-def open_body(response: requests.Response, chunk_size: int = CHUNK_SIZE) -> BodyReader:
+def open_body(
+    response: requests.Response, chunk_size: int = CHUNK_SIZE, *, min_rate: float = 0.0, window: float = 60.0
+) -> BodyReader:
     """A :class:`BodyReader` over a ``stream=True`` response whose status and headers were read."""
-    return BodyReader(response, chunk_size)
+    return BodyReader(response, chunk_size, min_rate=min_rate, window=window)
 
 
 class BodyReader:
@@ -59,11 +67,23 @@ class BodyReader:
 
     ``received`` counts the bytes that came off the wire (after transfer decoding, before content
     decoding: what ``Content-Length`` counts); ``decoded`` the bytes yielded.
+
+    ``min_rate`` (bytes/s, 0: off): a body arriving slower than that on average over ``window`` seconds
+    has its socket cut by a watchdog thread and raises :class:`IncompleteBody`. The per-read timeout alone lets
+    a server that drips one byte under it hold a download for days.
     """
 
-    def __init__(self, response: requests.Response, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self, response: requests.Response, chunk_size: int = CHUNK_SIZE, *, min_rate: float = 0.0, window: float = 60.0
+    ) -> None:
         self.response = response
-        self.chunk_size = chunk_size
+        self.min_rate = min_rate
+        self.window = window
+        # Progress is seen a read at a time: a read never asks for more than the window's minimum, so a
+        # window that passes without one finishing really is too slow (the defaults make it CHUNK_SIZE).
+        self.chunk_size = max(1, min(chunk_size, int(min_rate * window))) if min_rate > 0 else chunk_size
+        self.stalled: str | None = None
+        self._guard_stop = threading.Event()
         self.received = 0
         self.decoded = 0
         self.declared = _declared_length(response)
@@ -82,6 +102,8 @@ class BodyReader:
 
     # -- reading --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Chunk]:
+        if self.min_rate > 0 and self.mode != "fallback":
+            threading.Thread(target=self._guard, name="smart-download-rate", daemon=True).start()
         if self.mode == "identity":
             self._chunks = self._identity()
         elif self.mode == "gzip":
@@ -98,7 +120,7 @@ class BodyReader:
         size = len(buffer)
         try:
             while True:
-                n = fp.readinto(view)  # fills the buffer: as many recv()s as the socket needs, no copy
+                n = self._readinto(fp, view)  # fills the buffer: as many recv()s as it needs, no copy
                 if not n:
                     self._ended = True
                     return
@@ -119,7 +141,7 @@ class BodyReader:
         inflater = zlib.decompressobj(wbits=31)
         try:
             while True:
-                n = fp.readinto(view)
+                n = self._readinto(fp, view)
                 if not n:
                     self._ended = True
                     self._gzip_eof = inflater.eof or self.received == 0  # an empty body is an empty file
@@ -132,7 +154,7 @@ class BodyReader:
                     try:
                         out = inflater.decompress(data, GZIP_MAX_OUT)
                     except zlib.error as exc:
-                        raise IncompleteBody(f"the gzip body is corrupt ({exc})") from None
+                        raise CorruptBody(f"the gzip body is corrupt ({exc})") from None
                     data = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
                     if out:
                         self.decoded += len(out)
@@ -140,6 +162,31 @@ class BodyReader:
                 # What one read's input leaves for later is only ever unconsumed_tail, drained above.
         finally:
             view.release()
+
+    def _readinto(self, fp: http.client.HTTPResponse, view: memoryview) -> int:
+        try:
+            n = fp.readinto(view)
+        except OSError:
+            if self.stalled:
+                raise IncompleteBody(self.stalled) from None
+            raise
+        if self.stalled:  # the cut socket reads as an early end of the body
+            raise IncompleteBody(self.stalled)
+        return n
+
+    def _guard(self) -> None:
+        """Cut the socket when a window passes with less than ``min_rate * window`` bytes received."""
+        seen = 0
+        while not self._guard_stop.wait(self.window):
+            got = self.received - seen
+            if got < self.min_rate * self.window:
+                self.stalled = (
+                    f"the download slowed to {got / self.window:.0f} B/s over {self.window:.0f} s, below "
+                    f"min_download_rate ({self.min_rate:.0f} B/s)"
+                )
+                _cut(self._fp)
+                return
+            seen = self.received
 
     def _fallback(self) -> Iterator[Chunk]:
         for chunk in self.response.iter_content(self.chunk_size):
@@ -181,6 +228,7 @@ class BodyReader:
 
     def close(self) -> None:
         """Return the connection to the pool if the body was read whole, else close it."""
+        self._guard_stop.set()
         chunks, self._chunks = self._chunks, None
         close = getattr(chunks, "close", None)
         if callable(close):
@@ -201,3 +249,14 @@ class BodyReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cut(fp: http.client.HTTPResponse | None) -> None:
+    """Shut the socket under ``fp`` down: a read blocked on it returns at once."""
+    raw = getattr(getattr(fp, "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    try:
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leave TLS state alone
+    except OSError:
+        pass

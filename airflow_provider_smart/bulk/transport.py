@@ -8,6 +8,7 @@ object, so trusting a status URL's origin once trusts it everywhere.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,7 +18,16 @@ import requests
 from airflow_provider_smart.bulk.retry import RetryPolicy
 from airflow_provider_smart.exceptions import BulkExportError
 from airflow_provider_smart.origins import OriginPolicy, redact_url
-from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, ensure_pool_size, token_free_copy
+from airflow_provider_smart.sessions import (
+    DEFAULT_TIMEOUT,
+    ensure_deadline_adapter,
+    ensure_pool_size,
+    request_within,
+    token_free_copy,
+)
+
+# A status answer, manifest page or kick-off is small: twice the per-read timeout is plenty for all of it.
+REQUEST_DEADLINE_FACTOR = 2.0
 
 
 def shared_origins(session: requests.Session) -> OriginPolicy | None:
@@ -32,6 +42,10 @@ class BulkTransport:
     :param session: the authenticated session.
     :param origins: origins that may receive the token; by default the session's auth's own policy
         (so both stay one), else a new one. ``trusted_urls`` and ``allowed_hosts`` are added to it.
+    :param timeout: connect and per-read timeout of every request.
+    :param request_deadline: overall bound, in seconds, on one kick-off, status, manifest-page or
+        DELETE request and on a download's status line and headers (a server dripping bytes under
+        the per-read timeout is cut off there); None: ``2 * timeout``; ``math.inf``: no bound.
     """
 
     def __init__(
@@ -42,9 +56,11 @@ class BulkTransport:
         trusted_urls: Iterable[str] = (),
         allowed_hosts: Iterable[str] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        request_deadline: float | None = None,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        ensure_deadline_adapter(session)
         self.session = session
         self.plain_session = token_free_copy(session)
         # A policy of its own knows the FHIR base first: an https base forbids plain http everywhere.
@@ -52,6 +68,8 @@ class BulkTransport:
         for entry in [*trusted_urls, *allowed_hosts]:
             self.origins.add(entry)
         self.timeout = timeout
+        bound = REQUEST_DEADLINE_FACTOR * timeout if request_deadline is None else request_deadline
+        self.request_deadline: float | None = None if math.isinf(bound) else bound
         self.retry = retry or RetryPolicy()
         self.clock = clock or time.monotonic
 
@@ -78,7 +96,11 @@ class BulkTransport:
     def sleep(self, seconds: float) -> None:
         self.retry.sleep(seconds)
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One request on the right session for ``url``, with this transport's timeout."""
+    def request(
+        self, method: str, url: str, *, session: requests.Session | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """One request on the right session for ``url`` (or ``session``), with this transport's
+        timeout, ending within ``request_deadline`` (else :class:`~airflow_provider_smart.sessions.DeadlineExceeded`,
+        a ``requests.Timeout``)."""
         kwargs.setdefault("timeout", self.timeout)
-        return self.session_for(url).request(method, url, **kwargs)
+        return request_within(session or self.session_for(url), self.request_deadline, method, url, **kwargs)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 EXPORT_LEVELS = ("system", "patient", "group")
 KICKOFF_METHODS = ("auto", "GET", "POST")
 ONE_WEEK = 7 * 24 * 3600.0
+# With deferrable=True a server-requested wait longer than this (a 429 at kick-off) is spent deferred,
+# not sleeping in the worker slot.
+MAX_WORKER_WAIT = 60.0
 
 
 class _ExportTaskMixin:
@@ -107,10 +110,12 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         Template it per run (``.../{{ ds }}/``): a destination holding another export is refused.
     :param wait_for_completion: False: only kick off and return ``{"status_url": ...}`` (then use
         :class:`~airflow_provider_smart.sensors.bulk_export.SmartBulkExportSensor`).
-    :param deferrable: wait in the triggerer instead of holding a worker slot.
+    :param deferrable: wait in the triggerer instead of holding a worker slot: the wait for the export,
+        and any kick-off the server throttles for longer than a minute (429 ``Retry-After``).
     :param poll_interval: first wait when the server sends no ``Retry-After``; then doubles.
     :param max_poll_interval: cap on any wait between polls, the server's ``Retry-After`` included.
-    :param timeout: how long to wait for the export in total (Epic exports can take days).
+    :param timeout: how long to wait for the export in total, a throttled kick-off included (Epic
+        exports can take days); no wait, the server's ``Retry-After`` included, goes past it.
     :param max_concurrent_downloads: parallel file downloads (polite default 4).
     :param transient_retries: retries of a status poll or a file after transient failures (429, 5xx, drops).
     :param check_resource_types: also check every line's ``resourceType`` against the manifest entry's
@@ -237,30 +242,68 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
 
     # --- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_smart.bulk import ExportRequest
-        from airflow_provider_smart.bulk.workflow import StartedExport
-
         export_request = self._export_request(context)
         workflow = self.workflow(export_request) if self.destination else None
         if workflow is not None and (done := workflow.completed_summary()) is not None:
             self.log.info("This export already landed in %s; nothing to do.", workflow.destination)
             return self._finish(context, done)
+        return self._start(context, workflow, export_request, time.time() + self.timeout)
+
+    def _start(
+        self, context: Context, workflow: ExportWorkflow | None, export_request: dict[str, Any], end_time: float
+    ) -> dict[str, Any]:
+        """Kick off (or re-attach), then wait; ``end_time`` (epoch) bounds every wait, deferred or not."""
+        from airflow_provider_smart.bulk import ExportRequest
+        from airflow_provider_smart.bulk.workflow import StartedExport
+        from airflow_provider_smart.exceptions import ExportThrottledError
+
         request = ExportRequest(**export_request)
-        started = workflow.start(request) if workflow is not None else StartedExport(self.client.kick_off(request))
+        # A 429 at kick-off is waited out within the timeout; a long one only without deferral: with
+        # it, the task defers until the server's time (ExportWorkflow.start() calls kick_off()).
+        remaining = max(0.0, end_time - time.time())
+        self.client.kickoff_timeout = remaining
+        self.client.kickoff_max_wait = MAX_WORKER_WAIT if self.deferrable else None
+        try:
+            started = workflow.start(request) if workflow is not None else StartedExport(self.client.kick_off(request))
+        except ExportThrottledError as exc:
+            if not self.deferrable:
+                raise
+            self._defer_kickoff(exc, export_request, end_time)
         self._remember(context, started.status_url)
         if not self.wait_for_completion:
             return {"status_url": started.status_url}
         assert workflow is not None
         if self.deferrable:
-            return self.execute_async(context, workflow, started, export_request)
-        return self.execute_sync(context, workflow, started)
+            return self.execute_async(context, workflow, started, export_request, end_time=end_time)
+        return self.execute_sync(context, workflow, started, timeout=remaining)
+
+    def _defer_kickoff(self, exc: Exception, export_request: dict[str, Any], end_time: float) -> None:
+        from airflow_provider_smart.exceptions import ExportThrottledError
+        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
+
+        assert isinstance(exc, ExportThrottledError)
+        self.log.info("%s Deferring until then instead of holding this worker slot.", exc)
+        self.defer(
+            trigger=SmartBulkExportTrigger(
+                status_url="",
+                smart_conn_id=self.smart_conn_id,
+                end_time=end_time,
+                scope=self.scope,
+                not_before=exc.not_before,
+                kickoff_pending=True,
+            ),
+            method_name="execute_complete",
+            kwargs={"export_request": export_request, "end_time": end_time},
+        )
 
     def _remember(self, context: Context, status_url: str) -> None:
         self._status_url = status_url
         # Pushed before any wait, so a user (or a later task) can find the export even if this one dies.
         context["ti"].xcom_push(key="status_url", value=status_url)
 
-    def execute_sync(self, context: Context, workflow: ExportWorkflow, started: StartedExport) -> dict[str, Any]:
+    def execute_sync(
+        self, context: Context, workflow: ExportWorkflow, started: StartedExport, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         from airflow_provider_smart.exceptions import ExportTimeoutError
 
         first = started.first_status
@@ -273,7 +316,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
                     started.status_url,
                     poll_interval=self.poll_interval,
                     max_poll_interval=self.max_poll_interval,
-                    timeout=self.timeout,
+                    timeout=self.timeout if timeout is None else timeout,
                 )
             except ExportTimeoutError:
                 self._cancel_if_asked(started.status_url, "the wait timed out")
@@ -281,33 +324,58 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return self._complete(context, workflow, started.status_url, manifest)
 
     def execute_async(
-        self, context: Context, workflow: ExportWorkflow, started: StartedExport, export_request: dict[str, Any]
+        self,
+        context: Context,
+        workflow: ExportWorkflow,
+        started: StartedExport,
+        export_request: dict[str, Any],
+        *,
+        end_time: float | None = None,
     ) -> dict[str, Any]:
-        result = started.first_status or self.client.poll(started.status_url)
-        if result.complete:
-            assert result.manifest is not None
-            return self._complete(context, workflow, started.status_url, result.manifest)
-        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
+        from airflow_provider_smart.exceptions import ExportThrottledError
+        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger, next_poll_time
 
+        end_time = time.time() + self.timeout if end_time is None else end_time
+        try:
+            result = started.first_status or self.client.poll(started.status_url, max_wait=MAX_WORKER_WAIT)
+        except ExportThrottledError as exc:  # a status 429 block: the trigger waits it out
+            not_before = exc.not_before
+        else:
+            if result.complete:
+                assert result.manifest is not None
+                return self._complete(context, workflow, started.status_url, result.manifest)
+            # Keep the server's pace across the deferral: the trigger's first poll honours this Retry-After.
+            not_before = next_poll_time(result.retry_after, self.poll_interval, self.max_poll_interval)
         self.defer(
             trigger=SmartBulkExportTrigger(
                 status_url=started.status_url,
                 smart_conn_id=self.smart_conn_id,
-                end_time=time.time() + self.timeout,
+                end_time=end_time,
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 scope=self.scope,
+                not_before=not_before,
             ),
             method_name="execute_complete",
-            kwargs={"export_request": export_request},
+            kwargs={"export_request": export_request, "end_time": end_time},
         )
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, export_request: dict[str, Any] | None = None
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        export_request: dict[str, Any] | None = None,
+        end_time: float | None = None,
     ) -> dict[str, Any]:
-        """Resume after the trigger: land the files on success, re-raise the trigger's error otherwise."""
+        """Resume after the trigger: kick off again when a throttled kick-off is due, land the files on
+        success, re-raise the trigger's error otherwise."""
         from airflow_provider_smart.exceptions import ExportTimeoutError
         from airflow_provider_smart.triggers.bulk_export import raise_for_event
+
+        if (event or {}).get("status") == "kickoff_due":
+            request = export_request or {}
+            workflow = self.workflow(request) if self.destination else None
+            return self._start(context, workflow, request, end_time or time.time() + self.timeout)
 
         status_url = (event or {}).get("status_url") or ""
         self._status_url = status_url

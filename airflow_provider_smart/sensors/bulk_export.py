@@ -52,6 +52,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.max_poll_interval = max_poll_interval
         self.scope = scope
+        self._last_retry_after: float | None = None
 
     @cached_property
     def hook(self) -> SmartHook:
@@ -74,6 +75,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         result = self.client.poll(self.status_url)
+        self._last_retry_after = result.retry_after
         if result.complete:
             return PokeReturnValue(is_done=True, xcom_value=self._batches(result.manifest))
         self.log.info("Export %s in progress: %s", self.status_url, result.progress or "no progress reported")
@@ -82,19 +84,23 @@ class SmartBulkExportSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        end_time = time.time() + float(self.timeout)
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
-        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger
+        from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger, next_poll_time
 
+        poll_interval = float(self.poke_interval)
         self.defer(
             trigger=SmartBulkExportTrigger(
                 status_url=self.status_url,
                 smart_conn_id=self.smart_conn_id,
-                end_time=time.time() + float(self.timeout),
-                poll_interval=float(self.poke_interval),
+                end_time=end_time,
+                poll_interval=poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 scope=self.scope,
+                # the trigger's first poll keeps the pace the server set on this one
+                not_before=next_poll_time(self._last_retry_after, poll_interval, self.max_poll_interval),
             ),
             method_name="execute_complete",
         )
