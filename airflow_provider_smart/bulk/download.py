@@ -29,7 +29,13 @@ from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailu
 from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
-from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, NdjsonCheckError
+from airflow_provider_smart.exceptions import (
+    BulkDownloadError,
+    BulkExportError,
+    NdjsonCheckError,
+    NotNdjsonError,
+    TruncatedFileError,
+)
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -62,6 +68,33 @@ def _chunks(response: requests.Response, direct: Any) -> Any:
         return
     while chunk := direct.read(CHUNK_SIZE):
         yield chunk
+
+
+def check_gzip_trailer(response: requests.Response) -> None:
+    """A gzip body is complete only when its trailer (CRC-32 and length, verified by zlib) was read.
+
+    A body delimited by the connection closing has no length to check; a gzip stream cut there simply
+    stops decoding, without any error. urllib3 keeps the decoder of the body it decoded for us.
+    """
+    decoder = getattr(response.raw, "_decoder", None)
+    stream = getattr(decoder, "_obj", None)
+    if stream is None or not hasattr(stream, "eof"):
+        return  # identity body, or a decoder we do not know (brotli, several codings): nothing to check
+    if getattr(getattr(decoder, "_state", None), "name", "") == "SWALLOW_DATA":
+        return  # urllib3 accepted trailing garbage after a complete member, as gzip(1) does
+    if not stream.eof:
+        raise TruncatedFileError("the gzip body ended before its trailer (CRC and length): the file was cut short")
+
+
+def not_ndjson(url: str, response: requests.Response, exc: Exception) -> BulkDownloadError:
+    ctype = response.headers.get("Content-Type") or "none"
+    return BulkDownloadError(
+        f"{redact_url(url)} answered 200 with a body that is not NDJSON (Content-Type {ctype!r}; {exc}). "
+        "A proxy or gateway may be answering instead of the FHIR server (a login or error page); "
+        "the file was not saved.",
+        url=redact_url(url),
+        content_type=ctype,
+    )
 
 
 def _expected_type(kind: str, rtype: str | None) -> str | None:
@@ -240,6 +273,11 @@ class FileDownloader:
                         )
             lines = scanner.finish()
             self._check_complete(response, scanner.bytes, direct=direct is not None)
+            check_gzip_trailer(response)
+        except TruncatedFileError as exc:
+            raise TransientFailure(str(exc)) from None
+        except NotNdjsonError as exc:
+            raise not_ndjson(url, response, exc) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
         except (
