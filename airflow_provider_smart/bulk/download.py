@@ -13,9 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -45,6 +46,11 @@ MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
 MAX_LISTED_ISSUES = 1000  # per list in the report (it may travel via XCom)
 MAX_LOGGED_ISSUES = 50  # per kind in the log; the report counts them all
+MAX_ISSUE_LINE = 1024 * 1024  # an error-file line longer than this is classified from its head only
+MAX_DIAGNOSTICS = 500  # characters of one issue's text kept in logs, reports, summaries and XCom
+_FIELD = {
+    key: re.compile(rf'"{key}"\s*:\s*"([^"\\]{{0,{MAX_DIAGNOSTICS}}})') for key in ("severity", "code", "diagnostics")
+}
 PROGRESS_LOG_EVERY = 30.0  # seconds between progress lines for one long file
 EXPECTED_TYPE = {"deleted": "Bundle", "error": "OperationOutcome"}  # what the spec puts in those files
 
@@ -68,6 +74,34 @@ def _chunks(response: requests.Response, direct: Any) -> Any:
         return
     while chunk := direct.read(CHUNK_SIZE):
         yield chunk
+
+
+def clip_text(text: str, limit: int = MAX_DIAGNOSTICS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters in all)"
+
+
+def bounded_lines(handle: Any, cap: int) -> Iterator[tuple[bytes, bool]]:
+    """The lines of a binary file as ``(line, clipped)``: at most ``cap`` bytes of each are kept."""
+    kept = bytearray()
+    clipped = False
+    while chunk := handle.read(CHUNK_SIZE):
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start : len(chunk) if end < 0 else end]
+            if not clipped:
+                room = cap - len(kept)
+                kept += piece[:room]
+                clipped = len(piece) > room
+            if end < 0:
+                break
+            yield bytes(kept), clipped
+            kept.clear()
+            clipped = False
+            start = end + 1
+    if kept or clipped:
+        yield bytes(kept), clipped
 
 
 def check_gzip_trailer(response: requests.Response) -> None:
@@ -222,22 +256,18 @@ class FileDownloader:
         def give_up(failure: TransientFailure, tries: int) -> Exception:
             return BulkDownloadError(f"{failure} (gave up after {tries} attempts)", url=redact_url(url), path=rel)
 
-        lines, size = self.transport.retry.run(
-            attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
-        )
-        check_counts = self.options.check_counts and count is not None
-        if check_counts and lines != count and expected is None:
-            lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
-        if check_counts and lines != count:
-            discard(part)
-            raise BulkDownloadError(
-                f"{rel} has {lines} resources but the manifest says {count}: the file is incomplete or the "
-                "manifest is wrong (use check_counts=False to accept it).",
-                url=redact_url(url),
-                path=rel,
-                lines=lines,
-                count=count,
+        def fetch() -> tuple[int, int]:
+            lines, size = self.transport.retry.run(
+                attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
             )
+            if self.options.check_counts and count is not None and lines != count and expected is None:
+                lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
+            return lines, size
+
+        lines, size = fetch()
+        if self.options.check_counts and count is not None and lines != count:
+            lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
+            report.count_mismatch = lines != count
         replace(part, final)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
@@ -294,6 +324,54 @@ class FileDownloader:
         finally:
             response.close()
         return lines, scanner.bytes
+
+    def _second_opinion(
+        self, rel: str, url: str, count: int, first: int, fetch: Callable[[], tuple[int, int]], part: Any
+    ) -> tuple[int, int]:
+        """The line count disagrees with the manifest: download once more and compare the two copies.
+
+        Some servers count what they would export without the export's filters (the SMART reference
+        server says 113 for a file holding 0). A second, complete copy with the same lines means the
+        manifest is wrong, not the file: keep it with a warning (``strict_counts`` fails instead).
+        """
+        log.warning(
+            "%s has %d resources but the manifest says %d: downloading it once more to tell a bad copy "
+            "from a wrong manifest count.",
+            rel,
+            first,
+            count,
+        )
+        discard(part)
+        lines, size = fetch()
+        where = {"url": redact_url(url), "path": rel, "lines": lines, "count": count}
+        if lines == count:
+            log.info("The second copy of %s has the %d resources the manifest announced.", rel, count)
+        elif lines != first:
+            discard(part)
+            raise BulkDownloadError(
+                f"{rel}: two complete downloads held {first} and {lines} resources (the manifest says "
+                f"{count}): the server does not serve the same file twice. Retry the task later, or ask "
+                "the server's operators.",
+                **where,
+            )
+        elif self.options.strict_counts:
+            discard(part)
+            raise BulkDownloadError(
+                f"{rel} has {lines} resources but the manifest says {count}, in two complete downloads: "
+                "the manifest's count is wrong. strict_counts=True makes this fail; set strict_counts=False "
+                "to keep such files with a warning (or check_counts=False not to compare at all).",
+                **where,
+            )
+        else:
+            log.warning(
+                "%s has %d resources but the manifest says %d, in two complete downloads: keeping it (the "
+                "server's count is wrong, e.g. it ignores the export's filters). Recorded in the summary's "
+                "count_mismatches; set strict_counts=True to fail instead.",
+                rel,
+                lines,
+                count,
+            )
+        return lines, size
 
     @staticmethod
     def _recount(part: Any) -> int:
@@ -411,8 +489,10 @@ class FileDownloader:
             path = self.destination / "error" / name
             try:
                 with path.open("rb") as handle:
-                    for line in handle:
-                        if line.strip():
+                    for number, (line, clipped) in enumerate(bounded_lines(handle, MAX_ISSUE_LINE), 1):
+                        if clipped:
+                            self._classify_clipped(report, line, name, number)
+                        elif line.strip():
                             self._classify_line(report, line, name)
             except OSError as exc:
                 issue = {"severity": "warning", "code": "client", "diagnostics": f"{name}: {exc}"}
@@ -426,8 +506,25 @@ class FileDownloader:
         for issue in found:
             self._add_issue(report, classify_issue(issue))
 
+    def _classify_clipped(self, report: DownloadReport, head: bytes, name: str, number: int) -> None:
+        """A line too long to parse in bounded memory: classify it by the fields its head shows."""
+        text = head.decode("utf-8", "replace")
+        severity = _FIELD["severity"].search(text)
+        code = _FIELD["code"].search(text)
+        diagnostics = _FIELD["diagnostics"].search(text)
+        self._add_issue(
+            report,
+            {
+                "severity": severity.group(1).lower() if severity else "warning",
+                "code": code.group(1) if code else "client",
+                "diagnostics": f"{name} line {number} is longer than {MAX_ISSUE_LINE // 1024} KiB and was not "
+                f"parsed; it begins: {diagnostics.group(1) if diagnostics else text}",
+            },
+        )
+
     @staticmethod
     def _add_issue(report: DownloadReport, issue: dict[str, str]) -> None:
+        issue = {k: clip_text(v) for k, v in issue.items()}
         if issue["severity"] in ERROR_SEVERITIES:
             report.error_issue_count += 1
             if len(report.error_issues) < MAX_LISTED_ISSUES:

@@ -25,6 +25,7 @@ _HEAD = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"([^"\\]{0,64})"')
 HEAD_PROBE = 4096  # bytes of an unfinished line enough to read a leading resourceType
 MAX_LINE_BYTES = 64 * 1024 * 1024
 FIRST_LINE_PROBE = 1024 * 1024  # the first line is parsed whole up to this size, else only its first byte
+LAST_LINE_PROBE = 1024 * 1024  # an unterminated last line is parsed whole up to this size, else its end checked
 
 
 __all__ = [
@@ -170,12 +171,12 @@ class NdjsonScanner:
             raise NotNdjsonError(f"its first line is not a JSON object (it starts with {line[:40]!r})")
 
     def _keep_tail(self, data: bytes, *, fresh: bool) -> None:
-        """Remember the unfinished last line; past ``max_line_bytes`` only its last bytes."""
+        """Remember the unfinished last line; past ``LAST_LINE_PROBE`` only its last bytes."""
         if fresh:
             self._tail.clear()
             self._tail_clipped = False
         self._tail += data
-        if len(self._tail) > self.max_line_bytes:
+        if len(self._tail) > LAST_LINE_PROBE:
             del self._tail[:-HEAD_PROBE]
             self._tail_clipped = True
 

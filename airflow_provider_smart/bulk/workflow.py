@@ -36,7 +36,8 @@ log = logging.getLogger("airflow_provider_smart.bulk")
 STATE_FILE = ".smart-export.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
-MAX_LISTED_ERROR_ISSUES = 10
+MAX_LISTED_ERROR_ISSUES = 10  # in the error message
+MAX_SUMMARY_ISSUES = 100  # in the summary (XCom, manifest.json); the totals count them all
 
 
 def fingerprint(identity: dict[str, Any]) -> str:
@@ -198,8 +199,14 @@ class ExportWorkflow:
             "output": [_summary_entry(f) for f in files if f["kind"] == "output"],
             "deleted": [_summary_entry(f) for f in files if f["kind"] == "deleted"],
             "error": [_summary_entry(f) for f in files if f["kind"] == "error"],
-            # fatal/error OperationOutcome issues from the error files
-            "error_issues": list(report.error_issues),
+            # fatal/error OperationOutcome issues from the error files (capped, diagnostics truncated)
+            "error_issues": list(report.error_issues[:MAX_SUMMARY_ISSUES]),
+            "error_issue_count": report.error_issue_count,
+            "warning_count": report.warning_count,
+            # files kept although their line count is not the manifest's (two complete copies agreed)
+            "count_mismatches": [
+                {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
+            ],
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()
@@ -213,17 +220,47 @@ def _summary_entry(f: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def raise_for_error_issues(summary: dict[str, Any]) -> None:
-    """Fail when the export's error files reported fatal/error issues (after every file was saved)."""
+def _relative(path: str, destination: Any) -> str:
+    root = str(destination).rstrip("/") + "/"
+    return path[len(root) :] if path.startswith(root) else path
+
+
+def _issue_listing(summary: dict[str, Any]) -> tuple[int, str]:
     found = summary.get("error_issues") or []
-    if found:
-        listed = "; ".join(
-            f"{i.get('severity')} {i.get('code')}: {i.get('diagnostics')}" for i in found[:MAX_LISTED_ERROR_ISSUES]
-        )
+    total = int(summary.get("error_issue_count") or len(found))
+    listed = "; ".join(
+        f"{i.get('severity')} {i.get('code')}: {i.get('diagnostics')}" for i in found[:MAX_LISTED_ERROR_ISSUES]
+    )
+    if total > MAX_LISTED_ERROR_ISSUES:
+        listed += f"; ... {total - MAX_LISTED_ERROR_ISSUES} more (see the summary's error_issues and error/)"
+    return total, listed
+
+
+def raise_for_error_issues(summary: dict[str, Any]) -> None:
+    """Fail when the export's error files reported fatal/error issues (after every file was saved).
+
+    Used when the operator's ``fail_on_error_issues=True``; by default they are only logged
+    (:func:`log_error_issues`): one resource the server could not export must not block a pipeline.
+    """
+    total, listed = _issue_listing(summary)
+    if total:
         raise BulkExportError(
-            f"The server reported {len(found)} error issue(s) in the export's error files "
-            f"(all files were saved to {summary.get('destination')}): {listed}",
+            f"The server reported {total} error issue(s) in the export's error files "
+            f"(all files were saved to {summary.get('destination')}; fail_on_error_issues=True makes this "
+            f"fail, False only logs them): {listed}",
             destination=summary.get("destination"),
+        )
+
+
+def log_error_issues(summary: dict[str, Any]) -> None:
+    """Log the error files' fatal/error issues at error level without failing (the default)."""
+    total, listed = _issue_listing(summary)
+    if total:
+        log.error(
+            "The server reported %d error issue(s) in the export's error files; the export landed anyway "
+            "(set fail_on_error_issues=True to fail the task on them): %s",
+            total,
+            listed,
         )
 
 

@@ -36,6 +36,8 @@ class _ExportTaskMixin:
     max_concurrent_downloads: int
     check_resource_types: bool
     delete_on_success: bool
+    strict_counts: bool = False
+    fail_on_error_issues: bool = False
     transient_retries: int | None = None
     comma_join_repeats: bool = False
 
@@ -58,6 +60,7 @@ class _ExportTaskMixin:
         options = DownloadOptions(
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
+            strict_counts=self.strict_counts,
         )
         return ExportWorkflow(
             self.client,
@@ -66,6 +69,14 @@ class _ExportTaskMixin:
             options=options,
             delete_on_success=self.delete_on_success,
         )
+
+    def _check_error_issues(self, summary: dict[str, Any]) -> None:
+        from airflow_provider_smart.bulk.workflow import log_error_issues, raise_for_error_issues
+
+        if self.fail_on_error_issues:
+            raise_for_error_issues(summary)
+        else:
+            log_error_issues(summary)
 
 
 class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
@@ -107,6 +118,12 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param check_resource_types: also check every line's ``resourceType`` against the manifest entry's
         type (line counts are always checked). Off by default: on a 2-core worker it costs about half the
         download throughput, because the scan holds Python's GIL (see benchmarks/).
+    :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
+        second download gives the same count (by default it is kept with a warning and listed in the
+        summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
+        report fatal/error issues. By default they are logged at error level and listed in the summary
+        (``error_issues``, ``error_issue_count``), and the task succeeds.
     :param delete_on_success: DELETE the export on the server once its files are saved.
     :param cancel_on_kill: DELETE the export when the task is killed or the wait times out.
     :param scope: request this scope instead of the connection's.
@@ -152,6 +169,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         max_concurrent_downloads: int = 4,
         transient_retries: int = 5,
         check_resource_types: bool = False,
+        strict_counts: bool = False,
+        fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
         cancel_on_kill: bool = True,
         scope: str | None = None,
@@ -189,6 +208,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.max_concurrent_downloads = max_concurrent_downloads
         self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
+        self.strict_counts = strict_counts
+        self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.cancel_on_kill = cancel_on_kill
         self.scope = scope
@@ -317,9 +338,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return self._finish(context, workflow.land(status_url, manifest))
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
-        from airflow_provider_smart.bulk.workflow import raise_for_error_issues
-
-        raise_for_error_issues(summary)
+        self._check_error_issues(summary)
         # Pushed only on success: it is what the next run's since="auto" starts from.
         context["ti"].xcom_push(key="transaction_time", value=summary.get("transaction_time"))
         return summary
@@ -348,6 +367,12 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     :param status_url: the export's status URL (templated; e.g. the kick-off task's XCom).
     :param destination: a local path or ``ObjectStoragePath`` URI, the same for every batch.
     :param batch: ``{"status_url", "paths": [...]}``: one item of the sensor's batch list.
+    :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
+        second download gives the same count (by default it is kept with a warning and listed in the
+        summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
+        report fatal/error issues. By default they are logged at error level and listed in the summary
+        (``error_issues``, ``error_issue_count``), and the task succeeds.
     """
 
     template_fields: Sequence[str] = ("smart_conn_id", "status_url", "destination", "batch", "scope")
@@ -362,6 +387,8 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         smart_conn_id: str = SmartHook.default_conn_name,
         max_concurrent_downloads: int = 4,
         check_resource_types: bool = False,
+        strict_counts: bool = False,
+        fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
         scope: str | None = None,
         **kwargs: Any,
@@ -375,6 +402,8 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.smart_conn_id = smart_conn_id
         self.max_concurrent_downloads = max_concurrent_downloads
         self.check_resource_types = check_resource_types
+        self.strict_counts = strict_counts
+        self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.scope = scope
 
@@ -386,9 +415,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
             self.log.info("Batch done: %s", totals)
             return totals
         assert self.status_url
-        from airflow_provider_smart.bulk.workflow import raise_for_error_issues
-
         workflow = self.workflow({"status_url": self.status_url})
         summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
-        raise_for_error_issues(summary)
+        self._check_error_issues(summary)
         return summary

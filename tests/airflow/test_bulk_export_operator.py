@@ -149,12 +149,18 @@ def test_failed_export_fails_the_task_with_the_server_diagnostics(
     assert len(sandbox.kickoffs) == 2
 
 
-def test_fatal_error_file_fails_after_saving_everything(
+def test_error_file_issues_are_logged_not_fatal_unless_asked(
     airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
 ) -> None:
     sandbox.add_error_file("error")
     dest = tmp_path / "with-errors"
-    run, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
+    run, summary = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert run.state == "success"
+    assert "fail_on_error_issues=True" in capfd.readouterr().out
+    assert summary["error_issue_count"] == 2 and len(summary["error_issues"]) == 2
+    sandbox.add_error_file("error")
+    dest = tmp_path / "with-errors-strict"
+    run, _ = run_export(monkeypatch, dest, resource_types=["Patient"], fail_on_error_issues=True)
     assert run.state == "failed"
     assert "error issue" in capfd.readouterr().out
     assert (dest / "Patient.1.ndjson").exists() and list((dest / "error").glob("*.ndjson"))
