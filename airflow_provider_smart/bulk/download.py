@@ -27,7 +27,7 @@ from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
-from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
+from airflow_provider_smart.bulk.storage import LandedFiles, as_destination, attempt_id, discard, replace, size_of
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
 from airflow_provider_smart.exceptions import (
@@ -149,8 +149,11 @@ class FileDownloader:
         *,
         requires_access_token: bool,
         on_file_done: Callable[[FileReport], None] | None = None,
+        ledger: LandedFiles | None = None,
     ) -> None:
         self.transport = transport
+        self.ledger = ledger
+        self.attempt = attempt_id()
         self.destination = as_destination(destination)
         self.options = options
         self.requires_access_token = requires_access_token
@@ -233,13 +236,23 @@ class FileDownloader:
         final = directory / name
         report = FileReport(kind, entry.get("type"), url, str(final), count, None, None)
         if self.options.skip_existing and final.exists():
-            # Only ever renamed to this name after its checks passed, so it is complete.
-            report.skipped, report.bytes, report.lines = True, size_of(final), count
-            log.info("Skipping %s: already downloaded by an earlier run.", rel)
-            return report
+            # Only ever renamed to this name after its checks passed, so it is complete; with a ledger,
+            # it must also hold this very file of this very export (not an abandoned export's).
+            if self.ledger is None:
+                report.skipped, report.bytes, report.lines = True, size_of(final), count
+                log.info("Skipping %s: already downloaded by an earlier run.", rel)
+                return report
+            record = self.ledger.owns(rel, url)
+            if record is not None:
+                report.skipped, report.lines = True, record.get("lines")
+                report.bytes = record.get("bytes") if record.get("bytes") is not None else size_of(final)
+                report.count_mismatch = bool(record.get("count_mismatch"))
+                log.info("Skipping %s: already downloaded by an earlier try of this export.", rel)
+                return report
+            log.info("Replacing %s: it does not hold this export's file (left by another export or try).", rel)
         if not is_http_url(url):
             raise BulkDownloadError(f"Refusing to download {url[:100]!r}: not an http(s) URL.", url=url)
-        part = directory / f".{name}.part"
+        part = directory / f".{name}.{self.attempt}.part"  # per attempt: a zombie try never shares it
         expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()
 
@@ -269,6 +282,8 @@ class FileDownloader:
             lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
             report.count_mismatch = lines != count
         replace(part, final)
+        if self.ledger is not None:
+            self.ledger.record(rel, url, lines, size, report.count_mismatch)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
         log.info(

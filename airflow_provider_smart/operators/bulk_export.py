@@ -53,7 +53,7 @@ class _ExportTaskMixin:
             comma_join_repeats=self.comma_join_repeats,
         )
 
-    def workflow(self, identity: dict[str, Any]) -> ExportWorkflow:
+    def workflow(self, identity: dict[str, Any], run_id: str | None = None) -> ExportWorkflow:
         from airflow_provider_smart.bulk import DownloadOptions, ExportWorkflow
         from airflow_provider_smart.operators._destination import resolve_destination
 
@@ -68,6 +68,7 @@ class _ExportTaskMixin:
             identity,
             options=options,
             delete_on_success=self.delete_on_success,
+            run_id=run_id,
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
@@ -253,7 +254,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         from airflow_provider_smart.bulk.workflow import StartedExport
 
         export_request = self._export_request(context)
-        workflow = self.workflow(export_request) if self.destination else None
+        workflow = self.workflow(export_request, context["run_id"]) if self.destination else None
         if workflow is not None and (done := workflow.completed_summary()) is not None:
             self.log.info("This export already landed in %s; nothing to do.", workflow.destination)
             return self._finish(context, done)
@@ -328,7 +329,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         except ExportTimeoutError:
             self._cancel_if_asked(status_url, "the wait timed out")
             raise
-        workflow = self.workflow(export_request or {})
+        workflow = self.workflow(export_request or {}, context["run_id"])
         return self._complete(context, workflow, status_url, self.client.poll(status_url).manifest)
 
     def _complete(
@@ -339,6 +340,11 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
         self._check_error_issues(summary)
+        if self.since == "auto" and not summary.get("transaction_time"):
+            self.log.warning(
+                "since='auto': the server's manifest has no transactionTime, so the next run cannot start from "
+                "this one and will be a full export."
+            )
         # Pushed only on success: it is what the next run's since="auto" starts from.
         context["ti"].xcom_push(key="transaction_time", value=summary.get("transaction_time"))
         return summary
@@ -366,7 +372,10 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
 
     :param status_url: the export's status URL (templated; e.g. the kick-off task's XCom).
     :param destination: a local path or ``ObjectStoragePath`` URI, the same for every batch.
-    :param batch: ``{"status_url", "paths": [...]}``: one item of the sensor's batch list.
+    :param batch: ``{"status_url", "keys": [...], "paths": [...]}``: one item of the sensor's batch list.
+        Files are found by their URL's key, so a server that lists files in another order on each
+        read still gets every file fetched once. The finishing step (no ``batch``) checks that every
+        manifest file landed exactly once before it deletes the export.
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
@@ -410,12 +419,16 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if self.batch:
             status_url = self.batch["status_url"]
-            report = self.workflow({"status_url": status_url}).land_batch(status_url, list(self.batch["paths"]))
+            keys = self.batch.get("keys")
+            workflow = self.workflow({"status_url": status_url}, context["run_id"])
+            report = workflow.land_batch(
+                status_url, list(self.batch.get("paths") or []), list(keys) if keys is not None else None
+            )
             totals = report.totals()
             self.log.info("Batch done: %s", totals)
             return totals
         assert self.status_url
-        workflow = self.workflow({"status_url": self.status_url})
+        workflow = self.workflow({"status_url": self.status_url}, context["run_id"])
         summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
         self._check_error_issues(summary)
         return summary

@@ -242,7 +242,9 @@ def test_skip_existing_on_a_second_download(sb, make_client, tmp_path) -> None:
     (tmp_path / "Patient.1.ndjson").unlink()
     report = client.download(manifest, tmp_path)
     assert [f.type for f in report.files if not f.skipped] == ["Patient"]
-    assert not (tmp_path / ".Patient.1.ndjson.part").exists()
+    # Temporary files are per attempt now: another attempt's leftover is neither used nor renamed.
+    assert (tmp_path / "Patient.1.ndjson").read_bytes().count(b"\n") == 20
+    assert not [p for p in tmp_path.glob(".*.part") if p.name != ".Patient.1.ndjson.part"]
     again = client.download(manifest, tmp_path, DownloadOptions(skip_existing=False))
     assert not any(f.skipped for f in again.files)
 
