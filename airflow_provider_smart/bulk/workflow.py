@@ -45,11 +45,9 @@ STATE_FILE = ".smart-export.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
 MAX_LISTED_ERROR_ISSUES = 10  # in the error message
-MAX_SUMMARY_ISSUES = 100
+MAX_SUMMARY_ISSUES = 100  # in the summary (XCom, manifest.json); the totals count them all
 # A FHIR instant: date, time to the second (fractions optional) and a zone.
-INSTANT = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})"
-)  # in the summary (XCom, manifest.json); the totals count them all
+INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
 
 def fingerprint(identity: dict[str, Any]) -> str:

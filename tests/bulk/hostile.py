@@ -29,6 +29,9 @@ class Body:
     content_type: str = "application/fhir+ndjson"
     framing: str = "length"
     headers: dict[str, str] = field(default_factory=dict)
+    pause_at: int | None = None  # send this many bytes, then wait for ``resume`` before the rest
+    resume: threading.Event | None = None
+    paused: threading.Event | None = None  # set once the first part is out
 
 
 class HostileBulkServer:
@@ -42,6 +45,8 @@ class HostileBulkServer:
         self.transaction_time: Any = "2024-05-01T00:00:00Z"
         self.delete_status = 202
         self.status_polls_before_ready = 0
+        self.gone: set[str] = set()  # status ids that answer 404 (expired or deleted exports)
+        self.current = "1"  # the status id whose manifest is being read
         self.requests: list[tuple[str, str]] = []
         self.kickoffs = 0
         self.manifest_reads = 0
@@ -57,7 +62,7 @@ class HostileBulkServer:
 
     @property
     def status_url(self) -> str:
-        return f"{self.url}/status/1"
+        return f"{self.url}/status/{self.current}"
 
     def file_url(self, name: str) -> str:
         return f"{self.url}/files/{name}"
@@ -134,8 +139,12 @@ def _handler(server: HostileBulkServer) -> type[BaseHTTPRequestHandler]:
             server.requests.append(("GET", path))
             if path.endswith("/$export"):
                 server.kickoffs += 1
-                self._json(202, None, {"Content-Location": server.status_url})
+                self._json(202, None, {"Content-Location": f"{server.url}/status/{server.kickoffs}"})
             elif path.startswith("/fhir/status/"):
+                server.current = path.rsplit("/", 1)[-1]
+                if server.current in server.gone:
+                    self._json(404, {"resourceType": "OperationOutcome", "issue": []})
+                    return
                 if server.status_polls_before_ready > 0:
                     server.status_polls_before_ready -= 1
                     self._json(202, None, {"X-Progress": "busy", "Retry-After": "1"})
@@ -163,7 +172,15 @@ def _handler(server: HostileBulkServer) -> type[BaseHTTPRequestHandler]:
             if body.framing == "length":
                 self.send_header("Content-Length", str(len(body.data)))
                 self.end_headers()
-                self.wfile.write(body.data)
+                if body.pause_at is not None and body.resume is not None:
+                    self.wfile.write(body.data[: body.pause_at])
+                    self.wfile.flush()
+                    if body.paused is not None:
+                        body.paused.set()
+                    body.resume.wait(10)
+                    self.wfile.write(body.data[body.pause_at :])
+                else:
+                    self.wfile.write(body.data)
             elif body.framing == "chunked":
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
