@@ -126,13 +126,13 @@ def test_destination_holding_another_export_is_refused(
     airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
 ) -> None:
     dest = tmp_path / "shared"
-    ok, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
-    assert ok.state == "success"
+    ok, summary = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert ok.state == "success" and summary["run_id"] == ok.run_id
+    # The next run (same parameters, non-templated destination) is refused, not "already landed".
     again, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
-    assert again.state == "success"  # the same export: already landed, nothing to do
-    other, _ = run_export(monkeypatch, dest, resource_types=["Condition"])
-    assert other.state == "failed"
-    assert "already holds a completed export" in capfd.readouterr().out
+    assert again.state == "failed"
+    out = capfd.readouterr().out
+    assert f"another run ({ok.run_id})" in out and "template it" in out
     assert len(sandbox.kickoffs) == 1
 
 

@@ -120,7 +120,7 @@ def test_the_finishing_step_refuses_to_delete_when_a_file_did_not_land(hostile, 
 
 # -- item 6: two attempts on one destination ----------------------------------------------------------------
 def test_a_zombie_writing_the_old_shared_part_name_cannot_corrupt_the_file(hostile, plain_client, tmp_path) -> None:
-    full = ndjson("a", 200)
+    full = ndjson("a", 30_000)  # ~1 MB: the first half fills a read chunk, so it is on disk at the pause
     resume, paused = threading.Event(), threading.Event()
     hostile.files["a1"] = hostile.Body(full, pause_at=len(full) // 2, resume=resume, paused=paused)
     client = plain_client(hostile)
