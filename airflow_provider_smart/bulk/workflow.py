@@ -137,7 +137,6 @@ class ExportWorkflow:
         state = read_json(self.state_path)
         if state is None:
             return None
-        self._refuse_other_run(state, "an export in progress")
         if state.get("fingerprint") != self.fingerprint:
             raise BulkExportError(
                 f"{self.destination} holds files of another export in progress "
@@ -145,6 +144,16 @@ class ExportWorkflow:
                 f"fresh destination, or delete {STATE_FILE} and the files there if that export is abandoned.",
                 destination=str(self.destination),
             )
+        other = state.get("run_id")
+        if self.run_id is not None and other is not None and other != self.run_id:
+            # Same parameters, unfinished: a failed run re-triggered. Its export is what this run asks
+            # for, so adopt it (a completed export of another run, by contrast, is refused).
+            log.warning(
+                "Adopting the unfinished export run %s started here with the same parameters (%s).",
+                other,
+                redact_url(str(state.get("status_url"))),
+            )
+            self._record_kickoff(str(state["status_url"]))
         return str(state["status_url"])
 
     def _record_kickoff(self, status_url: str) -> None:

@@ -190,12 +190,17 @@ def test_a_destination_holding_another_runs_export_is_refused(hostile, plain_cli
         flow(client, tmp_path, run_id="scheduled__2024-05-02").completed_summary()
 
 
-def test_an_export_in_flight_of_another_run_is_refused(hostile, plain_client, tmp_path) -> None:
+def test_an_unfinished_export_of_another_run_is_adopted_then_owned(hostile, plain_client, tmp_path, caplog) -> None:
+    hostile.files.update(a1=hostile.Body(ndjson("a", 3)))
     client = plain_client(hostile)
     flow(client, tmp_path, run_id="r1").start(REQUEST)
-    with pytest.raises(BulkExportError, match="another run"):
-        flow(client, tmp_path, run_id="r2").start(REQUEST)
-    assert hostile.kickoffs == 1
+    with caplog.at_level(logging.WARNING, "airflow_provider_smart"):
+        started = flow(client, tmp_path, run_id="r2").start(REQUEST)  # r1 failed; r2 re-triggered it
+    assert started.reattached and hostile.kickoffs == 1 and "Adopting the unfinished export run r1" in caplog.text
+    summary = flow(client, tmp_path, run_id="r2").land(started.status_url, client.poll(started.status_url).manifest)
+    assert summary["run_id"] == "r2"
+    with pytest.raises(BulkExportError, match=r"another run \(r2\)"):
+        flow(client, tmp_path, run_id="r1").completed_summary()
 
 
 # -- item 9: sloppy manifests ------------------------------------------------------------------------------
