@@ -175,6 +175,21 @@ class NdjsonCheckError(BulkExportError):
     kind = "smart.bulk_export.content"
 
 
+class NotNdjsonError(NdjsonCheckError):
+    """A 200 answer whose body is not NDJSON at all (an HTML page, a JSON array...): never saved."""
+
+    kind = "smart.bulk_export.content.not_ndjson"
+
+
+class TruncatedFileError(NdjsonCheckError):
+    """A body that ended before its last line did (cut mid-line, or a gzip stream without its trailer).
+
+    Transient: the downloader retries the file.
+    """
+
+    kind = "smart.bulk_export.content.truncated"
+
+
 _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     SmartError,
     SmartConfigError,
@@ -187,6 +202,8 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     ExportThrottledError,
     BulkDownloadError,
     NdjsonCheckError,
+    NotNdjsonError,
+    TruncatedFileError,
 )
 
 

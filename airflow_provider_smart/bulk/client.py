@@ -32,6 +32,7 @@ from airflow_provider_smart.bulk.retry import (
     TransientFailure,
     next_poll_delay,
 )
+from airflow_provider_smart.bulk.storage import LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkExportError, ExportThrottledError, ExportTimeoutError
@@ -422,6 +423,7 @@ class BulkExportClient:
         options: DownloadOptions | None = None,
         *,
         on_file_done: Callable[[FileReport], None] | None = None,
+        ledger: LandedFiles | None = None,
     ) -> DownloadReport:
         """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
         return self.download_batch(
@@ -431,6 +433,7 @@ class BulkExportClient:
             requires_access_token=manifest.requires_access_token,
             status_url=manifest.status_url,
             on_file_done=on_file_done,
+            ledger=ledger,
         )
 
     def download_batch(
@@ -442,13 +445,15 @@ class BulkExportClient:
         requires_access_token: bool = True,
         status_url: str | None = None,
         on_file_done: Callable[[FileReport], None] | None = None,
+        ledger: LandedFiles | None = None,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
         ``destination``: a directory path, or a pathlib-like object such as Airflow's
         ``ObjectStoragePath`` (see :mod:`~airflow_provider_smart.bulk.storage`). ``status_url``: the
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
-        thread) with each finished file's report. Raises :class:`BulkDownloadError` listing every
+        thread) with each finished file's report. ``ledger``: which export each landed file belongs to
+        (a file is skipped only when it holds this export's file). Raises :class:`BulkDownloadError` listing every
         failed file, after trying them all.
         """
         if status_url:
@@ -459,6 +464,7 @@ class BulkExportClient:
             options or DownloadOptions(),
             requires_access_token=requires_access_token,
             on_file_done=on_file_done,
+            ledger=ledger,
         )
         return downloader.run(list(entries))
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -28,11 +29,17 @@ from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
-from airflow_provider_smart.bulk.storage import as_destination, discard, replace, size_of
+from airflow_provider_smart.bulk.storage import LandedFiles, as_destination, attempt_id, discard, replace, size_of
 from airflow_provider_smart.bulk.stream import BodyReader, CorruptBody, IncompleteBody, open_body
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
-from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError, NdjsonCheckError
+from airflow_provider_smart.exceptions import (
+    BulkDownloadError,
+    BulkExportError,
+    NdjsonCheckError,
+    NotNdjsonError,
+    TruncatedFileError,
+)
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -42,8 +49,68 @@ MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
 MAX_LISTED_ISSUES = 1000  # per list in the report (it may travel via XCom)
 MAX_LOGGED_ISSUES = 50  # per kind in the log; the report counts them all
+MAX_ISSUE_LINE = 1024 * 1024  # an error-file line longer than this is classified from its head only
+MAX_DIAGNOSTICS = 500  # characters of one issue's text kept in logs, reports, summaries and XCom
+_FIELD = {
+    key: re.compile(rf'"{key}"\s*:\s*"([^"\\]{{0,{MAX_DIAGNOSTICS}}})') for key in ("severity", "code", "diagnostics")
+}
 PROGRESS_LOG_EVERY = 30.0  # seconds between progress lines for one long file
 EXPECTED_TYPE = {"deleted": "Bundle", "error": "OperationOutcome"}  # what the spec puts in those files
+
+
+def clip_text(text: str, limit: int = MAX_DIAGNOSTICS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters in all)"
+
+
+def bounded_lines(handle: Any, cap: int) -> Iterator[tuple[bytes, bool]]:
+    """The lines of a binary file as ``(line, clipped)``: at most ``cap`` bytes of each are kept."""
+    kept = bytearray()
+    clipped = False
+    while chunk := handle.read(CHUNK_SIZE):
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start : len(chunk) if end < 0 else end]
+            if not clipped:
+                room = cap - len(kept)
+                kept += piece[:room]
+                clipped = len(piece) > room
+            if end < 0:
+                break
+            yield bytes(kept), clipped
+            kept.clear()
+            clipped = False
+            start = end + 1
+    if kept or clipped:
+        yield bytes(kept), clipped
+
+
+def check_gzip_trailer(response: requests.Response) -> None:
+    """A gzip body is complete only when its trailer (CRC-32 and length, verified by zlib) was read.
+
+    A body delimited by the connection closing has no length to check; a gzip stream cut there simply
+    stops decoding, without any error. urllib3 keeps the decoder of the body it decoded for us.
+    """
+    decoder = getattr(response.raw, "_decoder", None)
+    stream = getattr(decoder, "_obj", None)
+    if stream is None or not hasattr(stream, "eof"):
+        return  # identity body, or a decoder we do not know (brotli, several codings): nothing to check
+    if getattr(getattr(decoder, "_state", None), "name", "") == "SWALLOW_DATA":
+        return  # urllib3 accepted trailing garbage after a complete member, as gzip(1) does
+    if not stream.eof:
+        raise TruncatedFileError("the gzip body ended before its trailer (CRC and length): the file was cut short")
+
+
+def not_ndjson(url: str, response: requests.Response, exc: Exception) -> BulkDownloadError:
+    ctype = response.headers.get("Content-Type") or "none"
+    return BulkDownloadError(
+        f"{redact_url(url)} answered 200 with a body that is not NDJSON (Content-Type {ctype!r}; {exc}). "
+        "A proxy or gateway may be answering instead of the FHIR server (a login or error page); "
+        "the file was not saved.",
+        url=redact_url(url),
+        content_type=ctype,
+    )
 
 
 def _expected_type(kind: str, rtype: str | None) -> str | None:
@@ -64,8 +131,11 @@ class FileDownloader:
         *,
         requires_access_token: bool,
         on_file_done: Callable[[FileReport], None] | None = None,
+        ledger: LandedFiles | None = None,
     ) -> None:
         self.transport = transport
+        self.ledger = ledger
+        self.attempt = attempt_id()
         self.destination = as_destination(destination)
         self.options = options
         self.requires_access_token = requires_access_token
@@ -148,13 +218,23 @@ class FileDownloader:
         final = directory / name
         report = FileReport(kind, entry.get("type"), url, str(final), count, None, None)
         if self.options.skip_existing and final.exists():
-            # Only ever renamed to this name after its checks passed, so it is complete.
-            report.skipped, report.bytes, report.lines = True, size_of(final), count
-            log.info("Skipping %s: already downloaded by an earlier run.", rel)
-            return report
+            # Only ever renamed to this name after its checks passed, so it is complete; with a ledger,
+            # it must also hold this very file of this very export (not an abandoned export's).
+            if self.ledger is None:
+                report.skipped, report.bytes, report.lines = True, size_of(final), count
+                log.info("Skipping %s: already downloaded by an earlier run.", rel)
+                return report
+            record = self.ledger.owns(rel, url)
+            if record is not None:
+                report.skipped, report.lines = True, record.get("lines")
+                report.bytes = record.get("bytes") if record.get("bytes") is not None else size_of(final)
+                report.count_mismatch = bool(record.get("count_mismatch"))
+                log.info("Skipping %s: already downloaded by an earlier try of this export.", rel)
+                return report
+            log.info("Replacing %s: it does not hold this export's file (left by another export or try).", rel)
         if not is_http_url(url):
             raise BulkDownloadError(f"Refusing to download {url[:100]!r}: not an http(s) URL.", url=url)
-        part = directory / f".{name}.part"
+        part = directory / f".{name}.{self.attempt}.part"  # per attempt: a zombie try never shares it
         expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()
 
@@ -171,23 +251,21 @@ class FileDownloader:
         def give_up(failure: TransientFailure, tries: int) -> Exception:
             return BulkDownloadError(f"{failure} (gave up after {tries} attempts)", url=redact_url(url), path=rel)
 
-        lines, size = self.transport.retry.run(
-            attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
-        )
-        check_counts = self.options.check_counts and count is not None
-        if check_counts and lines != count and expected is None:
-            lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
-        if check_counts and lines != count:
-            discard(part)
-            raise BulkDownloadError(
-                f"{rel} has {lines} resources but the manifest says {count}: the file is incomplete or the "
-                "manifest is wrong (use check_counts=False to accept it).",
-                url=redact_url(url),
-                path=rel,
-                lines=lines,
-                count=count,
+        def fetch() -> tuple[int, int]:
+            lines, size = self.transport.retry.run(
+                attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
             )
+            if self.options.check_counts and count is not None and lines != count and expected is None:
+                lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
+            return lines, size
+
+        lines, size = fetch()
+        if self.options.check_counts and count is not None and lines != count:
+            lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
+            report.count_mismatch = lines != count
         replace(part, final)
+        if self.ledger is not None:
+            self.ledger.record(rel, url, lines, size, report.count_mismatch)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
         log.info(
@@ -224,8 +302,13 @@ class FileDownloader:
                         )
             lines = scanner.finish()
             self._check_complete(response, scanner.bytes, body=body)
+            check_gzip_trailer(response)
         except IncompleteBody as exc:
             raise TransientFailure(str(exc)) from None
+        except TruncatedFileError as exc:
+            raise TransientFailure(str(exc)) from None
+        except NotNdjsonError as exc:
+            raise not_ndjson(url, response, exc) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
         except CorruptBody as exc:
@@ -251,6 +334,54 @@ class FileDownloader:
         finally:
             body.close()  # back to the pool if the body was read whole, else closed
         return lines, scanner.bytes
+
+    def _second_opinion(
+        self, rel: str, url: str, count: int, first: int, fetch: Callable[[], tuple[int, int]], part: Any
+    ) -> tuple[int, int]:
+        """The line count disagrees with the manifest: download once more and compare the two copies.
+
+        Some servers count what they would export without the export's filters (the SMART reference
+        server says 113 for a file holding 0). A second, complete copy with the same lines means the
+        manifest is wrong, not the file: keep it with a warning (``strict_counts`` fails instead).
+        """
+        log.warning(
+            "%s has %d resources but the manifest says %d: downloading it once more to tell a bad copy "
+            "from a wrong manifest count.",
+            rel,
+            first,
+            count,
+        )
+        discard(part)
+        lines, size = fetch()
+        where = {"url": redact_url(url), "path": rel, "lines": lines, "count": count}
+        if lines == count:
+            log.info("The second copy of %s has the %d resources the manifest announced.", rel, count)
+        elif lines != first:
+            discard(part)
+            raise BulkDownloadError(
+                f"{rel}: two complete downloads held {first} and {lines} resources (the manifest says "
+                f"{count}): the server does not serve the same file twice. Retry the task later, or ask "
+                "the server's operators.",
+                **where,
+            )
+        elif self.options.strict_counts:
+            discard(part)
+            raise BulkDownloadError(
+                f"{rel} has {lines} resources but the manifest says {count}, in two complete downloads: "
+                "the manifest's count is wrong. strict_counts=True makes this fail; set strict_counts=False "
+                "to keep such files with a warning (or check_counts=False not to compare at all).",
+                **where,
+            )
+        else:
+            log.warning(
+                "%s has %d resources but the manifest says %d, in two complete downloads: keeping it (the "
+                "server's count is wrong, e.g. it ignores the export's filters). Recorded in the summary's "
+                "count_mismatches; set strict_counts=True to fail instead.",
+                rel,
+                lines,
+                count,
+            )
+        return lines, size
 
     @staticmethod
     def _recount(part: Any) -> int:
@@ -372,8 +503,10 @@ class FileDownloader:
             path = self.destination / "error" / name
             try:
                 with path.open("rb") as handle:
-                    for line in handle:
-                        if line.strip():
+                    for number, (line, clipped) in enumerate(bounded_lines(handle, MAX_ISSUE_LINE), 1):
+                        if clipped:
+                            self._classify_clipped(report, line, name, number)
+                        elif line.strip():
                             self._classify_line(report, line, name)
             except OSError as exc:
                 issue = {"severity": "warning", "code": "client", "diagnostics": f"{name}: {exc}"}
@@ -387,8 +520,25 @@ class FileDownloader:
         for issue in found:
             self._add_issue(report, classify_issue(issue))
 
+    def _classify_clipped(self, report: DownloadReport, head: bytes, name: str, number: int) -> None:
+        """A line too long to parse in bounded memory: classify it by the fields its head shows."""
+        text = head.decode("utf-8", "replace")
+        severity = _FIELD["severity"].search(text)
+        code = _FIELD["code"].search(text)
+        diagnostics = _FIELD["diagnostics"].search(text)
+        self._add_issue(
+            report,
+            {
+                "severity": severity.group(1).lower() if severity else "warning",
+                "code": code.group(1) if code else "client",
+                "diagnostics": f"{name} line {number} is longer than {MAX_ISSUE_LINE // 1024} KiB and was not "
+                f"parsed; it begins: {diagnostics.group(1) if diagnostics else text}",
+            },
+        )
+
     @staticmethod
     def _add_issue(report: DownloadReport, issue: dict[str, str]) -> None:
+        issue = {k: clip_text(v) for k, v in issue.items()}
         if issue["severity"] in ERROR_SEVERITIES:
             report.error_issue_count += 1
             if len(report.error_issues) < MAX_LISTED_ISSUES:

@@ -293,7 +293,10 @@ class DownloadOptions:
     """How files are downloaded and checked; one object travels from the operator to each file.
 
     :param max_concurrent_downloads: files downloaded at the same time.
-    :param check_counts: compare each file's line count with the manifest ``count``.
+    :param check_counts: compare each file's line count with the manifest ``count``; a file that
+        disagrees is downloaded a second time, and kept (with a warning, listed in ``count_mismatches``)
+        when both complete copies agree with each other.
+    :param strict_counts: fail such a file instead of keeping it.
     :param check_resource_types: also check every line's ``resourceType`` (costs throughput: the scan
         holds Python's GIL; see benchmarks/).
     :param skip_existing: keep files already under their final name (they were checked before the rename).
@@ -305,6 +308,7 @@ class DownloadOptions:
 
     max_concurrent_downloads: int = 4
     check_counts: bool = True
+    strict_counts: bool = False
     check_resource_types: bool = False
     skip_existing: bool = True
     min_download_rate: float = 4096.0  # with the window: reads of CHUNK_SIZE, progress judged per read
@@ -340,6 +344,7 @@ class FileReport:
     skipped: bool = False
     seconds: float = 0.0
     attempts: int = 0
+    count_mismatch: bool = False  # kept although ``lines`` != ``count`` (two copies agreed)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -369,6 +374,13 @@ class DownloadReport:
     def lines(self) -> int:
         return sum(f.lines or 0 for f in self.files)
 
+    @property
+    def count_mismatches(self) -> list[dict[str, Any]]:
+        """Files kept although their line count differs from the manifest's ``count``."""
+        return [
+            {"path": f.path, "type": f.type, "count": f.count, "lines": f.lines} for f in self.files if f.count_mismatch
+        ]
+
     def totals(self) -> dict[str, Any]:
         skipped = sum(1 for f in self.files if f.skipped)
         return {
@@ -379,6 +391,7 @@ class DownloadReport:
             "lines": self.lines,
             "error_issues": self.error_issue_count,
             "warnings": self.warning_count,
+            "count_mismatches": sum(1 for f in self.files if f.count_mismatch),
             "seconds": round(self.seconds, 3),
         }
 
@@ -388,4 +401,5 @@ class DownloadReport:
             "totals": self.totals(),
             "error_issues": list(self.error_issues),
             "warnings": list(self.warnings),
+            "count_mismatches": self.count_mismatches,
         }

@@ -14,6 +14,8 @@ import re
 from typing import Any
 
 from airflow_provider_smart.bulk.models import MANIFEST_LISTS, TYPE_NAME, ExportManifest
+from airflow_provider_smart.bulk.storage import url_key
+from airflow_provider_smart.bulk.urls import redact_url
 from airflow_provider_smart.exceptions import BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -44,27 +46,40 @@ def relative_path(kind: str, name: str, n: int) -> str:
 
 
 def plan_files(manifest: ExportManifest) -> list[dict[str, Any]]:
-    """Every file of ``manifest`` as a JSON-safe dict ``{"kind", "type", "url", "count", "path"}``.
+    """Every file of ``manifest`` as a JSON-safe dict ``{"kind", "type", "url", "key", "count", "path"}``.
 
     ``path`` is relative to the destination: ``<Type>.<n>.ndjson``, ``deleted/<Type>.<n>.ndjson`` or
-    ``error/<Type>.<n>.ndjson``, ``n`` counting from 1 per kind and type in manifest order. These are
-    the names :meth:`BulkExportClient.download` uses, so batches and whole downloads agree.
+    ``error/<Type>.<n>.ndjson``, ``n`` counting from 1 per kind and type in the order of the files'
+    URLs, not of the manifest: a server that lists files in another order on each read still gets the
+    same names, so mapped batches (each reading the manifest again) and whole downloads agree. ``key``
+    names the URL without revealing it. A URL listed twice is planned once.
     """
-    counters: dict[tuple[str, str], int] = {}
-    planned = []
+    seen: set[str] = set()
+    unique = []
     for kind, f in manifest.files:
-        name = safe_type_name(f.type)
-        n = counters[(kind, name)] = counters.get((kind, name), 0) + 1
-        planned.append(
-            {
-                "kind": kind,
-                "type": f.type,
-                "url": f.url,
-                "count": f.count,
-                "path": relative_path(kind, name, n),
-            }
-        )
-    return planned
+        if f.url in seen:
+            log.warning("The manifest lists %s twice: downloading it once.", redact_url(f.url))
+            continue
+        seen.add(f.url)
+        unique.append((kind, f))
+    names = {f.url: safe_type_name(f.type) for _, f in unique}
+    numbers: dict[str, int] = {}
+    by_name: dict[tuple[str, str], list[str]] = {}
+    for kind, f in unique:
+        by_name.setdefault((kind, names[f.url]), []).append(f.url)
+    for urls in by_name.values():
+        numbers.update({url: n for n, url in enumerate(sorted(urls), 1)})
+    return [
+        {
+            "kind": kind,
+            "type": f.type,
+            "url": f.url,
+            "key": url_key(f.url),
+            "count": f.count,
+            "path": relative_path(kind, names[f.url], numbers[f.url]),
+        }
+        for kind, f in unique
+    ]
 
 
 def check_entry(entry: Any) -> tuple[str, str]:
@@ -125,12 +140,18 @@ def batch(
 
 
 def plan_batches(manifest: ExportManifest, status_url: str, max_batches: int) -> list[dict[str, Any]]:
-    """The manifest's files in at most ``max_batches`` batches ``{"status_url", "paths", "count"}``.
+    """The manifest's files in at most ``max_batches`` batches ``{"status_url", "keys", "paths", "count"}``.
 
-    Batches name files by their planned path only: they travel through XCom, which must never hold file
-    URLs (pre-signed ones are capabilities), and each download re-reads the manifest for fresh links.
+    Batches name files by their URL's ``key`` (and planned path): they travel through XCom, which must
+    never hold file URLs (pre-signed ones are capabilities), and each download re-reads the manifest for
+    fresh links and finds its files by key, whatever order that read lists them in.
     """
     return [
-        {"status_url": status_url, "paths": [f["path"] for f in files], "count": sum(f["count"] or 0 for f in files)}
+        {
+            "status_url": status_url,
+            "keys": [f["key"] for f in files],
+            "paths": [f["path"] for f in files],
+            "count": sum(f["count"] or 0 for f in files),
+        }
         for files in batch(plan_files(manifest), max_batches=max_batches)
     ]

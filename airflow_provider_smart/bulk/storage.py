@@ -7,9 +7,17 @@ Airflow adapter's job; this module never imports Airflow.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +42,38 @@ def as_destination(destination: Any) -> Any:
     return Path(os.fspath(destination))
 
 
+def attempt_id() -> str:
+    """A name part unique to this attempt: two attempts (a zombie task and its retry) never share a file."""
+    host = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:24] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # e.g. directories cannot be opened on Windows: nothing more we can do
+    try:
+        os.fsync(fd)
+    except OSError:
+        log.debug("fsync of %s failed", path, exc_info=True)
+    finally:
+        os.close(fd)
+
+
 def replace(part: Any, final: Any) -> None:
-    """Move a finished temporary file to its final name (atomic and overwriting on local disks)."""
+    """Move a finished temporary file to its final name (atomic and overwriting on local disks).
+
+    On a local disk the file's data reach the disk before the rename, and the rename before we go
+    on (fsync of the file, then of its directory): after a power cut, a file under its final name is
+    whole. Object stores publish an object whole on close, so there is nothing to sync there.
+    """
+    if isinstance(part, Path):
+        _fsync_path(part)
+        part.replace(final)
+        _fsync_path(final.parent, directory=True)
+        return
     try:
         part.replace(final)
     except (AttributeError, NotImplementedError):
@@ -72,3 +110,194 @@ def write_json_atomically(path: Any, data: dict[str, Any]) -> None:
     with partial.open("w") as handle:
         json.dump(data, handle, indent=2, default=str)
     replace(partial, path)
+
+
+def url_key(url: str) -> str:
+    """A stable, non-secret name for a file URL (pre-signed URLs are capabilities: never in XCom)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+RECORDS_DIR = ".smart-files"
+
+
+class LandedFiles:
+    """Which export each landed file belongs to: one small record per file, written after its rename.
+
+    A file counts as "already downloaded" only when its record names the same export (status URL)
+    and the same file URL; anything else is another export's file and is replaced. One record per file
+    (not one shared list) lets mapped download tasks write concurrently, on object stores too.
+    """
+
+    def __init__(self, destination: Any, status_url: str, transaction_time: str | None) -> None:
+        self.destination = destination
+        self.status_url = status_url
+        self.transaction_time = transaction_time
+        self.root = destination / RECORDS_DIR
+
+    def _record_path(self, rel: str) -> Any:
+        return self.root / (rel.replace("/", "__") + ".json")
+
+    def lookup(self, rel: str) -> dict[str, Any] | None:
+        try:
+            record = read_json(self._record_path(rel))
+        except (OSError, ValueError):
+            return None
+        return record
+
+    def owns(self, rel: str, url: str) -> dict[str, Any] | None:
+        """The record of ``rel`` if it holds ``url`` of this export, else None."""
+        record = self.lookup(rel)
+        if record and record.get("status_url") == self.status_url and record.get("key") == url_key(url):
+            return record
+        return None
+
+    def record(self, rel: str, url: str, lines: int | None, size: int | None, count_mismatch: bool) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = {
+            "path": rel,
+            "key": url_key(url),
+            "status_url": self.status_url,
+            "transaction_time": self.transaction_time,
+            "lines": lines,
+            "bytes": size,
+            "count_mismatch": count_mismatch,
+        }
+        with self._record_path(rel).open("w") as handle:
+            json.dump(data, handle)
+
+    def sweep_other_exports(self) -> int:
+        """Delete the files (and records) another export left here; returns how many."""
+        iterdir = getattr(self.root, "iterdir", None)
+        if not self.root.exists() or iterdir is None:
+            return 0
+        removed = 0
+        for path in list(iterdir()):
+            try:
+                record = read_json(path)
+            except (OSError, ValueError):
+                record = None
+            if record and record.get("status_url") == self.status_url:
+                continue
+            rel = (record or {}).get("path")
+            if isinstance(rel, str) and ".." not in rel and not rel.startswith("/"):
+                discard(self.destination / rel)
+                removed += 1
+            discard(path)
+        return removed
+
+
+LEASE_FILE = ".smart-export.lease"
+LEASE_STALE_AFTER = 300.0  # seconds without a heartbeat after which a lease may be taken over
+LEASE_HEARTBEAT = 30.0
+
+
+class DestinationLease:
+    """An exclusive lease on a destination: owner, host, pid, heartbeat; a stale one is taken over.
+
+    Local disks create the lease file exclusively (``O_EXCL``); object stores have no such primitive,
+    so there the lease is written and read back (last writer wins a race, which the heartbeat narrows).
+    Taking the lease also proves the destination writable, before anything is started on the server.
+    """
+
+    def __init__(self, destination: Any, owner: str, *, stale_after: float = LEASE_STALE_AFTER) -> None:
+        self.destination = destination
+        self.path = destination / LEASE_FILE
+        self.owner = owner
+        self.stale_after = stale_after
+        self.me = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt_id()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> dict[str, Any]:
+        return {**self.me, "heartbeat": time.time()}
+
+    def _write(self, exclusive: bool) -> None:
+        data = json.dumps(self._body()).encode()
+        if exclusive and isinstance(self.path, Path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return
+        partial = self.destination / f".{LEASE_FILE}.{self.me['attempt']}.part"
+        with partial.open("wb") as handle:
+            handle.write(data)
+        replace(partial, self.path)
+
+    def _held_by_other(self) -> dict[str, Any] | None:
+        try:
+            current = read_json(self.path)
+        except (OSError, ValueError):
+            return None
+        if not current or current.get("attempt") == self.me["attempt"]:
+            return None
+        age = time.time() - float(current.get("heartbeat") or 0)
+        if age > self.stale_after:
+            log.warning(
+                "Taking over the lease on %s from %s (host %s, pid %s): no heartbeat for %.0f s.",
+                self.destination,
+                current.get("owner"),
+                current.get("host"),
+                current.get("pid"),
+                age,
+            )
+            return None
+        return {**current, "age": age}
+
+    def acquire(self) -> None:
+        from airflow_provider_smart.exceptions import BulkExportError
+
+        try:
+            self.destination.mkdir(parents=True, exist_ok=True)
+            if isinstance(self.path, Path):
+                try:
+                    self._write(exclusive=True)
+                    return self._start_heartbeat()
+                except FileExistsError:
+                    pass
+            other = self._held_by_other()
+            if other is None:
+                self._write(exclusive=False)
+                other = self._held_by_other()  # read back: did another attempt write at the same time?
+        except OSError as exc:
+            raise BulkExportError(
+                f"Cannot write to the destination {self.destination} ({type(exc).__name__}: {exc}); nothing "
+                "was started on the server. Fix its permissions or free space, or choose another destination.",
+                destination=str(self.destination),
+            ) from None
+        if other is not None:
+            raise BulkExportError(
+                f"The destination {self.destination} is in use by {other.get('owner')} (host {other.get('host')}, "
+                f"pid {other.get('pid')}, last heartbeat {other['age']:.0f} s ago). Two attempts must not write "
+                f"one destination: wait for it to finish; if it is dead, its lease expires after "
+                f"{self.stale_after:.0f} s without a heartbeat (or delete {LEASE_FILE}).",
+                destination=str(self.destination),
+            )
+        self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(LEASE_HEARTBEAT):
+                with contextlib.suppress(Exception):
+                    self._write(exclusive=False)
+
+        self._thread = threading.Thread(target=beat, daemon=True, name="smart-lease-heartbeat")
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            current = read_json(self.path)
+            if current and current.get("attempt") == self.me["attempt"]:
+                self.path.unlink()
+        except (OSError, ValueError):
+            log.debug("Could not release the lease %s", self.path, exc_info=True)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,14 @@ from airflow_provider_smart.bulk.models import (
     StatusResult,
 )
 from airflow_provider_smart.bulk.plan import plan_files
-from airflow_provider_smart.bulk.storage import as_destination, read_json, write_json_atomically
+from airflow_provider_smart.bulk.storage import (
+    DestinationLease,
+    LandedFiles,
+    as_destination,
+    attempt_id,
+    read_json,
+    write_json_atomically,
+)
 from airflow_provider_smart.bulk.urls import redact_url
 from airflow_provider_smart.exceptions import BulkExportError
 
@@ -36,7 +44,10 @@ log = logging.getLogger("airflow_provider_smart.bulk")
 STATE_FILE = ".smart-export.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
-MAX_LISTED_ERROR_ISSUES = 10
+MAX_LISTED_ERROR_ISSUES = 10  # in the error message
+MAX_SUMMARY_ISSUES = 100  # in the summary (XCom, manifest.json); the totals count them all
+# A FHIR instant: date, time to the second (fractions optional) and a zone.
+INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
 
 def fingerprint(identity: dict[str, Any]) -> str:
@@ -62,6 +73,9 @@ class ExportWorkflow:
     :param options: how files are downloaded and checked.
     :param delete_on_success: DELETE the export on the server once its files are saved (Epic and
         Cerner allow one export per client at a time: free the slot once the files are ours).
+    :param run_id: the run that owns the destination (Airflow's run id): a destination holding another
+        run's export is refused, so a daily run into a non-templated destination fails loudly instead
+        of returning yesterday's files.
     """
 
     def __init__(
@@ -72,6 +86,7 @@ class ExportWorkflow:
         *,
         options: DownloadOptions | None = None,
         delete_on_success: bool = True,
+        run_id: str | None = None,
     ) -> None:
         self.client = client
         self.destination = as_destination(destination)
@@ -81,6 +96,24 @@ class ExportWorkflow:
         self.delete_on_success = delete_on_success
         self.state_path = self.destination / STATE_FILE
         self.manifest_path = self.destination / MANIFEST_FILE
+        self.run_id = run_id
+        self.owner = run_id or f"attempt {attempt_id()}"
+
+    def lease(self) -> DestinationLease:
+        """An exclusive lease on the destination for this attempt (``with workflow.lease().held(): ...``)."""
+        return DestinationLease(self.destination, self.owner)
+
+    def _refuse_other_run(self, recorded: dict[str, Any], what: str) -> None:
+        other = recorded.get("run_id")
+        if self.run_id is None or other is None or other == self.run_id:
+            return
+        raise BulkExportError(
+            f"{self.destination} holds {what} of another run ({other}); this run is {self.run_id}. "
+            "Each run needs its own destination: template it, e.g. destination='.../{{ ds }}/' or "
+            "'.../{{ run_id }}/' (or empty this one if that run's files are no longer wanted).",
+            destination=str(self.destination),
+            run_id=other,
+        )
 
     # -- what the destination holds ---------------------------------------------------------------
     def completed_summary(self) -> dict[str, Any] | None:
@@ -89,6 +122,7 @@ class ExportWorkflow:
         if manifest is None:
             return None
         summary = manifest.get("summary") or {}
+        self._refuse_other_run(summary, "the completed export")
         if summary.get("fingerprint") != self.fingerprint:
             raise BulkExportError(
                 f"{self.destination} already holds a completed export with other parameters "
@@ -110,6 +144,16 @@ class ExportWorkflow:
                 f"fresh destination, or delete {STATE_FILE} and the files there if that export is abandoned.",
                 destination=str(self.destination),
             )
+        other = state.get("run_id")
+        if self.run_id is not None and other is not None and other != self.run_id:
+            # Same parameters, unfinished: a failed run re-triggered. Its export is what this run asks
+            # for, so adopt it (a completed export of another run, by contrast, is refused).
+            log.warning(
+                "Adopting the unfinished export run %s started here with the same parameters (%s).",
+                other,
+                redact_url(str(state.get("status_url"))),
+            )
+            self._record_kickoff(str(state["status_url"]))
         return str(state["status_url"])
 
     def _record_kickoff(self, status_url: str) -> None:
@@ -119,6 +163,7 @@ class ExportWorkflow:
             "fingerprint": self.fingerprint,
             "kicked_off_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "request": self.identity,
+            "run_id": self.run_id,
         }
         write_json_atomically(self.state_path, state)
 
@@ -128,7 +173,15 @@ class ExportWorkflow:
 
     # -- steps ------------------------------------------------------------------------------------
     def start(self, request: ExportRequest) -> StartedExport:
-        """Re-attach to the export an earlier attempt started if it still exists, else kick off."""
+        """Re-attach to the export an earlier attempt started if it still exists, else kick off.
+
+        The destination is leased (which also proves it writable) before anything is started on the
+        server: an unwritable destination never leaves an orphan export behind.
+        """
+        with self.lease().held():
+            return self._start(request)
+
+    def _start(self, request: ExportRequest) -> StartedExport:
         status_url = self.export_in_flight()
         if status_url:
             log.info("Re-attaching to the export an earlier try started: %s", redact_url(status_url))
@@ -137,35 +190,91 @@ class ExportWorkflow:
             except BulkExportError as exc:
                 # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
                 log.warning("That export cannot be resumed (%s); starting a new one.", exc)
+                removed = LandedFiles(self.destination, "", None).sweep_other_exports()
+                if removed:
+                    log.warning("Removed %d file(s) the abandoned export had landed here.", removed)
                 self._forget_kickoff()
         status_url = self.client.kick_off(request)
         self._record_kickoff(status_url)
         return StartedExport(status_url)
 
     def land(self, status_url: str, manifest: ExportManifest) -> dict[str, Any]:
-        """Download every file not yet here, write ``manifest.json``, and delete the export if asked."""
-        started = time.monotonic()
-        report = self.client.download(manifest, self.destination, self.options)
-        summary = self._record_completion(status_url, manifest, report)
+        """Download every file not yet here, write ``manifest.json``, and delete the export if asked.
+
+        Holds the destination's lease throughout. Before anything is deleted on the server, every file
+        of the manifest must be on disk exactly once, as this export's file.
+        """
+        check_transaction_time(manifest)
+        with self.lease().held():
+            started = time.monotonic()
+            ledger = self._ledger(status_url, manifest)
+            report = self.client.download(manifest, self.destination, self.options, ledger=ledger)
+            self._verify_landed(status_url, manifest, ledger)
+            summary = self._record_completion(status_url, manifest, report)
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
         if self.delete_on_success:
-            self.client.cancel(status_url)
+            self._delete_landed(status_url)
         return summary
+
+    def _ledger(self, status_url: str, manifest: ExportManifest) -> LandedFiles:
+        ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)
+        removed = ledger.sweep_other_exports()
+        if removed:
+            log.warning("Removed %d file(s) another (abandoned) export had landed in %s.", removed, self.destination)
+        return ledger
+
+    def _verify_landed(self, status_url: str, manifest: ExportManifest, ledger: LandedFiles) -> None:
+        """Every manifest file is on disk exactly once, as this export's file; else nothing is deleted."""
+        planned = plan_files(manifest)
+        missing = [e["path"] for e in planned if ledger.owns(e["path"], e["url"]) is None]
+        if missing:
+            listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise BulkExportError(
+                f"{len(missing)} of {len(planned)} file(s) of export {redact_url(status_url)} are not in "
+                f"{self.destination} as this export's files: {listed}. The export was not deleted on the "
+                "server; retry the task to fetch them.",
+                status_url=status_url,
+                destination=str(self.destination),
+            )
+
+    def _delete_landed(self, status_url: str) -> None:
+        """DELETE the export once its files are ours; the data is safe, so a refusal is only a warning."""
+        try:
+            if not self.client.cancel(status_url):
+                log.warning("The export %s was already gone when deleting it after landing.", redact_url(status_url))
+        except BulkExportError as exc:
+            log.warning(
+                "Every file landed, but deleting the export on the server failed (%s). The data is safe; the "
+                "server will expire the export (set delete_on_success=False if it does not allow DELETE).",
+                exc,
+            )
 
     def land_completed(self, status_url: str) -> dict[str, Any]:
         """Land an export that must already be complete on the server (no waiting)."""
         return self.land(status_url, self._completed_manifest(status_url))
 
-    def land_batch(self, status_url: str, paths: list[str]) -> DownloadReport:
-        """Download one batch of a complete export (the files the planned ``paths`` name)."""
+    def land_batch(self, status_url: str, paths: list[str], keys: list[str] | None = None) -> DownloadReport:
+        """Download one batch of a complete export: the files whose URL ``keys`` it lists (older batches
+        without keys name planned ``paths``). Files are found by key whatever order this read of the
+        manifest lists them in; several batches may run at once (no lease: they write disjoint files)."""
         manifest = self._completed_manifest(status_url)
-        wanted = set(paths)
-        entries = [e for e in plan_files(manifest) if e["path"] in wanted]
+        planned = plan_files(manifest)
+        if keys is not None:
+            wanted, field = set(keys), "key"
+        else:
+            wanted, field = set(paths), "path"
+        entries = [e for e in planned if e[field] in wanted]
         if len(entries) != len(wanted):
             raise BulkExportError(
                 f"{len(wanted) - len(entries)} file(s) of this batch are no longer in the export's manifest "
                 f"({redact_url(status_url)}); re-run the sensor to plan again.",
+                status_url=status_url,
+            )
+        if keys is not None and paths and sorted(e["path"] for e in entries) != sorted(paths):
+            raise BulkExportError(
+                f"The export's manifest ({redact_url(status_url)}) no longer gives this batch's files the names "
+                "the sensor planned; re-run the sensor to plan again.",
                 status_url=status_url,
             )
         return self.client.download_batch(
@@ -174,6 +283,7 @@ class ExportWorkflow:
             self.options,
             requires_access_token=manifest.requires_access_token,
             status_url=status_url,
+            ledger=LandedFiles(self.destination, status_url, manifest.transaction_time),
         )
 
     def _completed_manifest(self, status_url: str) -> ExportManifest:
@@ -195,15 +305,40 @@ class ExportWorkflow:
             "requires_access_token": manifest.requires_access_token,
             "destination": str(self.destination),
             "fingerprint": self.fingerprint,
+            "run_id": self.run_id,
             "output": [_summary_entry(f) for f in files if f["kind"] == "output"],
             "deleted": [_summary_entry(f) for f in files if f["kind"] == "deleted"],
             "error": [_summary_entry(f) for f in files if f["kind"] == "error"],
-            # fatal/error OperationOutcome issues from the error files
-            "error_issues": list(report.error_issues),
+            # fatal/error OperationOutcome issues from the error files (capped, diagnostics truncated)
+            "error_issues": list(report.error_issues[:MAX_SUMMARY_ISSUES]),
+            "error_issue_count": report.error_issue_count,
+            "warning_count": report.warning_count,
+            # files kept although their line count is not the manifest's (two complete copies agreed)
+            "count_mismatches": [
+                {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
+            ],
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()
         return summary
+
+
+def check_transaction_time(manifest: ExportManifest) -> None:
+    """``transactionTime`` must be a FHIR instant: it is what the next ``since="auto"`` run starts from."""
+    value = manifest.transaction_time
+    if value is None:
+        log.warning(
+            "The export's manifest has no transactionTime: runs using since='auto' after this one cannot "
+            "start from it and will export everything again."
+        )
+        return
+    if not isinstance(value, str) or not INSTANT.fullmatch(value.strip()):
+        raise BulkExportError(
+            f"The export's manifest has transactionTime {str(value)[:80]!r}, which is not a FHIR instant "
+            "(e.g. 2024-05-01T00:00:00Z). It would break every later since='auto' run, so the export is "
+            "not landed; the server is not Bulk Data conformant (report it), or pass since explicitly.",
+            url=manifest.status_url,
+        )
 
 
 def _summary_entry(f: dict[str, Any]) -> dict[str, Any]:
@@ -213,17 +348,47 @@ def _summary_entry(f: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def raise_for_error_issues(summary: dict[str, Any]) -> None:
-    """Fail when the export's error files reported fatal/error issues (after every file was saved)."""
+def _relative(path: str, destination: Any) -> str:
+    root = str(destination).rstrip("/") + "/"
+    return path[len(root) :] if path.startswith(root) else path
+
+
+def _issue_listing(summary: dict[str, Any]) -> tuple[int, str]:
     found = summary.get("error_issues") or []
-    if found:
-        listed = "; ".join(
-            f"{i.get('severity')} {i.get('code')}: {i.get('diagnostics')}" for i in found[:MAX_LISTED_ERROR_ISSUES]
-        )
+    total = int(summary.get("error_issue_count") or len(found))
+    listed = "; ".join(
+        f"{i.get('severity')} {i.get('code')}: {i.get('diagnostics')}" for i in found[:MAX_LISTED_ERROR_ISSUES]
+    )
+    if total > MAX_LISTED_ERROR_ISSUES:
+        listed += f"; ... {total - MAX_LISTED_ERROR_ISSUES} more (see the summary's error_issues and error/)"
+    return total, listed
+
+
+def raise_for_error_issues(summary: dict[str, Any]) -> None:
+    """Fail when the export's error files reported fatal/error issues (after every file was saved).
+
+    Used when the operator's ``fail_on_error_issues=True``; by default they are only logged
+    (:func:`log_error_issues`): one resource the server could not export must not block a pipeline.
+    """
+    total, listed = _issue_listing(summary)
+    if total:
         raise BulkExportError(
-            f"The server reported {len(found)} error issue(s) in the export's error files "
-            f"(all files were saved to {summary.get('destination')}): {listed}",
+            f"The server reported {total} error issue(s) in the export's error files "
+            f"(all files were saved to {summary.get('destination')}; fail_on_error_issues=True makes this "
+            f"fail, False only logs them): {listed}",
             destination=summary.get("destination"),
+        )
+
+
+def log_error_issues(summary: dict[str, Any]) -> None:
+    """Log the error files' fatal/error issues at error level without failing (the default)."""
+    total, listed = _issue_listing(summary)
+    if total:
+        log.error(
+            "The server reported %d error issue(s) in the export's error files; the export landed anyway "
+            "(set fail_on_error_issues=True to fail the task on them): %s",
+            total,
+            listed,
         )
 
 

@@ -40,6 +40,8 @@ class _ExportTaskMixin:
     max_concurrent_downloads: int
     check_resource_types: bool
     delete_on_success: bool
+    strict_counts: bool = False
+    fail_on_error_issues: bool = False
     transient_retries: int | None = None
     comma_join_repeats: bool = False
     _smart_export_summary: dict[str, Any] | None = None  # kept by emit_asset_events for the lineage below
@@ -63,13 +65,14 @@ class _ExportTaskMixin:
         if "hook" in self.__dict__:
             self.hook.ensure_tokens_saved()
 
-    def workflow(self, identity: dict[str, Any]) -> ExportWorkflow:
+    def workflow(self, identity: dict[str, Any], run_id: str | None = None) -> ExportWorkflow:
         from airflow_provider_smart.bulk import DownloadOptions, ExportWorkflow
         from airflow_provider_smart.operators._destination import resolve_destination
 
         options = DownloadOptions(
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
+            strict_counts=self.strict_counts,
         )
         return ExportWorkflow(
             self.client,
@@ -77,7 +80,16 @@ class _ExportTaskMixin:
             identity,
             options=options,
             delete_on_success=self.delete_on_success,
+            run_id=run_id,
         )
+
+    def _check_error_issues(self, summary: dict[str, Any]) -> None:
+        from airflow_provider_smart.bulk.workflow import log_error_issues, raise_for_error_issues
+
+        if self.fail_on_error_issues:
+            raise_for_error_issues(summary)
+        else:
+            log_error_issues(summary)
 
 
 class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
@@ -121,6 +133,12 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param check_resource_types: also check every line's ``resourceType`` against the manifest entry's
         type (line counts are always checked). Off by default: on a 2-core worker it costs about half the
         download throughput, because the scan holds Python's GIL (see benchmarks/).
+    :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
+        second download gives the same count (by default it is kept with a warning and listed in the
+        summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
+        report fatal/error issues. By default they are logged at error level and listed in the summary
+        (``error_issues``, ``error_issue_count``), and the task succeeds.
     :param delete_on_success: DELETE the export on the server once its files are saved.
     :param cancel_on_kill: DELETE the export when the task is killed or the wait times out.
     :param scope: request this scope instead of the connection's.
@@ -166,6 +184,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         max_concurrent_downloads: int = 4,
         transient_retries: int = 5,
         check_resource_types: bool = False,
+        strict_counts: bool = False,
+        fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
         cancel_on_kill: bool = True,
         scope: str | None = None,
@@ -203,6 +223,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.max_concurrent_downloads = max_concurrent_downloads
         self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
+        self.strict_counts = strict_counts
+        self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.cancel_on_kill = cancel_on_kill
         self.scope = scope
@@ -243,7 +265,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     # --- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         export_request = self._export_request(context)
-        workflow = self.workflow(export_request) if self.destination else None
+        workflow = self.workflow(export_request, context["run_id"]) if self.destination else None
         if workflow is not None and (done := workflow.completed_summary()) is not None:
             self.log.info("This export already landed in %s; nothing to do.", workflow.destination)
             return self._finish(context, done)
@@ -384,7 +406,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         except ExportTimeoutError:
             self._cancel_if_asked(status_url, "the wait timed out")
             raise
-        workflow = self.workflow(export_request or {})
+        workflow = self.workflow(export_request or {}, context["run_id"])
         return self._complete(context, workflow, status_url, self.client.poll(status_url).manifest)
 
     def _complete(
@@ -394,9 +416,12 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return self._finish(context, workflow.land(status_url, manifest))
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
-        from airflow_provider_smart.bulk.workflow import raise_for_error_issues
-
-        raise_for_error_issues(summary)
+        self._check_error_issues(summary)
+        if self.since == "auto" and not summary.get("transaction_time"):
+            self.log.warning(
+                "since='auto': the server's manifest has no transactionTime, so the next run cannot start from "
+                "this one and will be a full export."
+            )
         # Pushed only on success: it is what the next run's since="auto" starts from.
         context["ti"].xcom_push(key="transaction_time", value=summary.get("transaction_time"))
         emit_asset_events(context, self.outlets, summary)
@@ -425,7 +450,16 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
 
     :param status_url: the export's status URL (templated; e.g. the kick-off task's XCom).
     :param destination: a local path or ``ObjectStoragePath`` URI, the same for every batch.
-    :param batch: ``{"status_url", "paths": [...]}``: one item of the sensor's batch list.
+    :param batch: ``{"status_url", "keys": [...], "paths": [...]}``: one item of the sensor's batch list.
+        Files are found by their URL's key, so a server that lists files in another order on each
+        read still gets every file fetched once. The finishing step (no ``batch``) checks that every
+        manifest file landed exactly once before it deletes the export.
+    :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
+        second download gives the same count (by default it is kept with a warning and listed in the
+        summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
+        report fatal/error issues. By default they are logged at error level and listed in the summary
+        (``error_issues``, ``error_issue_count``), and the task succeeds.
     """
 
     template_fields: Sequence[str] = ("smart_conn_id", "status_url", "destination", "batch", "scope")
@@ -440,6 +474,8 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         smart_conn_id: str = SmartHook.default_conn_name,
         max_concurrent_downloads: int = 4,
         check_resource_types: bool = False,
+        strict_counts: bool = False,
+        fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
         scope: str | None = None,
         **kwargs: Any,
@@ -453,21 +489,25 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.smart_conn_id = smart_conn_id
         self.max_concurrent_downloads = max_concurrent_downloads
         self.check_resource_types = check_resource_types
+        self.strict_counts = strict_counts
+        self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.scope = scope
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.batch:
             status_url = self.batch["status_url"]
-            report = self.workflow({"status_url": status_url}).land_batch(status_url, list(self.batch["paths"]))
+            keys = self.batch.get("keys")
+            workflow = self.workflow({"status_url": status_url}, context["run_id"])
+            report = workflow.land_batch(
+                status_url, list(self.batch.get("paths") or []), list(keys) if keys is not None else None
+            )
             totals = report.totals()
             self.log.info("Batch done: %s", totals)
             return totals
         assert self.status_url
-        from airflow_provider_smart.bulk.workflow import raise_for_error_issues
-
-        workflow = self.workflow({"status_url": self.status_url})
+        workflow = self.workflow({"status_url": self.status_url}, context["run_id"])
         summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
-        raise_for_error_issues(summary)
+        self._check_error_issues(summary)
         emit_asset_events(context, self.outlets, summary)
         return summary

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 class SmartBulkExportSensor(BaseSensorOperator):
     """Wait until the export at ``status_url`` is complete; return its files, planned in batches.
 
-    The return value (XCom) is a list of batches ``{"status_url", "paths", "count"}``
+    The return value (XCom) is a list of batches ``{"status_url", "keys", "paths", "count"}`` (``keys``
+    name file URLs by hash: URLs never travel through XCom)
     ready for ``SmartBulkExportDownloadOperator.partial(...).expand(batch=sensor.output)``. Files are
     grouped so the list never exceeds ``max_batches`` (Airflow caps a mapped list at
     ``[core] max_map_length``, 1,024 by default, while Cerner-style exports hold 20,000+ small files).

@@ -128,13 +128,13 @@ def test_destination_holding_another_export_is_refused(
     airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
 ) -> None:
     dest = tmp_path / "shared"
-    ok, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
-    assert ok.state == "success"
+    ok, summary = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert ok.state == "success" and summary["run_id"] == ok.run_id
+    # The next run (same parameters, non-templated destination) is refused, not "already landed".
     again, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
-    assert again.state == "success"  # the same export: already landed, nothing to do
-    other, _ = run_export(monkeypatch, dest, resource_types=["Condition"])
-    assert other.state == "failed"
-    assert "already holds a completed export" in capfd.readouterr().out
+    assert again.state == "failed"
+    out = capfd.readouterr().out
+    assert f"another run ({ok.run_id})" in out and "template it" in out
     assert len(sandbox.kickoffs) == 1
 
 
@@ -151,12 +151,17 @@ def test_failed_export_fails_the_task_with_the_server_diagnostics(
     assert len(sandbox.kickoffs) == 2
 
 
-def test_fatal_error_file_fails_after_saving_everything(
+def test_error_file_issues_are_logged_not_fatal_unless_asked(
     airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
 ) -> None:
     sandbox.add_error_file("error")
     dest = tmp_path / "with-errors"
-    run, _ = run_export(monkeypatch, dest, resource_types=["Patient"])
+    run, summary = run_export(monkeypatch, dest, resource_types=["Patient"])
+    assert run.state == "success"
+    assert summary["error_issue_count"] == 2 and len(summary["error_issues"]) == 2
+    sandbox.add_error_file("error")
+    dest = tmp_path / "with-errors-strict"
+    run, _ = run_export(monkeypatch, dest, resource_types=["Patient"], fail_on_error_issues=True)
     assert run.state == "failed"
     assert "error issue" in capfd.readouterr().out
     assert (dest / "Patient.1.ndjson").exists() and list((dest / "error").glob("*.ndjson"))
@@ -184,7 +189,7 @@ def test_export_to_an_object_storage_destination(
     run, summary = run_export(monkeypatch, "memory://bucket/fhir/run-1", resource_types=["Patient", "Condition"])  # type: ignore[arg-type]
     assert run.state == "success"
     root = ObjectStoragePath("memory://bucket/fhir/run-1")
-    names = sorted(p.name for p in root.iterdir())
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))  # .smart-files: records
     assert names == ["Condition.1.ndjson", "Patient.1.ndjson", "manifest.json"]
     lines = (root / "Patient.1.ndjson").read_text().splitlines()
     assert len(lines) == summary["output"][[e["type"] for e in summary["output"]].index("Patient")]["count"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -138,3 +138,39 @@ def make_client(signing_key: Any, fake_time: FakeTime) -> Callable[..., Any]:
 @pytest.fixture
 def mem_path() -> MemPath:
     return MemPath({})
+
+
+def load_hostile() -> Any:
+    """tests/bulk/hostile.py as module ``bulk_hostile`` (tests are not a package: importlib mode)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "bulk_hostile" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bulk_hostile", Path(__file__).with_name("hostile.py"))
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bulk_hostile"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bulk_hostile"]
+
+
+@pytest.fixture
+def hostile() -> Iterator[Any]:
+    """A scripted, misbehaving Bulk Data server (see tests/bulk/hostile.py)."""
+    server = load_hostile().HostileBulkServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def plain_client(fake_time: FakeTime) -> Callable[..., Any]:
+    """``plain_client(server, **RetryPolicy kwargs)``: a token-free client of a hostile server on a fake clock."""
+    from airflow_provider_smart.bulk import BulkExportClient, RetryPolicy
+
+    def make(server: Any, **policy: Any) -> Any:
+        policy.setdefault("backoff_base", 0.01)
+        retry = RetryPolicy(sleep=fake_time.sleep, **policy)
+        return BulkExportClient(requests.Session(), server.url, retry=retry, clock=fake_time.clock)
+
+    return make

@@ -109,15 +109,18 @@ def test_fatal_file_errors_are_not_retried(sb, make_client, tmp_path, fake_time)
     assert len(file_requests(sb)) == 4
 
 
-def test_count_mismatch_fails_the_file(sb, make_client, tmp_path) -> None:
+def test_count_mismatch_fails_the_file_only_with_strict_counts(sb, make_client, tmp_path) -> None:
     client = make_client(sb)
     manifest = export(client, resource_types=["Patient"])
     manifest.output[0].count = 21
-    with pytest.raises(BulkDownloadError, match="20 resources but the manifest says 21"):
-        client.download(manifest, tmp_path)
+    with pytest.raises(BulkDownloadError, match=r"20 resources but the manifest says 21.*strict_counts=False"):
+        client.download(manifest, tmp_path, DownloadOptions(strict_counts=True))
     assert list(tmp_path.iterdir()) == []
-    report = client.download(manifest, tmp_path, DownloadOptions(check_counts=False))
-    assert report.files[0].lines == 20
+    report = client.download(manifest, tmp_path)  # by default: downloaded twice, kept, reported
+    assert report.files[0].lines == 20 and report.files[0].count_mismatch
+    assert len(file_requests(sb)) == 4
+    report = client.download(manifest, tmp_path / "x", DownloadOptions(check_counts=False))
+    assert report.files[0].lines == 20 and not report.files[0].count_mismatch
 
 
 def test_resource_type_mismatch_fails_the_file(sb, make_client, tmp_path) -> None:
@@ -239,7 +242,9 @@ def test_skip_existing_on_a_second_download(sb, make_client, tmp_path) -> None:
     (tmp_path / "Patient.1.ndjson").unlink()
     report = client.download(manifest, tmp_path)
     assert [f.type for f in report.files if not f.skipped] == ["Patient"]
-    assert not (tmp_path / ".Patient.1.ndjson.part").exists()
+    # Temporary files are per attempt now: another attempt's leftover is neither used nor renamed.
+    assert (tmp_path / "Patient.1.ndjson").read_bytes().count(b"\n") == 20
+    assert not [p for p in tmp_path.glob(".*.part") if p.name != ".Patient.1.ndjson.part"]
     again = client.download(manifest, tmp_path, DownloadOptions(skip_existing=False))
     assert not any(f.skipped for f in again.files)
 

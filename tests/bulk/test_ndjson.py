@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from airflow_provider_smart.bulk.ndjson import HEAD_PROBE, NdjsonCheckError, NdjsonScanner
+from airflow_provider_smart.bulk.ndjson import (
+    FIRST_LINE_PROBE,
+    HEAD_PROBE,
+    NdjsonCheckError,
+    NdjsonScanner,
+    NotNdjsonError,
+    TruncatedFileError,
+)
 
 COMPACT = (",", ":")
 
@@ -86,6 +93,35 @@ def test_a_long_line_that_needs_parsing_is_capped() -> None:
 
 def test_bytes_are_counted() -> None:
     scanner = NdjsonScanner()
-    scanner.feed(b"abc\n")
-    scanner.feed(b"de")
-    assert scanner.bytes == 6 and scanner.finish() == 2
+    scanner.feed(b'{"a":1}\n')
+    scanner.feed(b"{}")
+    assert scanner.bytes == 10 and scanner.finish() == 2
+    loose = NdjsonScanner(check_shape=False)
+    loose.feed(b"abc\n")  # the first-line check can be turned off; the last-line one cannot
+    loose.feed(b"de")
+    with pytest.raises(TruncatedFileError):
+        loose.finish()
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+@pytest.mark.parametrize("expected", [None, "Patient"])
+def test_a_last_line_cut_short_is_truncation(size: int, expected: str | None) -> None:
+    data = b"\n".join(resources(40)) + b"\n"
+    for cut in (1, 5, len(resources(40)[-1]) - 1):
+        with pytest.raises(TruncatedFileError, match="line 40"):
+            scan(data[: -1 - cut], expected, size)
+    assert scan(data[:-1], expected, size) == 40  # only the newline is missing: whole
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+@pytest.mark.parametrize(
+    "data", [b"<html>\n", b"\n \n<!DOCTYPE html>", b'"x"\n{}\n', b"[{}]\n", b"{not json}\n{}\n", b"null"]
+)
+def test_a_body_whose_first_line_is_not_an_object_is_not_ndjson(size: int, data: bytes) -> None:
+    with pytest.raises(NotNdjsonError):
+        scan(data, None, size)
+
+
+def test_a_huge_first_line_is_only_checked_for_its_brace() -> None:
+    line = b'{"resourceType":"Binary","data":"' + b"a" * (FIRST_LINE_PROBE + 10) + b'"}\n'
+    assert scan(line * 2, None, 65536) == 2

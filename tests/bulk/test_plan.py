@@ -8,6 +8,7 @@ import pytest
 
 from airflow_provider_smart.bulk import BulkExportError, ExportManifest, batch, plan_files, safe_type_name
 from airflow_provider_smart.bulk.plan import check_entry
+from airflow_provider_smart.bulk.storage import url_key
 
 STATUS = "https://ehr.example/fhir/bulkstatus/job1"
 
@@ -66,6 +67,7 @@ def test_plan_files_names() -> None:
         "kind": "output",
         "type": "Patient",
         "url": "https://h/f/p1",
+        "key": url_key("https://h/f/p1"),
         "count": 5,
         "path": "Patient.1.ndjson",
     }

@@ -95,3 +95,12 @@ def test_error_issues_fail_with_a_listing() -> None:
     issue = {"severity": "error", "code": "processing", "diagnostics": "Patient/7 could not be read"}
     with pytest.raises(BulkExportError, match=r"1 error issue.*Patient/7"):
         raise_for_error_issues({"error_issues": [issue], "destination": "/x"})
+
+
+def test_error_issues_are_logged_at_error_level_by_default(caplog) -> None:
+    from airflow_provider_smart.bulk.workflow import log_error_issues
+
+    issue = {"severity": "error", "code": "processing", "diagnostics": "Patient/7 could not be read"}
+    with caplog.at_level("ERROR", "airflow_provider_smart"):
+        log_error_issues({"error_issues": [issue], "error_issue_count": 3})
+    assert "3 error issue(s)" in caplog.text and "fail_on_error_issues=True" in caplog.text
