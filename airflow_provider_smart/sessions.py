@@ -83,22 +83,26 @@ class _Watch:
             self._socks.append(sock)
             fired = self.fired
         if fired:
-            _cut(sock)
+            cut_socket(sock)
 
     def run(self) -> None:
-        if self._done.wait(self.seconds):
-            return
+        if not self._done.wait(self.seconds):
+            self.fire()
+
+    def fire(self) -> None:
+        """Cut every socket of the request now (the deadline passed, or the caller saw it pass)."""
         with self._lock:
             self.fired = True
             socks = list(self._socks)
         for sock in socks:
-            _cut(sock)
+            cut_socket(sock)
 
     def stop(self) -> None:
         self._done.set()
 
 
-def _cut(sock: Any) -> None:
+def cut_socket(sock: Any) -> None:
+    """Shut ``sock`` down so that a read blocked on it returns at once (its owner still closes it)."""
     try:
         if isinstance(sock, socket.socket):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leave SSL state alone
@@ -114,16 +118,19 @@ def _track(sock: Any) -> None:
         watch.track(sock)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _track(self.sock)
+class _WatchedMixin:
+    def _new_conn(self) -> Any:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _track(sock)  # before any TLS handshake: a dripping handshake is cut too
+        return sock
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _track(self.sock)
+class _WatchedHTTPConnection(_WatchedMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
+    pass
 
 
 @contextmanager

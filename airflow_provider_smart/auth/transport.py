@@ -16,29 +16,24 @@ Every auth call (token requests of every grant, discovery) goes through :func:`s
 * **Only what the caller gave is sent**: no session auth, no ``~/.netrc`` credentials, no cookies.
 
 The session supplies settings only (``verify``, ``cert``, ``proxies``, ``trust_env``, ``headers``);
-requests go through this module's own adapter, whose connections register their sockets with the
-watchdog of the request running in the current thread.
+requests go through :class:`~airflow_provider_smart.sessions.DeadlineAdapter`, whose connections
+register their sockets with the watchdog (:func:`~airflow_provider_smart.sessions.overall_deadline`) of
+the request running in the current thread: the same mechanism as the Bulk Data client's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import socket
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow_provider_smart.exceptions import SmartTransportError
 from airflow_provider_smart.origins import redact_url
+from airflow_provider_smart.sessions import DeadlineAdapter, overall_deadline
 
 MAX_AUTH_RESPONSE_BYTES = 1024 * 1024  # token and discovery answers are a few kB
 _CHUNK = 16 * 1024
@@ -60,108 +55,7 @@ class Deadline:
         return self.remaining() <= 0
 
 
-class _Watch:
-    """The sockets one request uses, shut down if the deadline fires before the request finishes."""
-
-    def __init__(self) -> None:
-        self.fired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def register(self, sock: socket.socket | None) -> None:
-        if sock is None:
-            return
-        with self._lock:
-            self._sockets.append(sock)
-            fired = self.fired
-        if fired:
-            _shutdown(sock)
-
-    def fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    # shutdown (not close): the fd stays owned by its connection, and a blocked recv returns at once.
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-_current = threading.local()
-
-
-def _register(sock: socket.socket | None) -> None:
-    watch: _Watch | None = getattr(_current, "watch", None)
-    if watch is not None:
-        watch.register(sock)
-
-
-class _WatchedMixin:
-    sock: socket.socket | None
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
-        _register(sock)  # before any TLS handshake: a dripping handshake is cut too
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        _register(self.sock)  # a kept-alive connection reused from the pool
-        return super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _WatchedHTTPConnection(_WatchedMixin, HTTPConnection):
-    pass
-
-
-class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-_POOL_CLASSES = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
-
-
-class _WatchedAdapter(HTTPAdapter):
-    """An adapter whose connections (direct or through an HTTP proxy) report their sockets."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS pools have their own connection classes
-            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
-        return manager
-
-
-_ADAPTER = _WatchedAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
-
-
-@contextlib.contextmanager
-def _watch(deadline: Deadline) -> Iterator[_Watch]:
-    watch = _Watch()
-    previous = getattr(_current, "watch", None)
-    _current.watch = watch
-    timer = threading.Timer(max(deadline.remaining(), 0.0), watch.fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield watch
-    finally:
-        timer.cancel()
-        _current.watch = previous
+_ADAPTER = DeadlineAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
 
 
 def effective_verify(session: requests.Session) -> bool | str:
@@ -210,7 +104,8 @@ def send(
     proxies.update(session.proxies or {})
     per_read = min(timeout, remaining)
     response: requests.Response | None = None
-    with _watch(deadline) as watch:
+    with overall_deadline(max(remaining, 0.0)) as watch:
+        assert watch is not None
         try:
             response = _ADAPTER.send(
                 prepared,

@@ -300,9 +300,10 @@ class FileDownloader:
                             scanner.bytes / 1e6,
                             scanner.bytes / 1e6 / (now - started),
                         )
-            lines = scanner.finish()
+            # Framing first: a short Content-Length says more than the cut line it leaves behind.
             self._check_complete(response, scanner.bytes, body=body)
             check_gzip_trailer(response)
+            lines = scanner.finish()
         except IncompleteBody as exc:
             raise TransientFailure(str(exc)) from None
         except TruncatedFileError as exc:

@@ -21,13 +21,14 @@ not ask for) falls back to ``iter_content``, as before.
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import requests
+
+from airflow_provider_smart.sessions import cut_socket
 
 CHUNK_SIZE = 256 * 1024  # identity: bytes per readinto (see benchmarks/README.md for the measurement)
 GZIP_READ_SIZE = 64 * 1024  # compressed bytes per readinto
@@ -144,7 +145,10 @@ class BodyReader:
                 n = self._readinto(fp, view)
                 if not n:
                     self._ended = True
-                    self._gzip_eof = inflater.eof or self.received == 0  # an empty body is an empty file
+                    # An empty body is an empty file only when framed (Content-Length 0, or chunked): a
+                    # connection closed before any byte is a cut, not a file.
+                    framed = self.declared is not None or bool(getattr(fp, "chunked", False))
+                    self._gzip_eof = inflater.eof or (self.received == 0 and framed)
                     return
                 self.received += n
                 data: Any = view[:n]
@@ -253,10 +257,6 @@ class BodyReader:
 
 def _cut(fp: http.client.HTTPResponse | None) -> None:
     """Shut the socket under ``fp`` down: a read blocked on it returns at once."""
-    raw = getattr(getattr(fp, "fp", None), "raw", None)
-    sock = getattr(raw, "_sock", None)
-    try:
-        if isinstance(sock, socket.socket):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leave TLS state alone
-    except OSError:
-        pass
+    sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        cut_socket(sock)

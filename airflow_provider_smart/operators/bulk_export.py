@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 EXPORT_LEVELS = ("system", "patient", "group")
 KICKOFF_METHODS = ("auto", "GET", "POST")
 ONE_WEEK = 7 * 24 * 3600.0
+DEFAULT_MIN_DOWNLOAD_RATE = 4096.0  # the library's default (DownloadOptions), kept here for a cheap import
 # With deferrable=True a server-requested wait longer than this (a 429 at kick-off) is spent deferred,
 # not sleeping in the worker slot.
 MAX_WORKER_WAIT = 60.0
@@ -42,6 +43,7 @@ class _ExportTaskMixin:
     delete_on_success: bool
     strict_counts: bool = False
     fail_on_error_issues: bool = False
+    min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
     comma_join_repeats: bool = False
     _smart_export_summary: dict[str, Any] | None = None  # kept by emit_asset_events for the lineage below
@@ -73,6 +75,7 @@ class _ExportTaskMixin:
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
             strict_counts=self.strict_counts,
+            min_download_rate=self.min_download_rate,
         )
         return ExportWorkflow(
             self.client,
@@ -133,6 +136,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param check_resource_types: also check every line's ``resourceType`` against the manifest entry's
         type (line counts are always checked). Off by default: on a 2-core worker it costs about half the
         download throughput, because the scan holds Python's GIL (see benchmarks/).
+    :param min_download_rate: bytes/s a file must average over each minute or so, else it is retried (a
+        server dripping bytes just under the read timeout would hold the task for days); 0 turns it off.
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
@@ -185,6 +190,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         transient_retries: int = 5,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
         cancel_on_kill: bool = True,
@@ -224,6 +230,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.cancel_on_kill = cancel_on_kill
@@ -265,7 +272,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     # --- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         export_request = self._export_request(context)
-        workflow = self.workflow(export_request, context["run_id"]) if self.destination else None
+        workflow = self.workflow(export_request, context.get("run_id")) if self.destination else None
         if workflow is not None and (done := workflow.completed_summary()) is not None:
             self.log.info("This export already landed in %s; nothing to do.", workflow.destination)
             return self._finish(context, done)
@@ -406,7 +413,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         except ExportTimeoutError:
             self._cancel_if_asked(status_url, "the wait timed out")
             raise
-        workflow = self.workflow(export_request or {}, context["run_id"])
+        workflow = self.workflow(export_request or {}, context.get("run_id"))
         return self._complete(context, workflow, status_url, self.client.poll(status_url).manifest)
 
     def _complete(
@@ -454,6 +461,8 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         Files are found by their URL's key, so a server that lists files in another order on each
         read still gets every file fetched once. The finishing step (no ``batch``) checks that every
         manifest file landed exactly once before it deletes the export.
+    :param min_download_rate: bytes/s a file must average over each minute or so, else it is retried (a
+        server dripping bytes just under the read timeout would hold the task for days); 0 turns it off.
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
@@ -475,6 +484,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         max_concurrent_downloads: int = 4,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
         scope: str | None = None,
@@ -490,6 +500,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.max_concurrent_downloads = max_concurrent_downloads
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.scope = scope
@@ -498,7 +509,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         if self.batch:
             status_url = self.batch["status_url"]
             keys = self.batch.get("keys")
-            workflow = self.workflow({"status_url": status_url}, context["run_id"])
+            workflow = self.workflow({"status_url": status_url}, context.get("run_id"))
             report = workflow.land_batch(
                 status_url, list(self.batch.get("paths") or []), list(keys) if keys is not None else None
             )
@@ -506,7 +517,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
             self.log.info("Batch done: %s", totals)
             return totals
         assert self.status_url
-        workflow = self.workflow({"status_url": self.status_url}, context["run_id"])
+        workflow = self.workflow({"status_url": self.status_url}, context.get("run_id"))
         summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
         self._check_error_issues(summary)
         emit_asset_events(context, self.outlets, summary)

@@ -43,7 +43,12 @@ def test_batch_with_files_no_longer_in_the_manifest_fails_before_downloading(
     sandbox: Any, kick_off: Any, tmp_path: Path, stale: list[str], keep: bool, missing: int
 ) -> None:
     planned = planned_batch(sandbox, kick_off)
-    batch = {**planned, "paths": [*(planned["paths"] if keep else []), *stale]}
+    gone_keys = [f"{i:016x}" for i in range(len(stale))]  # URL keys of files the manifest no longer lists
+    batch = {
+        **planned,
+        "paths": [*(planned["paths"] if keep else []), *stale],
+        "keys": [*(planned["keys"] if keep else []), *gone_keys],
+    }
     dest = tmp_path / "dest"
     sandbox.reset_logs()
 

@@ -117,7 +117,7 @@ def test_timeout_event_raises(sandbox: Any, kick_off: Any) -> None:
 
     started = time.monotonic()
     event = run_trigger(deferred.trigger)
-    assert event["status"] == "timeout" and event["polls"] >= 1
+    assert event["status"] == "timeout"  # the last Retry-After points past the timeout: no early poll
     assert time.monotonic() - started < 5  # it gave up at the sensor's timeout, not at a poll interval
     with pytest.raises(ExportTimeoutError, match="did not finish before the timeout"):
         task.execute_complete(CONTEXT, event)

@@ -140,3 +140,10 @@ def test_token_request_and_download_run_with_airflow_unimportable(sandbox: Any, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ok")
     assert (tmp_path / "manifest.json").exists() and (tmp_path / "Patient.1.ndjson").exists()
+
+
+def test_the_operators_cheap_copy_of_a_library_default_agrees() -> None:
+    from airflow_provider_smart.bulk import DownloadOptions
+    from airflow_provider_smart.operators.bulk_export import DEFAULT_MIN_DOWNLOAD_RATE
+
+    assert DownloadOptions().min_download_rate == DEFAULT_MIN_DOWNLOAD_RATE

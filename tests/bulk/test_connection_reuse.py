@@ -25,7 +25,7 @@ from airflow_provider_smart.bulk import (
     ExportManifest,
     RetryPolicy,
 )
-from airflow_provider_smart.bulk.stream import IncompleteBody, open_body
+from airflow_provider_smart.bulk.stream import CorruptBody, IncompleteBody, open_body
 
 LINE = b'{"resourceType":"Observation","id":"%d","status":"final","code":{"text":"reuse test"}}\n'
 FILES = 12
@@ -169,7 +169,8 @@ def serve(mode: str, context: ssl.SSLContext | None = None) -> Iterator[Counting
 
 def manifest(server: CountingServer, files: int = FILES) -> ExportManifest:
     output = [
-        {"type": "Observation", "url": f"{server.base}/files/Observation.{i}.ndjson", "count": LINES}
+        # zero-padded: files are numbered in URL order (see plan_files), which is then manifest order too
+        {"type": "Observation", "url": f"{server.base}/files/Observation.{i:03d}.ndjson", "count": LINES}
         for i in range(files)
     ]
     data = {"transactionTime": "2024-01-01T00:00:00Z", "request": "x", "requiresAccessToken": False}
@@ -190,7 +191,7 @@ def client_for(
 
 def check_files(destination: Path, files: int = FILES) -> None:
     for i in range(files):
-        # saved as Observation.<n>.ndjson, n counting from 1 in manifest order (see plan_files)
+        # saved as Observation.<n>.ndjson, n counting from 1 in URL order (see plan_files)
         assert (destination / f"Observation.{i + 1}.ndjson").read_bytes() == ndjson(i)
 
 
@@ -299,5 +300,5 @@ def test_gzip_members_truncation_and_corruption(gzip_server: str) -> None:
     with pytest.raises(IncompleteBody, match="without its trailer"):
         body.check_complete()
     body.close()
-    with pytest.raises(IncompleteBody, match="corrupt"):
+    with pytest.raises(CorruptBody, match="corrupt"):  # not retried: the same bytes would come again
         read_all(gzip_server + "/corrupt")
