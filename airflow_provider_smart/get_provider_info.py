@@ -77,6 +77,12 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "Per-request timeout in seconds (default 60).",
         "schema": {"type": ["number", "null"], "minimum": 1},
     },
+    "allow_insecure_http": {
+        "label": "Allow plain http (insecure)",
+        "description": "For test servers only: lets the token and credentials travel over plain http to a "
+        "non-loopback host, or to http URLs of an https server. Leave off for real servers.",
+        "schema": {"type": ["boolean", "null"]},
+    },
     "refresh_token": _text(
         "Refresh token",
         "refresh_token connections only: the offline_access refresh token ('airflow-smart authorize' "
