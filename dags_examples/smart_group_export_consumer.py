@@ -26,12 +26,15 @@ with DAG(
 
     @task
     def read_new_files(*, triggering_asset_events: Any = None) -> list[dict[str, Any]]:
-        from airflow_provider_smart.export_job import resolve_destination
+        from pathlib import Path
+
+        from airflow.sdk import ObjectStoragePath
 
         landed = []
         for event in triggering_asset_events[GROUP_EXPORT]:
             extra = event.extra or {}
-            root = resolve_destination(extra["destination"])
+            destination = str(extra["destination"])
+            root = ObjectStoragePath(destination) if "://" in destination else Path(destination)
             manifest = json.loads((root / "manifest.json").read_text())
             counts: dict[str, int] = {}
             for entry in manifest["summary"]["output"]:

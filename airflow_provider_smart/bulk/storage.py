@@ -165,6 +165,16 @@ class LandedFiles:
         with self._record_path(rel).open("w") as handle:
             json.dump(data, handle)
 
+    def clear(self) -> None:
+        """Delete every record (once ``manifest.json`` is written, it speaks for the files)."""
+        iterdir = getattr(self.root, "iterdir", None)
+        if not self.root.exists() or iterdir is None:
+            return
+        for path in list(iterdir()):
+            discard(path)
+        with contextlib.suppress(OSError, NotImplementedError, AttributeError):
+            self.root.rmdir()
+
     def sweep_other_exports(self) -> int:
         """Delete the files (and records) another export left here; returns how many."""
         iterdir = getattr(self.root, "iterdir", None)

@@ -211,6 +211,7 @@ class ExportWorkflow:
             report = self.client.download(manifest, self.destination, self.options, ledger=ledger)
             self._verify_landed(status_url, manifest, ledger)
             summary = self._record_completion(status_url, manifest, report)
+            ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
         if self.delete_on_success:

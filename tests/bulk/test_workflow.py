@@ -25,6 +25,8 @@ def test_start_land_and_record(sb, make_client, tmp_path) -> None:
     assert not started.reattached and flow.export_in_flight() == started.status_url
     summary = flow.land(started.status_url, client.wait(started.status_url))
     assert not (tmp_path / STATE_FILE).exists()  # the kick-off record gives way to manifest.json
+    assert not (tmp_path / ".smart-files").exists()  # so do the per-file records: only data and manifest.json
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     saved = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert saved["summary"] == summary and saved["manifest"]["transactionTime"] == summary["transaction_time"]
     assert {e["type"] for e in summary["output"]} == {"Patient", "Observation"}
