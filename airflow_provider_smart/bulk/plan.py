@@ -22,6 +22,7 @@ log = logging.getLogger("airflow_provider_smart.bulk")
 
 KINDS = MANIFEST_LISTS
 SAFE_PATH = re.compile(r"(?:(deleted|error)/)?([A-Za-z][A-Za-z0-9_]{0,79})\.([1-9][0-9]{0,8})\.ndjson")
+_DIGITS = re.compile(r"(\d+)")
 UNTYPED = "output"  # STU3 organizeOutputBy files carry no type: they mix types
 
 
@@ -45,14 +46,21 @@ def relative_path(kind: str, name: str, n: int) -> str:
     return f"{name}.{n}.ndjson" if kind == "output" else f"{kind}/{name}.{n}.ndjson"
 
 
+def _natural_order(url: str) -> list[Any]:
+    """Numbers inside a URL compare as numbers (``Observation.2`` before ``Observation.10``), so a server
+    that names its files ``<Type>.<n>.ndjson`` gets the same numbers here."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(url)]
+
+
 def plan_files(manifest: ExportManifest) -> list[dict[str, Any]]:
     """Every file of ``manifest`` as a JSON-safe dict ``{"kind", "type", "url", "key", "count", "path"}``.
 
     ``path`` is relative to the destination: ``<Type>.<n>.ndjson``, ``deleted/<Type>.<n>.ndjson`` or
     ``error/<Type>.<n>.ndjson``, ``n`` counting from 1 per kind and type in the order of the files'
-    URLs, not of the manifest: a server that lists files in another order on each read still gets the
-    same names, so mapped batches (each reading the manifest again) and whole downloads agree. ``key``
-    names the URL without revealing it. A URL listed twice is planned once.
+    URLs (numbers in them compared as numbers), not of the manifest: a server that lists files in
+    another order on each read still gets the same names, so mapped batches (each reading the manifest
+    again) and whole downloads agree. ``key`` names the URL without revealing it. A URL listed twice is
+    planned once.
     """
     seen: set[str] = set()
     unique = []
@@ -68,7 +76,7 @@ def plan_files(manifest: ExportManifest) -> list[dict[str, Any]]:
     for kind, f in unique:
         by_name.setdefault((kind, names[f.url]), []).append(f.url)
     for urls in by_name.values():
-        numbers.update({url: n for n, url in enumerate(sorted(urls), 1)})
+        numbers.update({url: n for n, url in enumerate(sorted(urls, key=_natural_order), 1)})
     return [
         {
             "kind": kind,
