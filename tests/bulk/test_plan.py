@@ -129,3 +129,16 @@ def test_batch_size() -> None:
 def test_batch_tolerates_missing_counts() -> None:
     batches = batch(entries([None, None, None, None]), 2)
     assert [len(b) for b in batches] == [2, 2]
+
+
+def test_files_are_numbered_in_natural_url_order_whatever_the_manifest_order() -> None:
+    def planned(order: list[int]) -> dict[str, str]:
+        output = [{"type": "Observation", "url": f"https://ehr/files/Observation.{n}.ndjson"} for n in order]
+        manifest = ExportManifest.from_json(
+            {"transactionTime": "2024-01-01T00:00:00Z", "output": output}, "https://ehr/s"
+        )
+        return {e["url"].rsplit("/", 1)[-1]: e["path"] for e in plan_files(manifest)}
+
+    server_order = [10, 2, 12, 1, 11, 3, 9, 4, 8, 5, 7, 6]
+    expected = {f"Observation.{n}.ndjson": f"Observation.{n}.ndjson" for n in range(1, 13)}
+    assert planned(server_order) == planned(sorted(server_order)) == expected  # the server's own names
