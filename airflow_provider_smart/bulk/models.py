@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
-from airflow_provider_smart.bulk.urls import is_http_url, resolve
+from airflow_provider_smart.bulk.urls import is_http_url, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -125,8 +125,8 @@ class ManifestFile:
         if not is_http_url(url):
             if "://" in url or base_url is None:
                 raise malformed(f"{where} has a url that is not http(s): {url[:100]!r}", base_url)
-            log.warning("The manifest's %s has a relative url %r: resolved against %s.", where, url, base_url)
             url = resolve(base_url, url)
+            log.warning("The manifest's %s has a relative url: resolved to %s.", where, redact_url(url))
         rtype = data.get("type")
         if rtype is not None and not isinstance(rtype, str):
             raise malformed(f"{where} has a type that is not a string: {rtype!r}", base_url)
