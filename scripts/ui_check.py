@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -369,32 +368,6 @@ def edit_shows_masked_key(ui: Ui, conn_id: str, kid: str) -> None:
     ui.click(ui.wait(lambda: ui.css("button[aria-label='Close']"), "the dialog's close button")[0])
 
 
-def run_launch(sandbox: Any, client_id: str) -> str:
-    """A standalone App Launch against the sandbox, which approves at once: the refresh token."""
-    import requests
-
-    from airflow_provider_smart.auth.discovery import discover_smart_configuration
-    from airflow_provider_smart.auth.loopback import authorize_with_loopback
-    from airflow_provider_smart.testing.airflow_server import free_port
-
-    redirect = f"http://127.0.0.1:{free_port()}/callback"
-    sandbox.register_client(client_id, public=True, scopes=LAUNCH_SCOPE, redirect_uris=[redirect])
-
-    def browser(url: str) -> None:
-        threading.Thread(target=requests.get, args=(url,), kwargs={"timeout": 30}, daemon=True).start()
-
-    token = authorize_with_loopback(
-        smart_config=discover_smart_configuration(sandbox.url),
-        client_id=client_id,
-        scope=LAUNCH_SCOPE,
-        open_url=browser,
-        redirect_uri=redirect,
-        timeout=60,
-    )
-    check(token.refresh_token, "the sandbox issued no refresh token")
-    return str(token.refresh_token)
-
-
 def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
     from airflow_provider_smart.auth.keys import generate_private_key, private_key_to_pem, public_jwks
     from airflow_provider_smart.testing.airflow_server import ui_sends_port_zero_bug
@@ -459,7 +432,7 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
         check(kind == "success", f"Test without a port was not green: {kind}: {text}")
 
     say("4. a refresh-token connection made in the form")
-    refresh_token = run_launch(sandbox, "ui-launch-app")
+    refresh_token = sandbox.launch_refresh_token("ui-launch-app", LAUNCH_SCOPE)
     add_connection(
         ui,
         "smart_ui_refresh",

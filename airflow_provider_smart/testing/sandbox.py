@@ -215,6 +215,36 @@ class SmartSandbox:
             public=public,
         )
 
+    def launch_refresh_token(self, client_id: str, scope: str = "openid fhirUser offline_access user/*.rs") -> str:
+        """Register ``client_id`` as a public App Launch client and run a standalone launch with PKCE
+        through the library's loopback flow (the sandbox approves at once): the refresh token it grants."""
+        import socket
+
+        import requests
+
+        from airflow_provider_smart.auth.discovery import discover_smart_configuration
+        from airflow_provider_smart.auth.loopback import authorize_with_loopback
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            redirect = f"http://127.0.0.1:{probe.getsockname()[1]}/callback"
+        self.register_client(client_id, public=True, scopes=scope, redirect_uris=[redirect])
+
+        def browser(url: str) -> None:  # a person's browser, following the sandbox's redirect
+            threading.Thread(target=requests.get, args=(url,), kwargs={"timeout": 30}, daemon=True).start()
+
+        token = authorize_with_loopback(
+            smart_config=discover_smart_configuration(self.url),
+            client_id=client_id,
+            scope=scope,
+            open_url=browser,
+            redirect_uri=redirect,
+            timeout=60,
+        )
+        if not token.refresh_token:
+            raise RuntimeError(f"the sandbox granted no refresh token for scope {scope!r}")
+        return str(token.refresh_token)
+
     @property
     def token_requests(self) -> int:
         return self._auth.token_requests

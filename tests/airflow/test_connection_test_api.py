@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_smart.testing.airflow_server import AirflowApiServer, free_port, ui_sends_port_zero_bug
+from airflow_provider_smart.testing.airflow_server import AirflowApiServer, ui_sends_port_zero_bug
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_SCOPE = "openid fhirUser offline_access user/*.rs"
@@ -146,31 +145,8 @@ def test_the_form_and_a_saved_connection_show_no_masked_non_secret(
     assert {k: shown[k] for k in extra} == extra
 
 
-def run_launch(sandbox: Any, client_id: str) -> str:
-    """A standalone App Launch against the sandbox (which approves at once): the refresh token."""
-    from airflow_provider_smart.auth.discovery import discover_smart_configuration
-    from airflow_provider_smart.auth.loopback import authorize_with_loopback
-
-    redirect = f"http://127.0.0.1:{free_port()}/callback"
-    sandbox.register_client(client_id, public=True, scopes=LAUNCH_SCOPE, redirect_uris=[redirect])
-
-    def browser(url: str) -> None:
-        threading.Thread(target=requests.get, args=(url,), kwargs={"timeout": 30}, daemon=True).start()
-
-    token = authorize_with_loopback(
-        smart_config=discover_smart_configuration(sandbox.url),
-        client_id=client_id,
-        scope=LAUNCH_SCOPE,
-        open_url=browser,
-        redirect_uri=redirect,
-        timeout=60,
-    )
-    assert token.refresh_token
-    return token.refresh_token
-
-
 def test_a_refresh_token_connection_survives_test_and_works_at_run_time(api: AirflowApiServer, sandbox: Any) -> None:
-    refresh_token = run_launch(sandbox, "api-launch-app")
+    refresh_token = sandbox.launch_refresh_token("api-launch-app", LAUNCH_SCOPE)
     create(
         api,
         "smart_api_refresh",
