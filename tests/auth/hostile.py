@@ -118,3 +118,20 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 
     files = make_tls(directory)
     return files.chain, files.key
+
+
+def tokens_from_threads(auth: Any, threads: int = 8) -> list[str]:
+    """The access tokens ``threads`` threads get from ``auth`` when they all ask at the same instant."""
+    barrier = threading.Barrier(threads)
+    tokens: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()
+        tokens.append(auth.get_token().access_token)
+
+    started = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    return tokens

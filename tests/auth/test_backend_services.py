@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import jwt
 import pytest
 import requests
+from hostile import tokens_from_threads
 
 from airflow_provider_smart.auth import (
     BackendServicesAuth,
@@ -127,20 +127,8 @@ def test_second_401_is_returned_to_the_caller(sandbox: Any, es384: Any) -> None:
 
 
 def test_concurrent_threads_share_one_token_request(sandbox: Any, es384: Any) -> None:
-    auth = make_auth(sandbox, es384)
-    barrier = threading.Barrier(8)
-    tokens: list[str] = []
-
-    def worker() -> None:
-        barrier.wait()
-        tokens.append(auth.get_token().access_token)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(set(tokens)) == 1
+    tokens = tokens_from_threads(make_auth(sandbox, es384))
+    assert len(tokens) == 8 and len(set(tokens)) == 1
     assert sandbox.token_requests == 1
 
 

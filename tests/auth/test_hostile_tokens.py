@@ -5,13 +5,13 @@ corrupt token-store files, and private keys pasted with literal ``\\n`` escapes.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from hostile import tokens_from_threads
 
 from airflow_provider_smart.auth import BackendServicesAuth, FileTokenStore, StoredToken, load_private_key
 from airflow_provider_smart.exceptions import SmartAuthError, SmartConfigError, TokenStoreError
@@ -33,20 +33,8 @@ def short_sandbox(es384: Any) -> Any:
 
 # --- item 16: the renewal margin fits the lifetime --------------------------------------------------
 def test_eight_threads_with_four_second_tokens_mint_once(short_sandbox: Any, es384: Any) -> None:
-    auth = make_auth(short_sandbox, es384)
-    barrier = threading.Barrier(8)
-    tokens: list[str] = []
-
-    def worker() -> None:
-        barrier.wait()
-        tokens.append(auth.get_token().access_token)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(set(tokens)) == 1
+    tokens = tokens_from_threads(make_auth(short_sandbox, es384))
+    assert len(tokens) == 8 and len(set(tokens)) == 1
     assert short_sandbox.token_requests == 1
 
 

@@ -174,3 +174,19 @@ def plain_client(fake_time: FakeTime) -> Callable[..., Any]:
         return BulkExportClient(requests.Session(), server.url, retry=retry, clock=fake_time.clock)
 
     return make
+
+
+@pytest.fixture
+def peak_memory() -> Callable[..., tuple[Any, int]]:
+    """``peak_memory(fn, *args)``: fn's result and the peak of Python allocations while it ran (bytes)."""
+    import tracemalloc
+
+    def measure(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+        tracemalloc.start()
+        try:
+            result = fn(*args, **kwargs)
+            return result, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    return measure

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tracemalloc
 
 import pytest
 
@@ -297,18 +296,13 @@ def test_airflow_object_storage_path(sb, make_client, tmp_path) -> None:
     assert client.download(export(client, resource_types=["Patient"]), destination).files[0].skipped
 
 
-def test_memory_stays_bounded_for_big_files(sandbox_factory, make_client, tmp_path) -> None:
+def test_memory_stays_bounded_for_big_files(sandbox_factory, make_client, tmp_path, peak_memory) -> None:
     sb = sandbox_factory(patients=3000, resources_per_file=100_000, gzip=False)
     client = make_client(sb)
     manifest = export(client, resource_types=["Observation"])
     # Warm up the connection and imports so the measurement sees only the streaming.
     client.download(export(client, resource_types=["Patient"]), tmp_path / "warmup")
-    tracemalloc.start()
-    try:
-        report = client.download(manifest, tmp_path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    report, peak = peak_memory(client.download, manifest, tmp_path)
     size = report.files[0].bytes
     assert size > 8 * CHUNK_SIZE
     assert peak < 4 * CHUNK_SIZE, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB file"

@@ -116,21 +116,15 @@ def outcome(severity: str, diagnostics: str) -> bytes:
     return json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode() + b"\n"
 
 
-def test_error_files_are_read_in_bounded_memory_and_diagnostics_truncated(hostile, plain_client, tmp_path) -> None:
-    import tracemalloc
-
+def test_error_files_are_read_in_bounded_memory_and_diagnostics_truncated(
+    hostile, plain_client, tmp_path, peak_memory
+) -> None:
     huge = outcome("error", "x" * (24 * 2**20))  # one 24 MiB line
     hostile.files["e1"] = hostile.Body(outcome("error", "Patient/1: " + "y" * 10_000) + huge + outcome("fatal", "z"))
     manifest = ExportManifest.from_json(
         {**hostile.default_manifest([]), "error": [hostile.entry("e1", "OperationOutcome")]}, hostile.status_url
     )
-    client = plain_client(hostile)
-    tracemalloc.start()
-    try:
-        report = client.download(manifest, tmp_path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    report, peak = peak_memory(plain_client(hostile).download, manifest, tmp_path)
     assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     assert report.error_issue_count == 3
     first, clipped, last = report.error_issues
