@@ -233,7 +233,8 @@ class FileDownloader:
                 return report
             log.info("Replacing %s: it does not hold this export's file (left by another export or try).", rel)
         if not is_http_url(url):
-            raise BulkDownloadError(f"Refusing to download {url[:100]!r}: not an http(s) URL.", url=url)
+            shown = redact_url(url)[:100]
+            raise BulkDownloadError(f"Refusing to download {shown!r}: not an http(s) URL.", url=shown)
         part = directory / f".{name}.{self.attempt}.part"  # per attempt: a zombie try never shares it
         expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()

@@ -124,7 +124,7 @@ class ManifestFile:
         url = url.strip()
         if not is_http_url(url):
             if "://" in url or base_url is None:
-                raise malformed(f"{where} has a url that is not http(s): {url[:100]!r}", base_url)
+                raise malformed(f"{where} has a url that is not http(s): {redact_url(url)[:100]!r}", base_url)
             url = resolve(base_url, url)
             log.warning("The manifest's %s has a relative url: resolved to %s.", where, redact_url(url))
         rtype = data.get("type")
