@@ -312,7 +312,7 @@ class DownloadOptions:
     check_resource_types: bool = False
     skip_existing: bool = True
     min_download_rate: float = 4096.0  # with the window: reads of CHUNK_SIZE, progress judged per read
-    min_rate_window: float = 64.0
+    min_rate_window: float = 128.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent_downloads < 1:

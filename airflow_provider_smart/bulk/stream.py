@@ -30,7 +30,7 @@ import requests
 
 from airflow_provider_smart.sessions import cut_socket
 
-CHUNK_SIZE = 256 * 1024  # identity: bytes per readinto (see benchmarks/README.md for the measurement)
+CHUNK_SIZE = 512 * 1024  # identity: bytes per readinto (see benchmarks/README.md for the measurement)
 GZIP_READ_SIZE = 64 * 1024  # compressed bytes per readinto
 GZIP_MAX_OUT = 1024 * 1024  # decoded bytes per decompress() call at most: bounds memory against gzip bombs
 

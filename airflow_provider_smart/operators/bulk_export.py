@@ -136,7 +136,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param check_resource_types: also check every line's ``resourceType`` against the manifest entry's
         type (line counts are always checked). Off by default: on a 2-core worker it costs about half the
         download throughput, because the scan holds Python's GIL (see benchmarks/).
-    :param min_download_rate: bytes/s a file must average over each minute or so, else it is retried (a
+    :param min_download_rate: bytes/s a file must average over every two minutes or so, else it is retried (a
         server dripping bytes just under the read timeout would hold the task for days); 0 turns it off.
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
@@ -461,7 +461,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         Files are found by their URL's key, so a server that lists files in another order on each
         read still gets every file fetched once. The finishing step (no ``batch``) checks that every
         manifest file landed exactly once before it deletes the export.
-    :param min_download_rate: bytes/s a file must average over each minute or so, else it is retried (a
+    :param min_download_rate: bytes/s a file must average over every two minutes or so, else it is retried (a
         server dripping bytes just under the read timeout would hold the task for days); 0 turns it off.
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the

@@ -10,6 +10,7 @@ import gzip
 import http.server
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         name = self.path.rsplit("/", 1)[-1]
         index = int(name.split(".")[1])
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+            self.server.requested.add(index)
+        try:
+            self._send(index)
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def _send(self, index: int) -> None:
         body = ndjson(index)
         mode = self.server.mode
         self.send_response(200)
@@ -90,6 +102,8 @@ class CountingServer(http.server.ThreadingHTTPServer):
         self.context = context
         self.connections = 0
         self.short_left = 0
+        self.in_flight = self.most_in_flight = 0
+        self.requested: set[int] = set()
         self.lock = threading.Lock()
         self.release = threading.Event()
 
@@ -175,6 +189,32 @@ def test_https_downloads_reuse_connections(mode: str, tls: tuple[ssl.SSLContext,
         client_for(server, ca).download(manifest(server), tmp_path, DownloadOptions(max_concurrent_downloads=3))
         check_files(tmp_path)
         assert server.connections <= 3, f"{server.connections} TLS connections for {FILES} files"
+
+
+def test_landing_a_file_does_not_hold_a_download_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync and rename of a finished file happen after its download slot is given back: the next
+    file streams in meanwhile (a slow disk does not idle the network), and no more bodies than
+    ``max_concurrent_downloads`` are ever in flight."""
+    import airflow_provider_smart.bulk.download as download_module
+
+    real_replace = download_module.replace
+    overlapped: list[bool] = []
+
+    def slow_replace(part: Path, final: Path) -> None:
+        if final.name == "Observation.1.ndjson":  # the first file lands only once the next one is requested
+            deadline = time.monotonic() + 10
+            while 1 not in server.requested and time.monotonic() < deadline:
+                time.sleep(0.01)
+            overlapped.append(1 in server.requested)
+        real_replace(part, final)
+
+    monkeypatch.setattr(download_module, "replace", slow_replace)
+    for server in serve("identity"):
+        client_for(server).download(manifest(server, 6), tmp_path, DownloadOptions(max_concurrent_downloads=1))
+        check_files(tmp_path, 6)
+        assert overlapped == [True], "the second download waited for the first file's rename"
+        assert server.most_in_flight == 1
+        assert server.connections == 1
 
 
 def test_a_short_body_is_retried_on_a_new_connection(tmp_path: Path) -> None:
