@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import requests
 
@@ -68,3 +70,24 @@ def test_destinations(tmp_path) -> None:
     assert as_destination(tmp_path) is tmp_path
     with pytest.raises(BulkExportError, match="ObjectStoragePath"):
         as_destination("s3://bucket/x")
+
+
+def test_big_chunks_are_written_in_slices() -> None:
+    import io
+
+    from airflow_provider_smart.bulk.download import WRITE_SIZE, write_in_slices
+
+    class Recording(io.BytesIO):
+        sizes: list[int] = []
+
+        def write(self, data: Any) -> int:
+            self.sizes.append(len(data))
+            return super().write(data)
+
+    chunk = bytearray(range(256)) * (WRITE_SIZE * 2 // 256 + 100)
+    handle = Recording()
+    write_in_slices(handle, chunk)
+    write_in_slices(handle, b"tail")
+    assert handle.getvalue() == bytes(chunk) + b"tail"
+    assert handle.sizes == [WRITE_SIZE, WRITE_SIZE, len(chunk) - 2 * WRITE_SIZE, 4]
+    chunk.extend(b"x")  # no view of the reused buffer outlives the call (it could not grow otherwise)
