@@ -56,6 +56,11 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
         return  # e.g. directories cannot be opened on Windows: nothing more we can do
     try:
         os.fsync(fd)
+        if not directory and hasattr(os, "posix_fadvise"):
+            # On disk now: its pages can leave the page cache (as rsync --drop-cache does), so an export
+            # of hundreds of GB does not push the worker's other files out of memory, and the next file
+            # reuses the memory just freed (see benchmarks/README.md, "Landed files leave the page cache").
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     except OSError:
         log.debug("fsync of %s failed", path, exc_info=True)
     finally:
