@@ -171,9 +171,10 @@ class FileDownloader:
             (self.destination / kind).mkdir(parents=True, exist_ok=True)
         workers = max(1, min(self.options.max_concurrent_downloads, len(entries)))
         self.transport.ensure_pool_size(workers)
-        # A download slot is held while a body streams in; the fsync, rename and record that land the
-        # file happen after it is given back, on the pool's spare threads, so the next body starts at
-        # once instead of waiting for the disk (see benchmarks/README.md).
+        # A download slot is held while a body streams in. The fsync, rename and record that land the
+        # file, and the wait before retrying a failed attempt, happen without it, on the pool's spare
+        # threads: the next body starts at once instead of waiting for the disk (see benchmarks/README.md)
+        # or for one file's Retry-After.
         self._slots = threading.BoundedSemaphore(workers)
         started = time.monotonic()
         results: list[FileReport | None] = [None] * len(entries)
@@ -265,7 +266,8 @@ class FileDownloader:
         def attempt() -> tuple[int, int]:
             report.attempts += 1
             try:
-                return self._fetch(url, part, expected)
+                with self._slots:  # held while the body streams in, not while backing off or saving
+                    return self._fetch(url, part, expected)
             except TransientFailure:
                 raise
             except BaseException:
@@ -283,11 +285,10 @@ class FileDownloader:
                 lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
             return lines, size
 
-        with self._slots:
-            lines, size = fetch()
-            if self.options.check_counts and count is not None and lines != count:
-                lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
-                report.count_mismatch = lines != count
+        lines, size = fetch()
+        if self.options.check_counts and count is not None and lines != count:
+            lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
+            report.count_mismatch = lines != count
         replace(part, final)
         if self.ledger is not None:
             self.ledger.record(rel, url, lines, size, report.count_mismatch)

@@ -21,6 +21,7 @@ class Fault:
     times: int
     after_bytes: int | None
     delay: float | None
+    path_contains: str | None = None  # only requests whose path contains this (e.g. one file's name)
 
     @property
     def is_cut(self) -> bool:
@@ -67,10 +68,12 @@ class FaultBoard:
         with self._lock:
             self._faults.append(fault)
 
-    def take(self, route: str, *, cut: bool = False) -> Fault | None:
-        """Consume one use of the first pending fault of ``route`` (cut faults only when ``cut``)."""
+    def take(self, route: str, path: str = "", *, cut: bool = False) -> Fault | None:
+        """Consume one use of the first pending fault of ``route`` for ``path`` (cut faults only when ``cut``)."""
         with self._lock:
             for fault in self._faults:
+                if fault.path_contains is not None and fault.path_contains not in path:
+                    continue
                 if fault.route == route and fault.is_cut == cut:
                     fault.times -= 1
                     if fault.times <= 0:

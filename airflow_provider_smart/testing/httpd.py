@@ -96,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("sandbox handler failed for %s %s", self.command, self.path)
                 route, response = "other", outcome_response(500, "exception", "internal sandbox error")
         if response.data_route:
-            fault = sandbox._faults.take(route, cut=True)
+            fault = sandbox._faults.take(route, request.path, cut=True)
             if fault is not None:
                 if fault.delay:
                     time.sleep(fault.delay)

@@ -404,13 +404,16 @@ class SmartSandbox:
         times: int = 1,
         after_bytes: int | None = None,
         delay: float | None = None,
+        path_contains: str | None = None,
     ) -> None:
         """The next ``times`` requests on ``route`` answer ``status``/``body``/``headers`` instead.
+
+        ``path_contains`` limits the fault to requests whose path contains it (say, one file's name).
 
         ``route="file", after_bytes=N`` (no status): send the real headers, N body bytes, then hang up.
         ``delay`` sleeps that many seconds first (alone: a slow but normal answer).
         """
-        self._faults.add(Fault(route, status, body, headers, times, after_bytes, delay))
+        self._faults.add(Fault(route, status, body, headers, times, after_bytes, delay, path_contains))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -481,7 +484,7 @@ class SmartSandbox:
             return route, outcome_response(
                 405, "not-supported", f"{request.method} is not allowed here", headers={"Allow": allow}
             )
-        fault = self._faults.take(route)
+        fault = self._faults.take(route, request.path)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)

@@ -100,9 +100,9 @@ def test_retry_reattaches_to_the_export_and_skips_finished_files(
     airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = tmp_path / "resumed"
-    # Files are fetched one at a time; both attempts at the first fail, so the first task run saves the
-    # second file, then fails.
-    sandbox.add_fault("file", status=503, times=2, body=sandbox.operation_outcome("transient", "busy"))
+    # Both attempts at the Condition file fail, so the first task run saves the Patient file, then fails.
+    busy = sandbox.operation_outcome("transient", "busy")
+    sandbox.add_fault("file", status=503, times=2, body=busy, path_contains="Condition")
     options = {
         "resource_types": ["Patient", "Condition"],
         "delete_on_success": False,

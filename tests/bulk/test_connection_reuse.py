@@ -50,6 +50,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.server.in_flight += 1
             self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
             self.server.requested.add(index)
+            self.server.order.append(index)
         try:
             self._send(index)
         finally:
@@ -59,6 +60,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _send(self, index: int) -> None:
         body = ndjson(index)
         mode = self.server.mode
+        if mode == "busy" and index == 0 and self.server.short_left > 0:
+            with self.server.lock:
+                self.server.short_left -= 1
+            self.send_response(503)
+            self.send_header("Retry-After", "2")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/fhir+ndjson")
         if mode == "gzip":
@@ -104,6 +113,7 @@ class CountingServer(http.server.ThreadingHTTPServer):
         self.short_left = 0
         self.in_flight = self.most_in_flight = 0
         self.requested: set[int] = set()
+        self.order: list[int] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
 
@@ -215,6 +225,21 @@ def test_landing_a_file_does_not_hold_a_download_slot(tmp_path: Path, monkeypatc
         assert overlapped == [True], "the second download waited for the first file's rename"
         assert server.most_in_flight == 1
         assert server.connections == 1
+
+
+def test_a_file_waiting_to_retry_does_not_hold_a_download_slot(tmp_path: Path) -> None:
+    """One file answered 503 + Retry-After waits without its slot: the other files download meanwhile."""
+    for server in serve("busy"):
+        server.short_left = 1
+        session = requests.Session()
+        session.trust_env = False
+        retry = RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=5)
+        client = BulkExportClient(session, server.base + "/fhir", retry=retry)
+        report = client.download(manifest(server, 3), tmp_path, DownloadOptions(max_concurrent_downloads=1))
+        check_files(tmp_path, 3)
+        assert [f.attempts for f in sorted(report.files, key=lambda f: f.path)] == [2, 1, 1]
+        assert server.order[0] == 0 and server.order[-1] == 0, server.order  # file 0 last, after its wait
+        assert server.most_in_flight == 1
 
 
 def test_a_short_body_is_retried_on_a_new_connection(tmp_path: Path) -> None:
