@@ -30,7 +30,7 @@ from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, cla
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
 from airflow_provider_smart.bulk.storage import LandedFiles, as_destination, attempt_id, discard, replace, size_of
-from airflow_provider_smart.bulk.stream import BodyReader, CorruptBody, IncompleteBody, open_body
+from airflow_provider_smart.bulk.stream import CorruptBody, IncompleteBody, open_body
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
 from airflow_provider_smart.exceptions import (
@@ -158,6 +158,10 @@ class FileDownloader:
         self.on_file_done = on_file_done
         self._logged: set[str] = set()
         self._lock = threading.Lock()
+        # A download slot is held while a body streams in. The fsync, rename and record that land the
+        # file, and the wait before retrying a failed attempt, happen without it, on the pool's spare
+        # threads: the next body starts at once instead of waiting for the disk (see benchmarks/README.md)
+        # or for one file's Retry-After.
         self._slots = threading.BoundedSemaphore(options.max_concurrent_downloads)
 
     # -- orchestration --------------------------------------------------------------------------
@@ -171,11 +175,7 @@ class FileDownloader:
             (self.destination / kind).mkdir(parents=True, exist_ok=True)
         workers = max(1, min(self.options.max_concurrent_downloads, len(entries)))
         self.transport.ensure_pool_size(workers)
-        # A download slot is held while a body streams in. The fsync, rename and record that land the
-        # file, and the wait before retrying a failed attempt, happen without it, on the pool's spare
-        # threads: the next body starts at once instead of waiting for the disk (see benchmarks/README.md)
-        # or for one file's Retry-After.
-        self._slots = threading.BoundedSemaphore(workers)
+        # The pool has spare threads for files that are landing or waiting to retry (see _slots).
         started = time.monotonic()
         results: list[FileReport | None] = [None] * len(entries)
         failures: list[tuple[int, BaseException]] = []
@@ -327,7 +327,7 @@ class FileDownloader:
                             scanner.bytes / 1e6 / (now - started),
                         )
             # Framing first: a short Content-Length says more than the cut line it leaves behind.
-            self._check_complete(response, scanner.bytes, body=body)
+            body.check_complete()
             check_gzip_trailer(response)
             lines = scanner.finish()
         except IncompleteBody as exc:
@@ -417,24 +417,6 @@ class FileDownloader:
             while chunk := handle.read(CHUNK_SIZE):
                 scanner.feed(chunk)
         return scanner.finish()
-
-    @staticmethod
-    def _check_complete(response: requests.Response, decoded_bytes: int, *, body: BodyReader | None = None) -> None:
-        if body is not None:
-            body.check_complete()  # raises IncompleteBody
-            return
-        declared = response.headers.get("Content-Length", "")
-        if not declared.isdigit():
-            return  # chunked: urllib3 / http.client raise on a broken chunk stream
-        tell = getattr(response.raw, "tell", None)
-        if callable(tell):
-            received = int(tell())  # bytes off the wire, compressed or not: what Content-Length counts
-        elif not response.headers.get("Content-Encoding"):
-            received = decoded_bytes
-        else:
-            return
-        if received < int(declared):
-            raise TransientFailure(f"the body ended after {received} of {declared} bytes")
 
     def _open(self, url: str) -> requests.Response:
         """GET ``url`` as a stream, following redirects ourselves so the token never changes origin."""

@@ -238,7 +238,8 @@ def test_a_file_waiting_to_retry_does_not_hold_a_download_slot(tmp_path: Path) -
         report = client.download(manifest(server, 3), tmp_path, DownloadOptions(max_concurrent_downloads=1))
         check_files(tmp_path, 3)
         assert [f.attempts for f in sorted(report.files, key=lambda f: f.path)] == [2, 1, 1]
-        assert server.order[0] == 0 and server.order[-1] == 0, server.order  # file 0 last, after its wait
+        # file 0 is fetched last, after its wait (which of files 0 and 1 takes the slot first is up to the threads)
+        assert server.order.count(0) == 2 and server.order[-1] == 0, server.order
         assert server.most_in_flight == 1
 
 

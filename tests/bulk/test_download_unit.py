@@ -8,9 +8,8 @@ import pytest
 import requests
 
 from airflow_provider_smart.bulk import BulkExportClient, BulkExportError, ExportManifest
-from airflow_provider_smart.bulk.download import FileDownloader
-from airflow_provider_smart.bulk.retry import TransientFailure
 from airflow_provider_smart.bulk.storage import as_destination
+from airflow_provider_smart.bulk.stream import IncompleteBody, open_body
 
 
 class Raw:
@@ -29,19 +28,27 @@ def response(headers: dict[str, str], raw: object) -> requests.Response:
     return r
 
 
-def test_short_body_is_transient() -> None:
-    with pytest.raises(TransientFailure, match="ended after 90 of 100 bytes"):
-        FileDownloader._check_complete(response({"Content-Length": "100"}, Raw(90)), 90)
+def check_complete(response: requests.Response, decoded_bytes: int) -> None:
+    """A body urllib3 read for us (no http.client response under it): BodyReader's fallback check."""
+    body = open_body(response)
+    body.decoded = decoded_bytes
+    body.check_complete()
+
+
+def test_short_body_is_incomplete() -> None:
+    # IncompleteBody is what the downloader retries as a transient failure
+    with pytest.raises(IncompleteBody, match="ended after 90 of 100 bytes"):
+        check_complete(response({"Content-Length": "100"}, Raw(90)), 90)
     # gzip: Content-Length counts the bytes on the wire, not the decoded ones
-    FileDownloader._check_complete(response({"Content-Length": "100"}, Raw(100)), 300)
-    FileDownloader._check_complete(response({}, Raw(5)), 5)  # chunked: nothing to compare
+    check_complete(response({"Content-Length": "100"}, Raw(100)), 300)
+    check_complete(response({}, Raw(5)), 5)  # chunked: nothing to compare
 
 
 def test_short_body_without_tell_compares_decoded_bytes_unless_encoded() -> None:
-    with pytest.raises(TransientFailure):
-        FileDownloader._check_complete(response({"Content-Length": "100"}, object()), 99)
+    with pytest.raises(IncompleteBody):
+        check_complete(response({"Content-Length": "100"}, object()), 99)
     encoded = {"Content-Length": "100", "Content-Encoding": "gzip"}
-    FileDownloader._check_complete(response(encoded, object()), 5)
+    check_complete(response(encoded, object()), 5)
 
 
 def test_empty_manifest_downloads_nothing(tmp_path) -> None:
