@@ -11,6 +11,7 @@ import http.server
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from airflow_provider_smart.bulk import (
     DownloadOptions,
     ExportManifest,
     RetryPolicy,
+    stream,
 )
-from airflow_provider_smart.bulk.stream import CorruptBody, IncompleteBody, open_body
+from airflow_provider_smart.bulk.stream import GZIP_MAX_OUT, CorruptBody, IncompleteBody, open_body
 
 LINE = b'{"resourceType":"Observation","id":"%d","status":"final","code":{"text":"reuse test"}}\n'
 FILES = 12
@@ -307,7 +309,17 @@ def read_all(url: str) -> tuple[bytes, Any]:
     return data, body
 
 
-def test_gzip_members_truncation_and_corruption(gzip_server: str) -> None:
+@pytest.fixture(params=["zlib-ng", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both inflaters: zlib-ng (the dependency), and the standard library's zlib it falls back to."""
+    if request.param == "zlib":
+        monkeypatch.setattr(stream, "inflate_module", lambda: zlib)
+    else:
+        assert stream.inflate_module().__name__ == "zlib_ng.zlib_ng"  # installed, and the one in use
+    return str(request.param)
+
+
+def test_gzip_members_truncation_and_corruption(gzip_server: str, inflater: str) -> None:
     data = ndjson(1)
     whole = gzip.compress(data)
     GzipBodies.bodies.update(
@@ -329,3 +341,13 @@ def test_gzip_members_truncation_and_corruption(gzip_server: str) -> None:
     body.close()
     with pytest.raises(CorruptBody, match="corrupt"):  # not retried: the same bytes would come again
         read_all(gzip_server + "/corrupt")
+
+
+def test_a_gzip_bomb_is_decoded_in_bounded_pieces(gzip_server: str, inflater: str) -> None:
+    # 64 MiB of one byte compresses ~1000:1: each piece handed on stays small however far it inflates.
+    GzipBodies.bodies["/bomb"] = gzip.compress(b"\n" * (64 << 20), compresslevel=9)
+    response = requests.get(gzip_server + "/bomb", stream=True, headers={"Accept-Encoding": "gzip"}, timeout=10)
+    with open_body(response) as body:
+        sizes = [len(chunk) for chunk in body]
+        body.check_complete()
+    assert sum(sizes) == 64 << 20 and max(sizes) <= GZIP_MAX_OUT
