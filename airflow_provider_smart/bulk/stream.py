@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import http.client
+import io
+import ssl
 import threading
 import zlib
 from collections.abc import Iterator
@@ -135,9 +137,10 @@ class BodyReader:
         buffer = bytearray(self.chunk_size)
         view = memoryview(buffer)
         size = len(buffer)
+        source: http.client.HTTPResponse | TlsRecordReader = TlsRecordReader.over(fp, size) or fp
         try:
             while True:
-                n = self._readinto(fp, view)  # fills the buffer: as many recv()s as it needs, no copy
+                n = self._readinto(source, view)  # fills the buffer: as many recv()s as it needs, no copy
                 if not n:
                     self._ended = True
                     return
@@ -184,7 +187,7 @@ class BodyReader:
         finally:
             view.release()
 
-    def _readinto(self, fp: http.client.HTTPResponse, view: memoryview) -> int:
+    def _readinto(self, fp: http.client.HTTPResponse | TlsRecordReader, view: memoryview) -> int:
         try:
             n = fp.readinto(view)
         except OSError:
@@ -270,6 +273,58 @@ class BodyReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TlsRecordReader:
+    """Fills an https body's buffer with one C call per TLS record, then lets ``http.client`` read the end.
+
+    ``HTTPResponse.readinto`` reaches a TLS socket through a buffered reader, ``SocketIO.readinto``,
+    ``SSLSocket.recv_into`` and ``SSLSocket.read``: three Python calls per 16 KiB record, each holding the GIL
+    that the other download threads wait for. Here a record is one call of the socket's ``_sslobj.read``
+    (the socket's read timeout still applies). The bytes the buffered reader already holds (they came with
+    the headers) are taken first, ``Content-Length`` bookkeeping stays ``http.client``'s, and its own
+    ``readinto`` reads the last chunk, so the body ends, and the connection goes back to the pool, as usual.
+    """
+
+    def __init__(self, fp: http.client.HTTPResponse, buffered: Any, read_record: Any) -> None:
+        self.fp = fp
+        self.buffered = buffered  # http.client's reader over the socket
+        self.read_record = read_record
+        self.drained = False
+
+    @classmethod
+    def over(cls, fp: http.client.HTTPResponse, chunk_size: int) -> TlsRecordReader | None:
+        """A reader for ``fp``'s body, or None when it is not a ``Content-Length`` body over TLS."""
+        buffered = getattr(fp, "fp", None)
+        sock = getattr(getattr(buffered, "raw", None), "_sock", None)
+        read_record = getattr(getattr(sock, "_sslobj", None), "read", None)
+        if not isinstance(sock, ssl.SSLSocket) or not isinstance(buffered, io.BufferedReader):
+            return None
+        if read_record is None or fp.chunked or fp.length is None or chunk_size <= io.DEFAULT_BUFFER_SIZE:
+            return None  # chunk_size: what the buffered reader holds must fit in one chunk
+        return cls(fp, buffered, read_record)
+
+    def readinto(self, view: memoryview) -> int:
+        length = self.fp.length
+        if length is None or length <= len(view):
+            return self.fp.readinto(view)  # the last chunk: http.client ends the body and frees the connection
+        n = 0
+        if not self.drained:
+            held = len(self.buffered.peek(0))  # what came with the headers (at most one read if nothing did)
+            n = self.buffered.readinto(view[:held])
+            self.drained = True
+        want = len(view)
+        read_record = self.read_record
+        try:
+            while n < want:
+                got = read_record(want - n, view[n:])
+                if not got:
+                    break
+                n += got
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            pass  # the connection ended early: check_complete() compares with Content-Length
+        self.fp.length = length - n
+        return n
 
 
 def _cut(fp: http.client.HTTPResponse | None) -> None:

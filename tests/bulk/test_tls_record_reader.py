@@ -1,0 +1,154 @@
+"""https bodies read a TLS record per call (stream.TlsRecordReader): every byte, in order, at every boundary.
+
+The reader takes over from ``http.client`` after the bytes that came with the headers and hands the last
+chunk back to it, so the tests sweep body sizes around the buffered reader's 8 KiB, the chunk size and
+the 16 KiB TLS record, over a real TLS connection, and check the connection is kept only for whole bodies.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_smart.bulk import stream
+from airflow_provider_smart.bulk.stream import IncompleteBody, open_body
+
+CHUNK = 20_000  # above the buffered reader's 8 KiB, and not a multiple of a 16 KiB TLS record
+
+
+def body_of(size: int) -> bytes:
+    line = b'{"resourceType":"Observation","id":"%08d"}\n'
+    lines = b"".join(line % i for i in range(size // len(line % 0) + 1))
+    return lines[:size]
+
+
+class SizedBodies(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server: TlsServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        kind, size = self.path.strip("/").split("/")
+        body = body_of(int(size))
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        if kind == "short":  # half the body, then the connection closes
+            self.wfile.write(head + body[: len(body) // 2])
+            self.close_connection = True
+        elif kind == "apart":  # headers in a TLS record of their own: nothing of the body is buffered
+            self.wfile.write(head)
+            self.wfile.write(body)
+        else:  # as nginx does: the body's first bytes share a record with the headers
+            self.wfile.write(head + body)
+
+
+class TlsServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), SizedBodies)
+        self.context = context
+        self.connections = 0
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        self.connections += 1
+        return self.context.wrap_socket(sock, server_side=True), address
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from airflow_provider_smart.testing.tls import make_tls
+
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def server(tls_files: Any) -> Iterator[TlsServer]:
+    server = TlsServer(tls_files.server_context())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def session(tls_files: Any) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(tls_files.ca)
+    return session
+
+
+@pytest.fixture
+def record_readers(monkeypatch: pytest.MonkeyPatch) -> list[stream.TlsRecordReader]:
+    """The record readers made for the bodies (``drained``: it read records, which one chunk's body does not)."""
+    made: list[stream.TlsRecordReader] = []
+    real = stream.TlsRecordReader.over
+
+    def over(fp: Any, chunk_size: int) -> stream.TlsRecordReader | None:
+        reader = real(fp, chunk_size)
+        if reader is not None:
+            made.append(reader)
+        return reader
+
+    monkeypatch.setattr(stream.TlsRecordReader, "over", over)
+    return made
+
+
+def read(session: requests.Session, url: str) -> tuple[bytes, stream.BodyReader]:
+    body = open_body(session.get(url, stream=True, timeout=10), CHUNK)
+    data = b"".join(bytes(chunk) for chunk in body)
+    return data, body
+
+
+SIZES = [0, 1, 8191, 8192, 8193, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 1, 16384 * 7 + 5, 1_000_003]
+
+
+@pytest.mark.parametrize("kind", ["whole", "apart"])
+def test_every_body_size_arrives_whole_over_one_connection(server: TlsServer, session, record_readers, kind) -> None:
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+    for size in SIZES:
+        data, body = read(session, f"{base}/{kind}/{size}")
+        assert data == body_of(size), f"{size}-byte body"
+        assert body.complete and body.received == size
+        body.close()
+    took_over = [reader for reader in record_readers if reader.drained]
+    assert len(took_over) == sum(size > CHUNK for size in SIZES)  # the path under test was taken
+    assert all(reader.fp.isclosed() for reader in took_over)  # http.client ended every body itself
+    assert server.connections == 1  # so every connection went back to the pool
+
+
+@pytest.mark.parametrize("size", [3 * CHUNK, 1_000_003])
+def test_a_tls_body_cut_short_is_incomplete_and_its_connection_dropped(
+    server: TlsServer, session, record_readers, size: int
+) -> None:
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+    data, body = read(session, f"{base}/short/{size}")
+    assert data == body_of(size)[: len(data)] and len(data) == size // 2
+    with pytest.raises(IncompleteBody, match=f"after {size // 2} of {size} bytes"):
+        body.check_complete()
+    body.close()
+    data, body = read(session, f"{base}/whole/{size}")  # the next body: a new connection, all of it
+    assert data == body_of(size) and body.complete
+    body.close()
+    assert [reader.drained for reader in record_readers] == [True, True] and server.connections == 2
+
+
+def test_a_small_chunk_size_keeps_http_client_reading(server: TlsServer, session, record_readers) -> None:
+    # the buffered reader holds up to 8 KiB after the headers: a smaller chunk could not take it at once
+    url = f"https://127.0.0.1:{server.server_address[1]}/whole/100000"
+    body = open_body(session.get(url, stream=True, timeout=10), 4096)
+    assert b"".join(bytes(chunk) for chunk in body) == body_of(100000) and body.complete
+    body.close()
+    assert record_readers == []
