@@ -42,6 +42,11 @@ class SizedBodies(http.server.BaseHTTPRequestHandler):
         if kind == "short":  # half the body, then the connection closes
             self.wfile.write(head + body[: len(body) // 2])
             self.close_connection = True
+        elif kind == "stall":  # a part, then nothing until the test is over
+            self.wfile.write(head + body[: len(body) // 4])
+            self.wfile.flush()
+            self.server.release.wait(10)
+            self.close_connection = True
         elif kind == "apart":  # headers in a TLS record of their own: nothing of the body is buffered
             self.wfile.write(head)
             self.wfile.write(body)
@@ -56,6 +61,7 @@ class TlsServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), SizedBodies)
         self.context = context
         self.connections = 0
+        self.release = threading.Event()
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()
@@ -78,6 +84,7 @@ def server(tls_files: Any) -> Iterator[TlsServer]:
     try:
         yield server
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
 
@@ -152,3 +159,13 @@ def test_a_small_chunk_size_keeps_http_client_reading(server: TlsServer, session
     assert b"".join(bytes(chunk) for chunk in body) == body_of(100000) and body.complete
     body.close()
     assert record_readers == []
+
+
+def test_a_stalled_tls_body_is_cut_by_the_rate_guard(server: TlsServer, session, record_readers) -> None:
+    url = f"https://127.0.0.1:{server.server_address[1]}/stall/{10 * CHUNK}"
+    body = open_body(session.get(url, stream=True, timeout=30), CHUNK, min_rate=100_000, window=0.5)
+    with pytest.raises(IncompleteBody, match="min_download_rate"):  # within the window, not the 30 s timeout
+        for _chunk in body:
+            pass
+    body.close()
+    assert [reader.drained for reader in record_readers] == [True]
