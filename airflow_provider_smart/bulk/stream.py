@@ -2,12 +2,13 @@
 
 :func:`open_body` wraps a streamed ``requests`` response in a :class:`BodyReader`. Iterating it yields the
 body's (decoded) bytes in order. For identity bodies every chunk is the same reused ``bytearray`` (or a
-``bytes`` tail), filled by ``http.client``'s ``readinto`` straight from the socket's buffered reader: no
-fresh buffer, no copy per chunk, and the socket's read timeout still applies to every ``recv``. gzip
-bodies are read the same way and inflated with zlib-ng's ``decompressobj`` (``wbits=31``: gzip framing, the
-CRC-32 and length trailer verified), bypassing urllib3's decoder and its buffering. zlib-ng is a drop-in
-for the standard library's :mod:`zlib` that inflates about twice as fast (benchmarks/README.md); the
-standard module takes over where zlib-ng cannot be imported.
+``bytes`` tail), filled by ``http.client``'s ``readinto`` straight from the socket's buffered reader (over
+TLS, by :class:`TlsRecordReader`: a C call per record): no fresh buffer, no copy per chunk, and the
+socket's read timeout still applies to every ``recv``. gzip bodies are read the same way and inflated with
+zlib-ng's ``decompressobj`` (``wbits=31``: gzip framing, the CRC-32 and length trailer verified),
+bypassing urllib3's decoder and its buffering. zlib-ng is a drop-in for the standard library's
+:mod:`zlib` that inflates about twice as fast (benchmarks/README.md); the standard module takes over
+where zlib-ng cannot be imported.
 
 A chunk is only valid until the next one is requested: consumers must write or scan it, not keep it.
 
@@ -158,11 +159,12 @@ class BodyReader:
         assert fp is not None
         buffer = bytearray(min(self.chunk_size, GZIP_READ_SIZE))
         view = memoryview(buffer)
+        source: http.client.HTTPResponse | TlsRecordReader = TlsRecordReader.over(fp, len(buffer)) or fp
         inflate = inflate_module()
         inflater = inflate.decompressobj(wbits=31)
         try:
             while True:
-                n = self._readinto(fp, view)
+                n = self._readinto(source, view)
                 if not n:
                     self._ended = True
                     # An empty body is an empty file only when framed (Content-Length 0, or chunked): a

@@ -7,7 +7,9 @@ the 16 KiB TLS record, over a real TLS connection, and check the connection is k
 
 from __future__ import annotations
 
+import gzip
 import http.server
+import random
 import ssl
 import threading
 from collections.abc import Iterator
@@ -47,6 +49,12 @@ class SizedBodies(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.server.release.wait(10)
             self.close_connection = True
+        elif kind == "gzip":  # random lines: the compressed body spans several reads too
+            rng = random.Random(len(body))
+            raw = b"".join(b'{"id":"%032x"}\n' % rng.getrandbits(128) for _ in range(len(body) // 40))
+            body = gzip.compress(raw, compresslevel=1)
+            head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+            self.wfile.write(head + body)
         elif kind == "apart":  # headers in a TLS record of their own: nothing of the body is buffered
             self.wfile.write(head)
             self.wfile.write(body)
@@ -169,3 +177,15 @@ def test_a_stalled_tls_body_is_cut_by_the_rate_guard(server: TlsServer, session,
             pass
     body.close()
     assert [reader.drained for reader in record_readers] == [True]
+
+
+def test_a_gzip_body_over_tls_is_read_by_records_and_inflated_whole(server: TlsServer, session, record_readers) -> None:
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+    response = session.get(f"{base}/gzip/4000000", stream=True, headers={"Accept-Encoding": "gzip"}, timeout=10)
+    rng = random.Random(4000000)
+    want = b"".join(b'{"id":"%032x"}\n' % rng.getrandbits(128) for _ in range(100000))
+    with open_body(response, CHUNK) as body:
+        assert b"".join(bytes(chunk) for chunk in body) == want
+        assert body.mode == "gzip" and body.complete
+    assert [reader.drained for reader in record_readers] == [True]
+    assert server.connections == 1
