@@ -7,9 +7,7 @@ Over https that is also one TLS handshake per connection, so reuse matters even 
 from __future__ import annotations
 
 import gzip
-import http.server
 import ssl
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from airflow_provider_smart.bulk import (
     stream,
 )
 from airflow_provider_smart.bulk.stream import GZIP_MAX_OUT, CorruptBody, IncompleteBody, open_body
+from airflow_provider_smart.testing.local_http import CountingServer, QuietHandler
 
 LINE = b'{"resourceType":"Observation","id":"%d","status":"final","code":{"text":"reuse test"}}\n'
 FILES = 12
@@ -38,12 +37,8 @@ def ndjson(index: int) -> bytes:
     return b"".join(LINE % (index * LINES + i) for i in range(LINES))
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    server: CountingServer
-
-    def log_message(self, *args: Any) -> None:
-        pass
+class Handler(QuietHandler):
+    server: ReuseServer
 
     def do_GET(self) -> None:
         name = self.path.rsplit("/", 1)[-1]
@@ -104,33 +99,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class CountingServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
+class ReuseServer(CountingServer):
     def __init__(self, mode: str, context: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler, context)
         self.mode = mode
-        self.context = context
-        self.connections = 0
         self.short_left = 0
         self.in_flight = self.most_in_flight = 0
         self.requested: set[int] = set()
         self.order: list[int] = []
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = super().get_request()
-        with self.lock:
-            self.connections += 1
-        if self.context is not None:
-            sock = self.context.wrap_socket(sock, server_side=True)
-        return sock, address
-
-    @property
-    def base(self) -> str:
-        scheme = "https" if self.context else "http"
-        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +118,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]
     return files.server_context(), files.ca
 
 
-def serve(mode: str, context: ssl.SSLContext | None = None) -> Iterator[CountingServer]:
-    server = CountingServer(mode, context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+def serve(mode: str, context: ssl.SSLContext | None = None) -> Iterator[ReuseServer]:
+    server = ReuseServer(mode, context)
+    with server.running():
         yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
 
 
 def manifest(server: CountingServer, files: int = FILES) -> ExportManifest:
@@ -273,12 +243,8 @@ def test_the_read_timeout_still_applies_to_every_read(tmp_path: Path) -> None:
 # -- the body reader on its own ---------------------------------------------------------------------
 
 
-class GzipBodies(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class GzipBodies(QuietHandler):
     bodies: dict[str, bytes] = {}
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         body = self.bodies[self.path]
@@ -291,15 +257,8 @@ class GzipBodies(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def gzip_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GzipBodies)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with CountingServer(GzipBodies).running() as server:
+        yield server.base
 
 
 def read_all(url: str) -> tuple[bytes, Any]:

@@ -8,10 +8,7 @@ the 16 KiB TLS record, over a real TLS connection, and check the connection is k
 from __future__ import annotations
 
 import gzip
-import http.server
 import random
-import ssl
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +17,7 @@ import requests
 
 from airflow_provider_smart.bulk import stream
 from airflow_provider_smart.bulk.stream import IncompleteBody, open_body
+from airflow_provider_smart.testing.local_http import CountingServer, QuietHandler
 
 CHUNK = 20_000  # above the buffered reader's 8 KiB, and not a multiple of a 16 KiB TLS record
 
@@ -30,13 +28,7 @@ def body_of(size: int) -> bytes:
     return lines[:size]
 
 
-class SizedBodies(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    server: TlsServer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
+class SizedBodies(QuietHandler):
     def do_GET(self) -> None:
         kind, size = self.path.strip("/").split("/")
         body = body_of(int(size))
@@ -62,21 +54,6 @@ class SizedBodies(http.server.BaseHTTPRequestHandler):
             self.wfile.write(head + body)
 
 
-class TlsServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        super().__init__(("127.0.0.1", 0), SizedBodies)
-        self.context = context
-        self.connections = 0
-        self.release = threading.Event()
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = super().get_request()
-        self.connections += 1
-        return self.context.wrap_socket(sock, server_side=True), address
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from airflow_provider_smart.testing.tls import make_tls
@@ -85,16 +62,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture
-def server(tls_files: Any) -> Iterator[TlsServer]:
-    server = TlsServer(tls_files.server_context())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+def server(tls_files: Any) -> Iterator[CountingServer]:
+    with CountingServer(SizedBodies, tls_files.server_context()).running() as server:
         yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -131,8 +101,10 @@ SIZES = [0, 1, 8191, 8192, 8193, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHU
 
 
 @pytest.mark.parametrize("kind", ["whole", "apart"])
-def test_every_body_size_arrives_whole_over_one_connection(server: TlsServer, session, record_readers, kind) -> None:
-    base = f"https://127.0.0.1:{server.server_address[1]}"
+def test_every_body_size_arrives_whole_over_one_connection(
+    server: CountingServer, session, record_readers, kind
+) -> None:
+    base = server.base
     for size in SIZES:
         data, body = read(session, f"{base}/{kind}/{size}")
         assert data == body_of(size), f"{size}-byte body"
@@ -146,9 +118,9 @@ def test_every_body_size_arrives_whole_over_one_connection(server: TlsServer, se
 
 @pytest.mark.parametrize("size", [3 * CHUNK, 1_000_003])
 def test_a_tls_body_cut_short_is_incomplete_and_its_connection_dropped(
-    server: TlsServer, session, record_readers, size: int
+    server: CountingServer, session, record_readers, size: int
 ) -> None:
-    base = f"https://127.0.0.1:{server.server_address[1]}"
+    base = server.base
     data, body = read(session, f"{base}/short/{size}")
     assert data == body_of(size)[: len(data)] and len(data) == size // 2
     with pytest.raises(IncompleteBody, match=f"after {size // 2} of {size} bytes"):
@@ -160,17 +132,17 @@ def test_a_tls_body_cut_short_is_incomplete_and_its_connection_dropped(
     assert [reader.drained for reader in record_readers] == [True, True] and server.connections == 2
 
 
-def test_a_small_chunk_size_keeps_http_client_reading(server: TlsServer, session, record_readers) -> None:
+def test_a_small_chunk_size_keeps_http_client_reading(server: CountingServer, session, record_readers) -> None:
     # the buffered reader holds up to 8 KiB after the headers: a smaller chunk could not take it at once
-    url = f"https://127.0.0.1:{server.server_address[1]}/whole/100000"
+    url = f"{server.base}/whole/100000"
     body = open_body(session.get(url, stream=True, timeout=10), 4096)
     assert b"".join(bytes(chunk) for chunk in body) == body_of(100000) and body.complete
     body.close()
     assert record_readers == []
 
 
-def test_a_stalled_tls_body_is_cut_by_the_rate_guard(server: TlsServer, session, record_readers) -> None:
-    url = f"https://127.0.0.1:{server.server_address[1]}/stall/{10 * CHUNK}"
+def test_a_stalled_tls_body_is_cut_by_the_rate_guard(server: CountingServer, session, record_readers) -> None:
+    url = f"{server.base}/stall/{10 * CHUNK}"
     body = open_body(session.get(url, stream=True, timeout=30), CHUNK, min_rate=100_000, window=0.5)
     with pytest.raises(IncompleteBody, match="min_download_rate"):  # within the window, not the 30 s timeout
         for _chunk in body:
@@ -179,8 +151,10 @@ def test_a_stalled_tls_body_is_cut_by_the_rate_guard(server: TlsServer, session,
     assert [reader.drained for reader in record_readers] == [True]
 
 
-def test_a_gzip_body_over_tls_is_read_by_records_and_inflated_whole(server: TlsServer, session, record_readers) -> None:
-    base = f"https://127.0.0.1:{server.server_address[1]}"
+def test_a_gzip_body_over_tls_is_read_by_records_and_inflated_whole(
+    server: CountingServer, session, record_readers
+) -> None:
+    base = server.base
     response = session.get(f"{base}/gzip/4000000", stream=True, headers={"Accept-Encoding": "gzip"}, timeout=10)
     rng = random.Random(4000000)
     want = b"".join(b'{"id":"%032x"}\n' % rng.getrandbits(128) for _ in range(100000))
