@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -356,6 +357,7 @@ class FileDownloader:
             urllib3.exceptions.HTTPError,  # urllib3's reader (bodies stream.py does not read itself)
             ConnectionError,
             TimeoutError,
+            ssl.SSLError,  # a TLS record that does not decrypt mid-body: the next try gets the bytes afresh
         ) as exc:
             raise TransientFailure(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:

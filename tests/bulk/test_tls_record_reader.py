@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gzip
 import random
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
-from airflow_provider_smart.bulk import stream
+from airflow_provider_smart.bulk import BulkExportClient, DownloadOptions, ExportManifest, RetryPolicy, stream
 from airflow_provider_smart.bulk.stream import IncompleteBody, open_body
 from airflow_provider_smart.testing.local_http import CountingServer, QuietHandler
 
@@ -47,6 +48,12 @@ class SizedBodies(QuietHandler):
             body = gzip.compress(raw, compresslevel=1)
             head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
             self.wfile.write(head + body)
+        elif kind == "garbled" and not self.server.garbled:  # the first try: a record that does not decrypt
+            self.server.garbled = True
+            self.wfile.write(head + body[: len(body) // 2])
+            self.wfile.flush()
+            socket.socket.sendall(self.connection, b"\x17\x03\x03\x40\x00" + b"\x99" * 16384)  # under TLS
+            self.close_connection = True
         elif kind == "apart":  # headers in a TLS record of their own: nothing of the body is buffered
             self.wfile.write(head)
             self.wfile.write(body)
@@ -64,6 +71,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def server(tls_files: Any) -> Iterator[CountingServer]:
     with CountingServer(SizedBodies, tls_files.server_context()).running() as server:
+        server.garbled = False  # type: ignore[attr-defined]
         yield server
 
 
@@ -163,3 +171,14 @@ def test_a_gzip_body_over_tls_is_read_by_records_and_inflated_whole(
         assert body.mode == "gzip" and body.complete
     assert [reader.drained for reader in record_readers] == [True]
     assert server.connections == 1
+
+
+def test_a_tls_record_that_does_not_decrypt_mid_body_is_retried(server: CountingServer, session, tmp_path) -> None:
+    size = 47 * 20_000  # 20,000 whole 47-byte lines (940 kB): the file must end with a newline
+    url = f"{server.base}/garbled/{size}"
+    data = {"transactionTime": "t", "request": "x", "requiresAccessToken": False, "error": []}
+    manifest = ExportManifest.from_json({**data, "output": [{"type": "Observation", "url": url}]}, server.base)
+    client = BulkExportClient(session, server.base, retry=RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=0.01))
+    report = client.download(manifest, tmp_path, DownloadOptions())  # not a failed file: a network hiccup
+    assert (tmp_path / "Observation.1.ndjson").read_bytes() == body_of(size)
+    assert server.garbled and report.files[0].attempts == 2
