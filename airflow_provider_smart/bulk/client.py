@@ -26,6 +26,7 @@ from airflow_provider_smart.bulk.models import (
 )
 from airflow_provider_smart.bulk.outcome import body_text, is_transient, parse_outcome
 from airflow_provider_smart.bulk.plan import plan_files
+from airflow_provider_smart.bulk.progress import TransferProgress
 from airflow_provider_smart.bulk.retry import (
     TRANSIENT_POLL_STATUSES,
     RetryPolicy,
@@ -392,6 +393,19 @@ class BulkExportClient:
             progress=progress,
         )
 
+    # -- server ---------------------------------------------------------------------------------
+    def capability_statement(self) -> dict[str, Any] | None:
+        """The server's ``/metadata`` (CapabilityStatement), or None when it cannot be had: it only
+        describes the server (software, FHIR version, operations), so nothing depends on it."""
+        url = f"{self.fhir_base_url}/metadata"
+        try:
+            response = self.transport.request("GET", url, headers={"Accept": FHIR_JSON})
+            data = response.json() if response.status_code == 200 else None
+        except Exception as exc:  # any failure only means "unknown"
+            log.debug("Could not read %s: %s", url, type(exc).__name__)
+            return None
+        return data if isinstance(data, dict) else None
+
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, status_url: str) -> bool:
         """DELETE the export (cancel it, or tell the server we are done with its files).
@@ -424,6 +438,8 @@ class BulkExportClient:
         *,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        on_file_start: Callable[[dict[str, Any]], None] | None = None,
+        progress: TransferProgress | None = None,
     ) -> DownloadReport:
         """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
         return self.download_batch(
@@ -434,6 +450,8 @@ class BulkExportClient:
             status_url=manifest.status_url,
             on_file_done=on_file_done,
             ledger=ledger,
+            on_file_start=on_file_start,
+            progress=progress,
         )
 
     def download_batch(
@@ -446,6 +464,8 @@ class BulkExportClient:
         status_url: str | None = None,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        on_file_start: Callable[[dict[str, Any]], None] | None = None,
+        progress: TransferProgress | None = None,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
@@ -453,7 +473,9 @@ class BulkExportClient:
         ``ObjectStoragePath`` (see :mod:`~airflow_provider_smart.bulk.storage`). ``status_url``: the
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
         thread) with each finished file's report. ``ledger``: which export each landed file belongs to
-        (a file is skipped only when it holds this export's file). Raises :class:`BulkDownloadError` listing every
+        (a file is skipped only when it holds this export's file). ``on_file_start`` is called (in a download
+        thread) with each planned entry before its first attempt; ``progress`` receives the files and bytes
+        as they land (see :mod:`~airflow_provider_smart.bulk.progress`). Raises :class:`BulkDownloadError` listing every
         failed file, after trying them all.
         """
         if status_url:
@@ -464,7 +486,9 @@ class BulkExportClient:
             options or DownloadOptions(),
             requires_access_token=requires_access_token,
             on_file_done=on_file_done,
+            on_file_start=on_file_start,
             ledger=ledger,
+            progress=progress,
         )
         return downloader.run(list(entries))
 

@@ -29,6 +29,7 @@ from airflow_provider_smart.bulk.models import TYPE_NAME, DownloadOptions, Downl
 from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import check_entry
+from airflow_provider_smart.bulk.progress import ProgressLogger, TransferProgress
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
 from airflow_provider_smart.bulk.storage import LandedFiles, as_destination, attempt_id, discard, replace, size_of
 from airflow_provider_smart.bulk.stream import CorruptBody, IncompleteBody, open_body
@@ -148,10 +149,14 @@ class FileDownloader:
         *,
         requires_access_token: bool,
         on_file_done: Callable[[FileReport], None] | None = None,
+        on_file_start: Callable[[dict[str, Any]], None] | None = None,
         ledger: LandedFiles | None = None,
+        progress: TransferProgress | None = None,
     ) -> None:
         self.transport = transport
         self.ledger = ledger
+        self.on_file_start = on_file_start
+        self.progress = progress or TransferProgress()
         self.attempt = attempt_id()
         self.destination = as_destination(destination)
         self.options = options
@@ -180,9 +185,13 @@ class FileDownloader:
         started = time.monotonic()
         results: list[FileReport | None] = [None] * len(entries)
         failures: list[tuple[int, BaseException]] = []
-        with ThreadPoolExecutor(
-            max(workers, min(len(entries), 2 * workers)), thread_name_prefix="smart-bulk-download"
-        ) as pool:
+        self.progress.start(len(entries))
+        with (
+            ProgressLogger(self.progress, self.options.progress_log_interval),
+            ThreadPoolExecutor(
+                max(workers, min(len(entries), 2 * workers)), thread_name_prefix="smart-bulk-download"
+            ) as pool,
+        ):
             futures = {pool.submit(self._download_file, entry): i for i, entry in enumerate(entries)}
             for future in as_completed(futures):
                 i = futures[future]
@@ -248,6 +257,7 @@ class FileDownloader:
             if self.ledger is None:
                 report.skipped, report.bytes, report.lines = True, size_of(final), count
                 log.info("Skipping %s: already downloaded by an earlier run.", rel)
+                self.progress.file_done(skipped=True, size=report.bytes)
                 return report
             record = self.ledger.owns(rel, url)
             if record is not None:
@@ -255,6 +265,7 @@ class FileDownloader:
                 report.bytes = record.get("bytes") if record.get("bytes") is not None else size_of(final)
                 report.count_mismatch = bool(record.get("count_mismatch"))
                 log.info("Skipping %s: already downloaded by an earlier try of this export.", rel)
+                self.progress.file_done(skipped=True, size=report.bytes)
                 return report
             log.info("Replacing %s: it does not hold this export's file (left by another export or try).", rel)
         if not is_http_url(url):
@@ -263,6 +274,8 @@ class FileDownloader:
         part = directory / f".{name}.{self.attempt}.part"  # per attempt: a zombie try never shares it
         expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()
+        if self.on_file_start is not None:
+            self.on_file_start(entry)
 
         def attempt() -> tuple[int, int]:
             report.attempts += 1
@@ -295,6 +308,7 @@ class FileDownloader:
             self.ledger.record(rel, url, lines, size, report.count_mismatch)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
+        self.progress.file_done()
         log.info(
             "Downloaded %s: %d lines, %.2f MB in %.1f s (%.1f MB/s).",
             rel,
@@ -313,11 +327,13 @@ class FileDownloader:
         body = open_body(
             response, CHUNK_SIZE, min_rate=self.options.min_download_rate, window=self.options.min_rate_window
         )
+        progress, whole = self.progress, False
         try:
             with part.open("wb") as handle:
                 for chunk in body:
                     write_in_slices(handle, chunk)
                     scanner.feed(chunk)
+                    progress.add_bytes(len(chunk))
                     now = time.monotonic()
                     if now - last_log >= PROGRESS_LOG_EVERY:
                         last_log = now
@@ -331,6 +347,7 @@ class FileDownloader:
             body.check_complete()
             check_gzip_trailer(response)
             lines = scanner.finish()
+            whole = True
         except IncompleteBody as exc:
             raise TransientFailure(str(exc)) from None
         except TruncatedFileError as exc:
@@ -362,6 +379,8 @@ class FileDownloader:
             raise TransientFailure(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:
             body.close()  # back to the pool if the body was read whole, else closed
+            if not whole:
+                progress.add_bytes(-scanner.bytes)  # the retry counts the file afresh
         return lines, scanner.bytes
 
     def _second_opinion(

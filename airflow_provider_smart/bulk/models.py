@@ -304,6 +304,8 @@ class DownloadOptions:
         attempt is abandoned and the file retried as a transient failure (a server dripping bytes just
         under the read timeout would otherwise hold it for hours); 0 disables the check.
     :param min_rate_window: seconds over which ``min_download_rate`` is averaged.
+    :param progress_log_interval: seconds between "Download progress" log lines (files, bytes, rate);
+        0 turns them off.
     """
 
     max_concurrent_downloads: int = 4
@@ -313,6 +315,7 @@ class DownloadOptions:
     skip_existing: bool = True
     min_download_rate: float = 4096.0  # with the window: reads of CHUNK_SIZE, progress judged per read
     min_rate_window: float = 128.0
+    progress_log_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent_downloads < 1:

@@ -18,16 +18,21 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from airflow_provider_smart.bulk.client import BulkExportClient
+from airflow_provider_smart.bulk.export_log import ExportLog, plain_url, request_parameters
+from airflow_provider_smart.bulk.kickoff import build_kickoff
 from airflow_provider_smart.bulk.models import (
     DownloadOptions,
     DownloadReport,
     ExportManifest,
     ExportRequest,
+    FileReport,
     StatusResult,
 )
 from airflow_provider_smart.bulk.plan import plan_files
+from airflow_provider_smart.bulk.progress import TransferProgress
 from airflow_provider_smart.bulk.storage import (
     DestinationLease,
     LandedFiles,
@@ -37,7 +42,7 @@ from airflow_provider_smart.bulk.storage import (
     write_json_atomically,
 )
 from airflow_provider_smart.bulk.urls import redact_url
-from airflow_provider_smart.exceptions import BulkExportError
+from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -76,6 +81,9 @@ class ExportWorkflow:
     :param run_id: the run that owns the destination (Airflow's run id): a destination holding another
         run's export is refused, so a daily run into a non-templated destination fails loudly instead
         of returning yesterday's files.
+    :param export_log: write ``log.ndjson`` (the standard Bulk Data export log Cumulus ETL reads) beside
+        the files; see :mod:`~airflow_provider_smart.bulk.export_log`.
+    :param progress: counters the downloads report into (files, bytes; a progress bar reads them).
     """
 
     def __init__(
@@ -87,6 +95,8 @@ class ExportWorkflow:
         options: DownloadOptions | None = None,
         delete_on_success: bool = True,
         run_id: str | None = None,
+        export_log: bool = True,
+        progress: TransferProgress | None = None,
     ) -> None:
         self.client = client
         self.destination = as_destination(destination)
@@ -98,6 +108,16 @@ class ExportWorkflow:
         self.manifest_path = self.destination / MANIFEST_FILE
         self.run_id = run_id
         self.owner = run_id or f"attempt {attempt_id()}"
+        self.write_log = export_log
+        self._log: ExportLog | None = None
+        self.progress = progress
+
+    @property
+    def log(self) -> ExportLog | None:
+        """The destination's ``log.ndjson`` (read on first use), or None when not written."""
+        if self.write_log and self._log is None:
+            self._log = ExportLog(self.destination)
+        return self._log
 
     def lease(self) -> DestinationLease:
         """An exclusive lease on the destination for this attempt (``with workflow.lease().held(): ...``)."""
@@ -194,9 +214,51 @@ class ExportWorkflow:
                 if removed:
                     log.warning("Removed %d file(s) the abandoned export had landed here.", removed)
                 self._forget_kickoff()
-        status_url = self.client.kick_off(request)
+        status_url = self._kick_off(request)
         self._record_kickoff(status_url)
         return StartedExport(status_url)
+
+    def _kick_off(self, request: ExportRequest) -> str:
+        """Kick off, and log it (accepted or refused) in ``log.ndjson``."""
+        export_log = self.log
+        if export_log is None:
+            return self.client.kick_off(request)
+        spec = build_kickoff(request, self.client.fhir_base_url, comma_join_repeats=self.client.comma_join_repeats)
+        url = spec.url + (f"?{urlencode(spec.params)}" if spec.params else "")
+        parameters = request_parameters(spec.params, spec.body)
+        capability = self.client.capability_statement()
+        try:
+            status_url = self.client.kick_off(request)
+        except BulkExportError as exc:
+            error_body = exc.context.get("outcome") or exc.message
+            export_log.kickoff(url, parameters, capability, error_code=exc.context.get("status"), error_body=error_body)
+            export_log.flush()
+            raise
+        export_log.use_export_id(status_url)
+        export_log.kickoff(url, parameters, capability)
+        export_log.flush()
+        return status_url
+
+    def wait(self, status_url: str, **options: Any) -> ExportManifest:
+        """``client.wait()`` (same options), with each poll's progress and a failure in ``log.ndjson``."""
+        export_log = self.log
+        if export_log is None:
+            return self.client.wait(status_url, **options)
+        export_log.use_export_id(status_url)
+        caller = options.pop("on_progress", None)
+
+        def on_progress(result: StatusResult) -> None:
+            export_log.status_progress(result.progress, result.retry_after)
+            if caller is not None:
+                caller(result)
+
+        try:
+            return self.client.wait(status_url, on_progress=on_progress, **options)
+        except BulkExportError as exc:
+            export_log.status_error(exc.message, exc.context.get("status"), exc.context.get("outcome"))
+            raise
+        finally:
+            export_log.flush()
 
     def land(self, status_url: str, manifest: ExportManifest) -> dict[str, Any]:
         """Download every file not yet here, write ``manifest.json``, and delete the export if asked.
@@ -208,7 +270,7 @@ class ExportWorkflow:
         with self.lease().held():
             started = time.monotonic()
             ledger = self._ledger(status_url, manifest)
-            report = self.client.download(manifest, self.destination, self.options, ledger=ledger)
+            report = self._download(status_url, manifest, ledger)
             self._verify_landed(status_url, manifest, ledger)
             summary = self._record_completion(status_url, manifest, report)
             ledger.clear()  # manifest.json now says which export every file belongs to
@@ -217,6 +279,46 @@ class ExportWorkflow:
         if self.delete_on_success:
             self._delete_landed(status_url)
         return summary
+
+    def _download(self, status_url: str, manifest: ExportManifest, ledger: LandedFiles) -> DownloadReport:
+        """Download the manifest's files; ``log.ndjson`` gets the completion, each file and the totals."""
+        export_log = self.log
+        if export_log is None:
+            return self.client.download(manifest, self.destination, self.options, ledger=ledger, progress=self.progress)
+        export_log.use_export_id(status_url)
+        if not export_log.has_event("kickoff") and manifest.request:
+            # Kicked off elsewhere (a kick-off-only task, another tool): the manifest's request says how.
+            pairs = parse_qsl(urlsplit(manifest.request).query)
+            export_log.kickoff(manifest.request, request_parameters(pairs, None), None)
+        if not export_log.has_event("status_complete"):
+            export_log.status_complete(manifest)
+        logged = export_log.logged_files()
+
+        def started(entry: dict[str, Any]) -> None:
+            export_log.download_request(entry)
+
+        def done(report: FileReport) -> None:
+            if not (report.skipped and plain_url(report.url) in logged):
+                export_log.download_complete(report.url, report.lines, report.bytes)
+
+        try:
+            report = self.client.download(
+                manifest,
+                self.destination,
+                self.options,
+                ledger=ledger,
+                on_file_start=started,
+                on_file_done=done,
+                progress=self.progress,
+            )
+        except BulkDownloadError as exc:
+            for failure in exc.context.get("failures") or []:
+                export_log.download_error(str(failure.get("url")), str(failure.get("error")))
+            export_log.flush()
+            raise
+        export_log.export_complete(len(report.files), report.lines, report.bytes)
+        export_log.flush()
+        return report
 
     def _ledger(self, status_url: str, manifest: ExportManifest) -> LandedFiles:
         ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)

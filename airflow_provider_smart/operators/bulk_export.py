@@ -46,6 +46,7 @@ class _ExportTaskMixin:
     min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
     comma_join_repeats: bool = False
+    export_log: bool = True
     _smart_export_summary: dict[str, Any] | None = None  # kept by emit_asset_events for the lineage below
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -84,6 +85,7 @@ class _ExportTaskMixin:
             options=options,
             delete_on_success=self.delete_on_success,
             run_id=run_id,
+            export_log=self.export_log,
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
@@ -145,6 +147,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
     :param delete_on_success: DELETE the export on the server once its files are saved.
+    :param export_log: write ``log.ndjson`` beside the files: the standard Bulk Data export log (kick-off,
+        polls, completion, each file, totals) that Cumulus ETL reads.
     :param cancel_on_kill: DELETE the export when the task is killed or the wait times out.
     :param scope: request this scope instead of the connection's.
     """
@@ -193,6 +197,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
+        export_log: bool = True,
         cancel_on_kill: bool = True,
         scope: str | None = None,
         **kwargs: Any,
@@ -233,6 +238,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
+        self.export_log = export_log
         self.cancel_on_kill = cancel_on_kill
         self.scope = scope
         self._status_url: str | None = None
@@ -341,7 +347,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
             manifest = first.manifest
         else:
             try:
-                manifest = self.client.wait(
+                manifest = workflow.wait(
                     started.status_url,
                     poll_interval=self.poll_interval,
                     max_poll_interval=self.max_poll_interval,
@@ -469,6 +475,8 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
+    :param export_log: the finishing step (no ``batch``) writes ``log.ndjson`` beside the files (the export
+        log Cumulus ETL reads; its kick-off is taken from the manifest's ``request``). Batches never write it.
     """
 
     template_fields: Sequence[str] = ("smart_conn_id", "status_url", "destination", "batch", "scope")
@@ -487,6 +495,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
+        export_log: bool = True,
         scope: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -503,6 +512,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
+        self.export_log = export_log
         self.scope = scope
 
     def execute(self, context: Context) -> dict[str, Any]:

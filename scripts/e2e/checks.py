@@ -47,12 +47,22 @@ def bucket_holds_export(checks: Checks, s3: Any, summary: dict[str, Any], expect
         len(entries) == len(server_files) and len(set(keys)) == len(keys),
         f"{len(server_files)} files in the server's manifest, {len(entries)} in ours, {len(set(keys))} distinct",
     )
-    extra = sorted(set(listed) - set(keys) - {f"{prefix}/manifest.json"})
+    extra = sorted(set(listed) - set(keys) - {f"{prefix}/manifest.json", f"{prefix}/log.ndjson"})
     missing = sorted(set(keys) - set(listed))
     checks.check(
-        "the bucket holds exactly those files and manifest.json (no .part, no state file, no duplicate)",
+        "the bucket holds exactly those files, manifest.json and log.ndjson (no .part, no state file, no duplicate)",
         not extra and not missing,
         f"{len(listed)} objects under s3://{bucket}/{prefix}/; extra {extra[:5]}, missing {missing[:5]}",
+    )
+    log_body = s3.get_object(Bucket=bucket, Key=f"{prefix}/log.ndjson")["Body"].read()
+    events = [json.loads(line) for line in log_body.splitlines() if line.strip()]
+    by_id = {e["eventId"]: e["eventDetail"] for e in events}
+    checks.check(
+        "log.ndjson has what Cumulus ETL reads: a kick-off (its Group) and the transactionTime",
+        "/Group/" in str(by_id.get("kickoff", {}).get("exportUrl"))
+        and by_id.get("status_complete", {}).get("transactionTime") == summary["transaction_time"]
+        and by_id.get("export_complete", {}).get("files") == len(entries),
+        f"events {sorted(by_id)}",
     )
     wrong = []
     per_type: Counter[str] = Counter()
