@@ -111,7 +111,7 @@ class ExportLog:
         try:
             if not self.path.exists():
                 return
-            with self.path.open("r") as handle:
+            with self.path.open("rb") as handle:
                 for line in handle:
                     try:
                         row = json.loads(line)
@@ -177,8 +177,8 @@ class ExportLog:
                     handle.writelines(json.dumps(r, default=str) + "\n" for r in self._pending)
             else:
                 partial = self.destination / f".{LOG_FILE}.{uuid.uuid4().hex[:8]}.part"
-                with partial.open("w") as handle:
-                    handle.writelines(json.dumps(r, default=str) + "\n" for r in self._rows)
+                with partial.open("wb") as handle:
+                    handle.write("".join(json.dumps(r, default=str) + "\n" for r in self._rows).encode())
                 replace(partial, self.path)
             self._pending.clear()
         except Exception as exc:
