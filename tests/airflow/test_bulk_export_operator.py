@@ -119,7 +119,10 @@ def test_retry_reattaches_to_the_export_and_skips_finished_files(
     assert resumed.state == "success"
     assert len(sandbox.kickoffs) == 0  # no second kick-off: it re-attached to the recorded status URL
     assert summary["status_url"] == state["status_url"]
-    assert sorted(p.name for p in dest.glob("*.ndjson") if p.name != "log.ndjson") == ["Condition.1.ndjson", "Patient.1.ndjson"]
+    assert sorted(p.name for p in dest.glob("*.ndjson") if p.name != "log.ndjson") == [
+        "Condition.1.ndjson",
+        "Patient.1.ndjson",
+    ]
     fetched = [e["path"] for e in sandbox.requests_log if e["route"] == "file"]
     assert len(fetched) == 1  # the file saved by the failed run was not downloaded again
 
