@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         "3.3.1/3.3.2 without a port); refresh tokens are never rotated",
     )
     test.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
+
+    from airflow_provider_smart import cli_export
+
+    cli_export.register(sub)  # subcommands in their own modules set their handler
     return parser
 
 
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sandbox"]:
         return _sandbox(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):
+        return int(args.handler(args))
     try:
         return {"keygen": _keygen, "token": _token, "authorize": _authorize, "test": _test}[args.command](args)
     except Exception as exc:  # a CLI prints the error, not a traceback full of internals

@@ -1,0 +1,45 @@
+"""What the ``airflow-smart`` subcommands share: bad input ends as argparse ends it, in one line, exit code 2.
+
+``usage_error(args, "--conn-id", "...")`` prints ``airflow-smart export: error: argument --conn-id: ...``
+(after the subcommand's usage line, as argparse does) and exits with 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+
+def usage_error(args: argparse.Namespace, argument: str, message: str) -> NoReturn:
+    parser: argparse.ArgumentParser = args.subparser
+    parser.error(f"argument {argument}: {message}")
+
+
+def load_connection(args: argparse.Namespace, conn_id: str) -> Any:
+    """The connection ``conn_id`` from env vars, secrets backends or the metadata DB; a missing one is an
+    error in ``--conn-id``."""
+    from airflow.models.connection import Connection
+
+    try:
+        return Connection.get_connection_from_secrets(conn_id)
+    except Exception as exc:
+        reason = "is not defined" if type(exc).__name__ == "AirflowNotFoundException" else f"cannot be read ({exc})"
+        usage_error(args, "--conn-id", f"the connection {conn_id!r} {reason}")
+
+
+def connection_settings(args: argparse.Namespace, connection: Any) -> Any:
+    """The connection, validated: a malformed one is an error in ``--conn-id`` naming the field to fix."""
+    from airflow_provider_smart.connection import settings_from_connection
+    from airflow_provider_smart.exceptions import SmartConfigError
+
+    try:
+        return settings_from_connection(
+            connection.host,
+            connection.login,
+            connection.password,
+            connection.extra_dejson,
+            conn_id=connection.conn_id,
+            port=connection.port,
+        )
+    except SmartConfigError as exc:
+        usage_error(args, "--conn-id", exc.message)
