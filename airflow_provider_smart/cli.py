@@ -217,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
 
-    from airflow_provider_smart import cli_export
+    from airflow_provider_smart import cli_export, cli_jwks
 
     cli_export.register(sub)  # subcommands in their own modules set their handler
+    cli_jwks.register(sub)
     return parser
 
 

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 
@@ -43,3 +45,20 @@ def connection_settings(args: argparse.Namespace, connection: Any) -> Any:
         )
     except SmartConfigError as exc:
         usage_error(args, "--conn-id", exc.message)
+
+
+def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler``, with our errors (and the OS's, e.g. an unwritable destination) printed as one line and
+    exit code 1 instead of a traceback: the input was fine, the world was not."""
+
+    def run(args: argparse.Namespace) -> int:
+        from airflow_provider_smart.exceptions import SmartError
+
+        try:
+            return handler(args)
+        except (SmartError, OSError) as exc:
+            message = exc.message if isinstance(exc, SmartError) else f"{type(exc).__name__}: {exc}"
+            print(f"{args.subparser.prog}: {message}", file=sys.stderr)
+            return 1
+
+    return run

@@ -43,6 +43,7 @@ class Client:
     extra_scopes: frozenset[str] = frozenset()  # registered members of LAUNCH_SCOPES
     redirect_uris: list[str] = field(default_factory=list)
     public: bool = False
+    jwks_url: str | None = None  # keys fetched from here (the jku registered), instead of ``keys``
 
 
 @dataclass
@@ -99,6 +100,9 @@ class AuthServer:
         self._jti_seen: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
         self.grants: dict[str, GrantHandler] = {"client_credentials": self._client_credentials}
+        self.jwks_cache_seconds = 300.0  # like real servers: an unknown kid is fetched again at once
+        self.jwks_fetches: list[str] = []  # URLs fetched, in order
+        self._jwks_cache: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -111,13 +115,20 @@ class AuthServer:
         scopes: str = "system/*.rs system/*.read",
         redirect_uris: list[str] | None = None,
         public: bool = False,
+        jwks_url: str | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("client_id is required")
-        if public and (jwks is not None or client_secret is not None):
+        if public and (jwks is not None or client_secret is not None or jwks_url is not None):
             raise ValueError("a public client has neither jwks nor client_secret")
-        if not public and jwks is None and client_secret is None:
-            raise ValueError("register_client needs jwks (asymmetric) or client_secret (symmetric), or public=True")
+        if jwks is not None and jwks_url is not None:
+            raise ValueError("register jwks (the keys) or jwks_url (where to fetch them), not both")
+        if jwks_url is not None:
+            check_loopback_url(jwks_url)
+        if not public and jwks is None and client_secret is None and jwks_url is None:
+            raise ValueError(
+                "register_client needs jwks or jwks_url (asymmetric) or client_secret (symmetric), or public=True"
+            )
         uris = list(redirect_uris or [])
         for uri in uris:
             parts = urlsplit(uri)
@@ -141,6 +152,7 @@ class AuthServer:
                 frozenset(s for s in scopes.split() if s in LAUNCH_SCOPES),
                 uris,
                 public,
+                jwks_url,
             )
 
     def expire_all(self) -> None:
@@ -323,8 +335,6 @@ class AuthServer:
             raise fail("JWT header has no kid")
         if alg not in self.signing_algs:
             raise fail(f"JWT alg {alg!r} is not accepted; use one of {', '.join(self.signing_algs)}")
-        if "jku" in header:
-            raise fail("JWT header jku does not match the client registration (no jku registered)")
         client_id = claims.get("iss") or claims.get("sub")
         attempt.client_id = client_id if isinstance(client_id, str) else attempt.client_id
         if not isinstance(client_id, str):
@@ -334,9 +344,15 @@ class AuthServer:
         client = self.clients.get(client_id)
         if client is None:
             raise fail(f"unknown client {client_id!r}")
-        if not client.keys:
+        if "jku" in header and header["jku"] != client.jwks_url:
+            registered = client.jwks_url or "none registered"
+            raise fail(f"JWT header jku does not match the client's registered JWKS URL ({registered})")
+        if client.jwks_url is not None:
+            jwk = self._fetched_key(client.jwks_url, kid, fail)
+        elif not client.keys:
             raise fail("this client has no registered JWKS")
-        jwk = client.keys.get(kid)
+        else:
+            jwk = client.keys.get(kid)
         if jwk is None or ("key_ops" in jwk and "verify" not in jwk["key_ops"]):
             raise fail(f"kid {kid!r} is not in the client's registered JWKS")
         if not _alg_matches_key(alg, jwk):
@@ -364,6 +380,22 @@ class AuthServer:
             raise fail(f"assertion could not be verified ({type(exc).__name__})") from None
         self._check_claims(claims, client_id, fail)
         return client
+
+    def _fetched_key(self, url: str, kid: str, fail: Callable[[str], TokenError]) -> dict[str, Any] | None:
+        """The key ``kid`` of the JWK Set at ``url``: cached ``jwks_cache_seconds``, fetched again at once for
+        a kid the cached set lacks (how servers pick up a newly published key)."""
+        with self._lock:
+            cached = self._jwks_cache.get(url)
+        if cached is not None and time.time() - cached[0] < self.jwks_cache_seconds and kid in cached[1]:
+            return cached[1][kid]
+        try:
+            keys = fetch_loopback_jwks(url)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        with self._lock:
+            self.jwks_fetches.append(url)
+            self._jwks_cache[url] = (time.time(), keys)
+        return keys.get(kid)
 
     def _check_claims(self, claims: dict[str, Any], client_id: str, fail: Callable[[str], TokenError]) -> None:
         if claims.get("iss") != client_id or claims.get("sub") != client_id:
@@ -433,6 +465,37 @@ class AuthServer:
                     "auth_method": None,
                 }
             )
+
+
+def check_loopback_url(url: str) -> None:
+    """The sandbox fetches JWK Sets from this machine only: it must never be a way to reach other hosts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"the sandbox fetches JWK Sets from loopback http(s) URLs only, not {url!r}")
+
+
+def fetch_loopback_jwks(url: str, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """kid -> public JWK from the JWK Set at ``url`` (loopback only, no redirects); raises ValueError."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    check_loopback_url(url)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # a 3xx then fails as an HTTPError: a JWK Set URL is fetched where it is registered
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=timeout) as r:
+            document = json.loads(r.read(1024 * 1024))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ValueError(f"could not fetch the client's JWK Set from {url} ({type(exc).__name__})") from None
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise ValueError(f"the document at {url} is not a JWK Set")
+    return {k["kid"]: k for k in keys if isinstance(k, dict) and k.get("kid") and "d" not in k}
 
 
 def _alg_matches_key(alg: str, jwk: dict[str, Any]) -> bool:

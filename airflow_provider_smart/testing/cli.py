@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=8900, help="port (default 8900; 0 = any free port)")
     add("--client-id", default="sandbox-client", help="client to register (default sandbox-client)")
     add("--jwks", type=Path, help="register --client-id as an asymmetric client with the public JWKS in FILE")
+    add("--jwks-url", help="register --client-id with the JWK Set at this URL (loopback only), fetched per its jku")
     add("--client-secret", help="register --client-id as a symmetric client with this secret")
     add(
         "--scopes",
@@ -52,8 +53,17 @@ def _parser() -> argparse.ArgumentParser:
 def serve(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.public and (args.jwks or args.client_secret is not None):
-        parser.error("--public excludes --jwks and --client-secret (a public client has no credentials)")
+    if args.public and (args.jwks or args.client_secret is not None or args.jwks_url):
+        parser.error("--public excludes --jwks, --jwks-url and --client-secret (a public client has no credentials)")
+    if args.jwks and args.jwks_url:
+        parser.error("argument --jwks-url: give --jwks (the keys) or --jwks-url (where to fetch them), not both")
+    if args.jwks_url:
+        from airflow_provider_smart.testing.auth_server import check_loopback_url
+
+        try:
+            check_loopback_url(args.jwks_url)
+        except ValueError as exc:
+            parser.error(f"argument --jwks-url: {exc}")
     jwks = json.loads(args.jwks.read_text()) if args.jwks else None
     sandbox = SmartSandbox(
         host=args.host,
@@ -73,11 +83,12 @@ def serve(argv: list[str] | None = None) -> int:
     )
     launch = bool(args.redirect_uri) or args.public
     scopes = args.scopes or (LAUNCH_SCOPES if launch else BACKEND_SCOPES)
-    registered = jwks is not None or args.client_secret is not None or args.public
+    registered = jwks is not None or args.client_secret is not None or args.public or bool(args.jwks_url)
     if registered:
         sandbox.register_client(
             args.client_id,
             jwks=jwks,
+            jwks_url=args.jwks_url,
             client_secret=args.client_secret,
             scopes=scopes,
             redirect_uris=args.redirect_uri,

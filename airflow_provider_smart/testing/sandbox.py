@@ -202,10 +202,15 @@ class SmartSandbox:
         scopes: str = "system/*.rs system/*.read",
         redirect_uris: list[str] | None = None,
         public: bool = False,
+        jwks_url: str | None = None,
     ) -> None:
         """Register an asymmetric (``jwks``: public JWK Set) and/or symmetric (``client_secret``) client, or a
         ``public`` one (neither; it sends ``client_id`` only). ``redirect_uris`` enable App Launch for it;
-        ``scopes`` may then hold ``patient/``/``user/`` scopes and ``launch``, ``openid``, ``offline_access``..."""
+        ``scopes`` may then hold ``patient/``/``user/`` scopes and ``launch``, ``openid``, ``offline_access``...
+
+        ``jwks_url`` registers a JWK Set URL instead of ``jwks`` (Epic's way): each assertion's key is taken
+        from the set fetched there (loopback URLs only; cached ``jwks_cache_seconds``, fetched again for an
+        unknown kid), and a ``jku`` header, when sent, must equal it."""
         self._auth.register_client(
             client_id,
             jwks=jwks,
@@ -213,7 +218,22 @@ class SmartSandbox:
             scopes=scopes,
             redirect_uris=redirect_uris,
             public=public,
+            jwks_url=jwks_url,
         )
+
+    @property
+    def jwks_cache_seconds(self) -> float:
+        """How long a fetched client JWK Set is trusted before it is fetched again (0: every request)."""
+        return self._auth.jwks_cache_seconds
+
+    @jwks_cache_seconds.setter
+    def jwks_cache_seconds(self, seconds: float) -> None:
+        self._auth.jwks_cache_seconds = seconds
+
+    @property
+    def jwks_fetches(self) -> list[str]:
+        """The client JWK Set URLs fetched so far, in order."""
+        return self._auth.jwks_fetches
 
     def launch_refresh_token(self, client_id: str, scope: str = "openid fhirUser offline_access user/*.rs") -> str:
         """Register ``client_id`` as a public App Launch client and run a standalone launch with PKCE
