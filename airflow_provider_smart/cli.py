@@ -217,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
 
-    from airflow_provider_smart import cli_export, cli_jwks
+    from airflow_provider_smart import cli_doctor, cli_export, cli_jwks
 
-    cli_export.register(sub)  # subcommands in their own modules set their handler
+    # Subcommands in their own modules register themselves and set their handler.
+    cli_doctor.register(sub)
+    cli_export.register(sub)
     cli_jwks.register(sub)
     return parser
 

@@ -37,18 +37,35 @@ def run_connection_test(hook: SmartHook) -> tuple[bool, str]:
         if settings.auth_method == "refresh_token":
             ok, message = _test_refresh_token(settings)
         else:
-            ok, message = _test_client_credentials(hook)
+            ok, message = _test_client_credentials(hook, conn.extra_dejson)
     except Exception as exc:
         ok, message = False, describe_error(exc)
     return ok, _redact(message)
 
 
-def _test_client_credentials(hook: SmartHook) -> tuple[bool, str]:
+def _test_client_credentials(hook: SmartHook, extra: dict[str, Any]) -> tuple[bool, str]:
     token = hook.get_token(force_refresh=True)
     summary = token.summary()
     scope = summary["scope"] or "(none granted)"
     expiry = f", valid until {summary['expires_at'].replace('T', ' ').rstrip('Z')} UTC" if summary["expires_at"] else ""
-    return True, f"Connected: the server issued an access token for scope {scope}{expiry} ({hook.auth.token_url})."
+    message = f"Connected: the server issued an access token for scope {scope}{expiry} ({hook.auth.token_url})."
+    ok, checks = _doctor_short_form(hook, extra)
+    return ok, f"{message} {checks}" if checks else message
+
+
+def _doctor_short_form(hook: SmartHook, extra: dict[str, Any]) -> tuple[bool, str]:
+    """The short form of ``airflow-smart doctor`` (the token was just checked): what failed or warned, and a
+    few words for the rest. A failed check (a clock too far off, a jku that lacks our key) fails the test."""
+    from airflow_provider_smart.doctor import Doctor
+
+    report = Doctor(hook.settings, extra=extra).run(mint_token=False)
+    if not report.checks:
+        return True, ""
+    if report.failed:
+        failed = "; ".join(f"{c.name}: {c.summary}" for c in report.failed)
+        return False, f"But: {failed}. Run 'airflow-smart doctor --conn-id <id>' for the full report."
+    text = report.short()
+    return True, f"Checks: {text}." if text else ""
 
 
 def _test_refresh_token(settings: ConnectionSettings) -> tuple[bool, str]:

@@ -58,3 +58,25 @@ class CountingServer(ThreadingHTTPServer):
             self.release.set()
             self.shutdown()
             self.server_close()
+
+
+@contextlib.contextmanager
+def static_files(root: str | Any) -> Iterator[str]:
+    """``root`` served read-only over http on 127.0.0.1, as a public bucket serves its objects; yields the
+    origin (``http://127.0.0.1:<port>``). For a JWK Set published to a local folder."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    class Files(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files, directory=str(root)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

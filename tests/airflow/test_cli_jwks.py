@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import json
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_smart.cli import main
 from airflow_provider_smart.exceptions import SmartAuthError
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def static_site(root: Path) -> Iterator[str]:
-    """``root`` served over http on 127.0.0.1, as a public bucket serves its objects."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+from airflow_provider_smart.testing.local_http import static_files
 
 
 def token(conn_id: str = "smart_default") -> Any:
@@ -55,7 +32,7 @@ def test_rotation_by_overlap_against_a_server_fetching_the_jku(
 ) -> None:
     site = tmp_path / "site"
     site.mkdir()
-    with static_site(site) as origin:
+    with static_files(site) as origin:
         jku = f"{origin}/smart/jwks.json"
         sb = sandbox_factory(clients={"jku-client": {"jwks_url": jku, "scopes": "system/*.rs"}})
         conn = {"private_key": es384.pem, "kid": es384.kid, "jku": jku}
@@ -110,7 +87,7 @@ def test_rotation_by_overlap_against_a_server_fetching_the_jku(
 def test_switch_refuses_a_key_that_is_not_published(sandbox_factory, es384, smart_conn, tmp_path, capsys) -> None:
     site = tmp_path / "site"
     site.mkdir()
-    with static_site(site) as origin:
+    with static_files(site) as origin:
         jku = f"{origin}/jwks.json"
         sb = sandbox_factory(clients={"jku-client": {"jwks_url": jku, "scopes": "system/*.rs"}})
         smart_conn(
