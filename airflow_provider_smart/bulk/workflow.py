@@ -226,16 +226,17 @@ class ExportWorkflow:
         spec = build_kickoff(request, self.client.fhir_base_url, comma_join_repeats=self.client.comma_join_repeats)
         url = spec.url + (f"?{urlencode(spec.params)}" if spec.params else "")
         parameters = request_parameters(spec.params, spec.body)
-        capability = self.client.capability_statement()
         try:
             status_url = self.client.kick_off(request)
         except BulkExportError as exc:
             error_body = exc.context.get("outcome") or exc.message
+            capability = self.client.capability_statement()
             export_log.kickoff(url, parameters, capability, error_code=exc.context.get("status"), error_body=error_body)
             export_log.flush()
             raise
         export_log.use_export_id(status_url)
-        export_log.kickoff(url, parameters, capability)
+        # Read after the kick-off: the server description must not delay (or reorder) the request that matters.
+        export_log.kickoff(url, parameters, self.client.capability_statement())
         export_log.flush()
         return status_url
 
