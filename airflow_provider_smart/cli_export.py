@@ -190,6 +190,8 @@ def _export(args: argparse.Namespace, connection: Any, request: Any, destination
             started.status_url, poll_interval=args.poll_interval, timeout=args.timeout, on_progress=display.waiting
         )
     assert manifest is not None
+    files = len(manifest.output) + len(manifest.deleted) + len(manifest.error)
+    display.say(f"The server has finished: {files} file(s) to download (transactionTime {manifest.transaction_time}).")
     with display.downloading(progress):
         summary = workflow.land(started.status_url, manifest)
     hook.ensure_tokens_saved()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -162,6 +163,59 @@ def kill_run(ctx: dict[str, Any], export_root: str) -> None:
     verify_run(ctx, run_id, seen, state)
 
 
+def jwks_on_s3(ctx: dict[str, Any], airflow: Any, moto_port: int, pem: str) -> None:
+    """Epic's way: the client's keys hosted at a JWK Set URL, here a bucket served by the S3 API (moto).
+
+    ``airflow-smart jwks publish`` writes the document through ``s3://aws_default@...`` (an
+    ObjectStoragePath, as the export destination); the sandbox fetches it over plain HTTP for a client
+    registered by that URL, and grants a token to assertions signed with the published key. Then
+    ``airflow-smart doctor`` on the connection reports no failed check."""
+    from airflow_provider_smart.auth import BackendServicesAuth
+
+    step("JWK Set on S3: jwks publish to the bucket, a client registered by its URL gets a token; doctor")
+    checks, sandbox = ctx["checks"], ctx["sandbox"]
+    key = f"keys/{CLIENT_ID}/jwks.json"
+    cli = [str(Path(sys.executable).parent / "airflow-smart")]
+    published = subprocess.run(
+        [*cli, "jwks", "publish", "--to", f"s3://aws_default@{BUCKET}/{key}"],
+        env=airflow.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    document = json.loads(ctx["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    checks.check(
+        "jwks publish wrote the public JWK Set to the bucket",
+        published.returncode == 0 and [k["kid"] for k in document["keys"]] == [KID] and "d" not in document["keys"][0],
+        (published.stdout + published.stderr).strip()[-300:],
+    )
+    jwks_url = f"http://127.0.0.1:{moto_port}/{BUCKET}/{key}"
+    sandbox.register_client("jku-client", jwks_url=jwks_url, scopes="system/*.rs")
+    auth = BackendServicesAuth(
+        client_id="jku-client",
+        private_key=pem,
+        kid=KID,
+        jku=jwks_url,
+        scope="system/*.rs",
+        fhir_base_url=sandbox.url,
+    )
+    try:
+        granted = auth.get_token().scope
+    except Exception as exc:
+        granted = f"refused: {exc}"
+    checks.check(
+        "the sandbox fetched the key from the bucket by its jku and issued a token",
+        granted == "system/*.rs" and jwks_url in sandbox.jwks_fetches,
+        str(granted),
+    )
+    doctor = subprocess.run([*cli, "doctor"], env=airflow.env, capture_output=True, text=True, timeout=300)
+    checks.check(
+        "airflow-smart doctor on smart_default: no check failed",
+        doctor.returncode == 0 and "$export declared at system, Patient, Group level" in doctor.stdout,
+        doctor.stdout.strip().splitlines()[-1] if doctor.stdout.strip() else doctor.stderr.strip()[-300:],
+    )
+
+
 def main() -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="smart-e2e-"))
@@ -247,6 +301,7 @@ def main() -> int:
                 client_id=CLIENT_ID, private_key=pem, kid=KID, scope="system/*.rs", fhir_base_url=sandbox.url
             ),
         }
+        jwks_on_s3(ctx, airflow, moto_port, pem)
         export_root = f"s3://aws_default@{BUCKET}/fhir"
 
         step(f"Run 1: trigger {DAG_ID} through the REST API into {export_root}")

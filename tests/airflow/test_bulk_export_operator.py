@@ -193,7 +193,9 @@ def test_export_to_an_object_storage_destination(
     assert run.state == "success"
     root = ObjectStoragePath("memory://bucket/fhir/run-1")
     names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))  # .smart-files: records
-    assert names == ["Condition.1.ndjson", "Patient.1.ndjson", "manifest.json"]
+    assert names == ["Condition.1.ndjson", "Patient.1.ndjson", "log.ndjson", "manifest.json"]
+    events = [json.loads(line) for line in (root / "log.ndjson").read_text().splitlines()]  # rewritten whole
+    assert [e["eventId"] for e in events][0] == "kickoff" and events[-1]["eventId"] == "export_complete"
     lines = (root / "Patient.1.ndjson").read_text().splitlines()
     assert len(lines) == summary["output"][[e["type"] for e in summary["output"]].index("Patient")]["count"]
     assert json.loads((root / "manifest.json").read_text())["summary"]["destination"].startswith("memory://")
