@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any
 
 from airflow_provider_smart.cli_args import connection_settings, guarded, load_connection
@@ -18,6 +19,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
     parser.add_argument("--scope", help="request this scope instead of the connection's")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--verbose", action="store_true", help="also print the library's log lines")
     parser.set_defaults(handler=guarded(run), subparser=parser)
 
 
@@ -25,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from airflow_provider_smart.doctor import Doctor
     from airflow_provider_smart.hooks.secrets import mask_secrets
 
+    if not args.verbose:  # the report says it all
+        logging.getLogger("airflow_provider_smart").setLevel(logging.WARNING)
     connection = load_connection(args, args.conn_id)
     settings = connection_settings(args, connection)
     mask_secrets(*settings.secrets)

@@ -182,7 +182,10 @@ class Doctor:
             return Check("clock", WARN, f"the server's Date header {date[:60]!r} is not an HTTP date: skew unknown")
         skew = theirs - ours
         direction = "ahead of" if skew > 0 else "behind"
-        summary = f"the server's clock is {abs(skew):.0f} s {direction} ours (Date has 1 s resolution)"
+        if abs(skew) < 1.5:  # Date has 1 s resolution
+            summary = "the server's clock agrees with ours (within the 1 s of its Date header)"
+        else:
+            summary = f"the server's clock is {abs(skew):.0f} s {direction} ours"
         details = {"skew_seconds": round(skew, 1)}
         if abs(skew) > SKEW_FAIL:
             return Check(
@@ -239,7 +242,8 @@ class Doctor:
         statement = self.capability or {}
         software: dict[str, Any] = statement["software"] if isinstance(statement.get("software"), dict) else {}
         seen = f"software {software.get('name')!r} {software.get('version') or ''}".strip()
-        seen += f", publisher {statement.get('publisher')!r}"
+        if statement.get("publisher"):
+            seen += f", publisher {statement.get('publisher')!r}"
         details: dict[str, Any] = {"software": software.get("name"), "publisher": statement.get("publisher")}
         named = self.extra.get("vendor")
         try:  # vendor profiles (bulk/vendors.py) arrive with the vendor-profile work
