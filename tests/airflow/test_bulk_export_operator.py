@@ -195,7 +195,7 @@ def test_export_to_an_object_storage_destination(
     names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))  # .smart-files: records
     assert names == ["Condition.1.ndjson", "Patient.1.ndjson", "log.ndjson", "manifest.json"]
     events = [json.loads(line) for line in (root / "log.ndjson").read_text().splitlines()]  # rewritten whole
-    assert [e["eventId"] for e in events][0] == "kickoff" and events[-1]["eventId"] == "export_complete"
+    assert events[0]["eventId"] == "kickoff" and events[-1]["eventId"] == "export_complete"
     lines = (root / "Patient.1.ndjson").read_text().splitlines()
     assert len(lines) == summary["output"][[e["type"] for e in summary["output"]].index("Patient")]["count"]
     assert json.loads((root / "manifest.json").read_text())["summary"]["destination"].startswith("memory://")

@@ -165,3 +165,54 @@ def test_retiring_the_key_in_use_is_refused(smart_conn, es384, tmp_path, capsys)
         main(["jwks", "retire", "--to", str(doc), "--kid", es384.kid])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "argument --kid" in err and "switch the connection" in err
+
+
+def test_switch_updates_a_connection_in_the_metadata_db(airflow_db, sandbox_factory, es384, tmp_path, capsys) -> None:
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    site = tmp_path / "site"
+    site.mkdir()
+    with static_files(site) as origin:
+        jku = f"{origin}/jwks.json"
+        sb = sandbox_factory(clients={"jku-client": {"jwks_url": jku, "scopes": "system/*.rs"}})
+        with create_session() as session:
+            session.query(Connection).filter(Connection.conn_id == "smart_jku_db").delete()
+            extra = {"private_key": es384.pem, "kid": es384.kid, "jku": jku, "scope": "system/*.rs"}
+            session.add(
+                Connection(
+                    conn_id="smart_jku_db", conn_type="smart", host=sb.url, login="jku-client", extra=json.dumps(extra)
+                )
+            )
+        document = str(site / "jwks.json")
+        assert (
+            cli(
+                capsys,
+                "rotate",
+                "--conn-id",
+                "smart_jku_db",
+                "--to",
+                document,
+                "--out",
+                str(tmp_path / "k2"),
+                "--kid",
+                "key-2",
+            )[0]
+            == 0
+        )
+        code, out, err = cli(
+            capsys,
+            "switch",
+            "--conn-id",
+            "smart_jku_db",
+            "--kid",
+            "key-2",
+            "--key-file",
+            str(tmp_path / "k2" / "private_key.pem"),
+        )
+        assert code == 0 and "Connection 'smart_jku_db' now signs with kid key-2" in out, err
+        with create_session() as session:
+            stored = session.query(Connection).filter(Connection.conn_id == "smart_jku_db").one().extra_dejson
+        assert stored["kid"] == "key-2" and "private_key" not in stored and stored["jku"] == jku
+        assert stored["key_file"] == str((tmp_path / "k2" / "private_key.pem").resolve())
+        assert token("smart_jku_db").scope == "system/*.rs"
