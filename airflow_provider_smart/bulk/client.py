@@ -35,7 +35,13 @@ from airflow_provider_smart.bulk.retry import (
 from airflow_provider_smart.bulk.storage import LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, redact_url, resolve
-from airflow_provider_smart.exceptions import BulkExportError, ExportThrottledError, ExportTimeoutError
+from airflow_provider_smart.bulk.vendors import GENERIC, PROFILES, VendorProfile
+from airflow_provider_smart.exceptions import (
+    BulkExportError,
+    ExportThrottledError,
+    ExportTimeoutError,
+    ExportWindowError,
+)
 from airflow_provider_smart.origins import OriginPolicy
 from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, DeadlineExceeded
 
@@ -72,7 +78,10 @@ class BulkExportClient:
         sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit). Airflow's
         deferrable operator sets it, then defers until the server's time.
     :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
-    :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
+    :param comma_join_repeats: None (default): GET kick-off parameters in the spec's form, or as the
+        vendor ``profile`` wants them; False: repeat list parameters; True: comma-join ``_typeFilter`` too.
+    :param profile: the server's :class:`~airflow_provider_smart.bulk.vendors.VendorProfile` (default
+        ``generic``: the spec as written).
     :param clock: injectable ``time.monotonic``.
     """
 
@@ -86,7 +95,8 @@ class BulkExportClient:
         timeout: float = DEFAULT_TIMEOUT,
         request_deadline: float | None = None,
         retry: RetryPolicy | None = None,
-        comma_join_repeats: bool = False,
+        comma_join_repeats: bool | None = None,
+        profile: VendorProfile | None = None,
         kickoff_max_wait: float | None = None,
         kickoff_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -105,6 +115,7 @@ class BulkExportClient:
         )
         self.retry = self.transport.retry
         self.comma_join_repeats = comma_join_repeats
+        self.profile = profile or PROFILES[GENERIC]
         self.kickoff_max_wait = kickoff_max_wait
         self.kickoff_timeout = kickoff_timeout
         self.clock = clock
@@ -112,6 +123,22 @@ class BulkExportClient:
     @property
     def session(self) -> requests.Session:
         return self.transport.session
+
+    @property
+    def client_id(self) -> str:
+        """The SMART client id of the session's auth ("" when unknown)."""
+        return str(getattr(self.session.auth, "client_id", "") or "")
+
+    def granted_scope(self) -> str | None:
+        """The scope the current token was granted, when the session's auth can tell (never the token)."""
+        auth = self.session.auth
+        get_token = getattr(auth, "get_token", None)
+        if get_token is None:
+            return None
+        try:
+            return getattr(get_token(), "scope", None)
+        except Exception:  # noqa: BLE001 - only used to word an error message
+            return None
 
     def allow_origin(self, url: str) -> None:
         """Trust ``url``'s origin with the token (done for every status URL we are given or get)."""
@@ -125,16 +152,20 @@ class BulkExportClient:
         ``kickoff_timeout``; :class:`ExportTimeoutError`) and never longer in one go than ``kickoff_max_wait``
         (:class:`ExportThrottledError`, whose ``not_before`` says when to try again).
         """
-        spec = build_kickoff(request, self.fhir_base_url, comma_join_repeats=self.comma_join_repeats)
+        spec = build_kickoff(
+            request,
+            self.fhir_base_url,
+            comma_join_repeats=self.comma_join_repeats,
+            profile=self.profile,
+            client_id=self.client_id,
+        )
         data = json.dumps(spec.body).encode() if spec.body is not None else None
         timeout = self.kickoff_timeout if timeout is None else timeout
         policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
 
         def attempt() -> requests.Response:
             try:
-                response = self.transport.request(
-                    spec.method, spec.url, params=spec.params, data=data, headers=spec.headers
-                )
+                response = self.transport.request(spec.method, spec.full_url, data=data, headers=spec.headers)
             except requests.TooManyRedirects:
                 raise _redirect_loop("kick-off", spec.url) from None
             except NETWORK_ERRORS as exc:
@@ -152,7 +183,7 @@ class BulkExportClient:
 
         def give_up(failure: TransientFailure, tries: int) -> Exception:
             assert isinstance(failure, _Throttled)
-            return self._kickoff_error(spec.method, spec.url, failure.response)
+            return self._kickoff_error(spec.method, spec.url, failure.response, request)
 
         try:
             response = policy.run(attempt, what=f"Kick-off {spec.method} {spec.url}", give_up=give_up)
@@ -160,7 +191,7 @@ class BulkExportClient:
             exc.context.setdefault("url", spec.url)
             raise
         if response.status_code != 202:
-            raise self._kickoff_error(spec.method, spec.url, response)
+            raise self._kickoff_error(spec.method, spec.url, response, request)
         location = response.headers.get("Content-Location")
         if not location:
             raise BulkExportError(
@@ -176,21 +207,68 @@ class BulkExportClient:
         log.info("Export kicked off with %s %s; status URL %s", spec.method, spec.url, status_url)
         return status_url
 
-    def _kickoff_error(self, method: str, url: str, response: requests.Response) -> BulkExportError:
+    def _kickoff_error(
+        self, method: str, url: str, response: requests.Response, request: ExportRequest | None = None
+    ) -> BulkExportError:
         status = response.status_code
+        text = body_text(response.content)
+        outcome = parse_outcome(response.content)
+        if self.profile.is_window_refusal(text):
+            return self._window_error(method, url, status, text, outcome)
         hint = {
             401: " Check the client id, key and scope: the token was refused even after renewal.",
-            403: " The token's scopes do not allow this export (check the requested types and scope).",
+            403: self._scope_hint(request),
             429: " The server is still busy: another export may be running for this client (Epic and Cerner "
-            "allow one at a time). Wait, or cancel the running export.",
+            "allow one at a time). Wait, or cancel the running export (airflow-smart cancel-export).",
+            422: " The server does not support a parameter value (Oracle/Cerner answer 422 for those): remove it, "
+            "or try lenient=True.",
         }.get(status, "")
-        if 400 <= status < 500 and status not in (401, 403, 429):
+        if 400 <= status < 500 and status not in (401, 403, 422, 429):
             hint = " The server rejected a parameter: fix the request, or try lenient=True."
+        elif status >= 500:
+            hint = " The server failed; its own words are above (Microsoft's FHIR server reports export errors so)."
         return BulkExportError(
-            f"Kick-off {method} {url} failed with HTTP {status}: {body_text(response.content)}.{hint}",
+            f"Kick-off {method} {url} failed with HTTP {status}: {text}.{hint}",
             status=status,
             url=url,
-            outcome=parse_outcome(response.content),
+            outcome=outcome,
+        )
+
+    def _scope_hint(self, request: ExportRequest | None) -> str:
+        """A 403 at kick-off: say which scope was granted and what the server may need."""
+        granted = self.granted_scope()
+        wanted = self.profile.required_scopes(request) if request is not None else []
+        said = f" The token was granted scope {granted!r}." if granted is not None else ""
+        if wanted:
+            need = f" This server ({self.profile.title}) is documented to need {' '.join(wanted)}."
+        else:
+            need = (
+                " The server may need more than read access for $export (Medplum, for one, refuses system/*.read "
+                "and accepts system/*.cruds or system/*.*), or read scopes for each exported type"
+                + (" and system/Group.read" if request is not None and request.level == "group" else "")
+                + "."
+            )
+        return f"{said}{need} Change the connection's scope (extra 'scope') and have the server grant it."
+
+    def _window_error(
+        self, method: str, url: str, status: int, text: str, outcome: Any
+    ) -> ExportWindowError:
+        window = self.profile.request_window or 0.0
+        not_before = time.time() + window if window else None
+        when = (
+            f" It may run again after {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(not_before))} at the latest "
+            f"({window / 3600:.0f} h after this refusal; the server counts from the previous kick-off)."
+            if not_before
+            else ""
+        )
+        return ExportWindowError(
+            f"Kick-off {method} {url} was refused because the same export ran too recently (HTTP {status}: {text})."
+            f"{when} Schedule this export no more often than the server's window, or re-attach to the earlier "
+            "export's status URL.",
+            status=status,
+            url=url,
+            outcome=outcome,
+            not_before=not_before,
         )
 
     # -- status ---------------------------------------------------------------------------------
@@ -201,7 +279,7 @@ class BulkExportClient:
 
         Each try ends within the transport's ``request_deadline``; the retries within ``policy``'s bounds.
         """
-        headers = STATUS_HEADERS if method == "GET" else {"Accept": FHIR_JSON}
+        headers = {**(STATUS_HEADERS if method == "GET" else {"Accept": FHIR_JSON}), **self.profile.headers(self.client_id)}
         policy = policy or self.retry.bounded(clock=self.clock)
 
         def attempt() -> requests.Response:
