@@ -427,6 +427,10 @@ class BulkExportClient:
         running on the server and a later ``wait``/``poll`` on that URL resumes it.
         """
         interval = DEFAULT_POLL_INTERVAL if poll_interval is None else poll_interval
+        # The vendor's cadence: Epic and athena want at most a poll a minute, Cerner one per 10 minutes.
+        min_poll_interval = max(min_poll_interval, self.profile.min_poll_interval)
+        max_poll_interval = max(max_poll_interval, min_poll_interval)
+        interval = max(interval, min_poll_interval)
         started = self.clock()
         policy = self._policy(timeout)
         polls = 0

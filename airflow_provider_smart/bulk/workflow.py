@@ -28,6 +28,12 @@ from airflow_provider_smart.bulk.models import (
     StatusResult,
 )
 from airflow_provider_smart.bulk.plan import plan_files
+from airflow_provider_smart.bulk.requested import (
+    deletion_warning,
+    drop_unrequested,
+    ignored_parameters,
+    requested_types,
+)
 from airflow_provider_smart.bulk.storage import (
     DestinationLease,
     LandedFiles,
@@ -37,7 +43,7 @@ from airflow_provider_smart.bulk.storage import (
     write_json_atomically,
 )
 from airflow_provider_smart.bulk.urls import redact_url
-from airflow_provider_smart.exceptions import BulkExportError
+from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -45,7 +51,9 @@ STATE_FILE = ".smart-export.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
 MAX_LISTED_ERROR_ISSUES = 10  # in the error message
-MAX_SUMMARY_ISSUES = 100  # in the summary (XCom, manifest.json); the totals count them all
+MAX_SUMMARY_ISSUES = 100
+MAX_LINK_REFRESHES = 3  # manifest re-reads for fresh file links within one landing
+EXPIRED_LINK_STATUSES = (401, 403, 404, 410)  # in the summary (XCom, manifest.json); the totals count them all
 # A FHIR instant: date, time to the second (fractions optional) and a zone.
 INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
@@ -205,18 +213,53 @@ class ExportWorkflow:
         of the manifest must be on disk exactly once, as this export's file.
         """
         check_transaction_time(manifest)
+        asked = self.identity if "resource_types" in self.identity else None  # a request, not a status URL
+        manifest, unrequested = drop_unrequested(manifest, requested_types(asked))
         with self.lease().held():
             started = time.monotonic()
             ledger = self._ledger(status_url, manifest)
-            report = self.client.download(manifest, self.destination, self.options, ledger=ledger)
+            manifest, report = self._download(status_url, manifest, ledger, requested_types(asked))
             self._verify_landed(status_url, manifest, ledger)
-            summary = self._record_completion(status_url, manifest, report)
+            checks = {
+                "unrequested_types": unrequested,
+                "server_ignored": ignored_parameters(asked, self.client.profile, unrequested, report, self.destination),
+                "vendor": self.client.profile.name,
+            }
+            if warning := deletion_warning(asked, self.client.profile):
+                log.warning(warning)
+                checks["deletions_not_reported"] = True
+            summary = self._record_completion(status_url, manifest, report, checks)
             ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
         if self.delete_on_success:
             self._delete_landed(status_url)
         return summary
+
+    def _download(
+        self, status_url: str, manifest: ExportManifest, ledger: LandedFiles, types: list[str]
+    ) -> tuple[ExportManifest, DownloadReport]:
+        """Download the manifest's files; when links expire (401/403/404/410 on a file), read the manifest
+        again for fresh links and carry on: files already landed are kept (a file's identity ignores its
+        URL's signature), the rest are fetched from the new links."""
+        for refresh in range(MAX_LINK_REFRESHES + 1):
+            try:
+                return manifest, self.client.download(manifest, self.destination, self.options, ledger=ledger)
+            except BulkDownloadError as exc:
+                failures = exc.context.get("failures") or []
+                expired = [f for f in failures if f.get("status") in EXPIRED_LINK_STATUSES]
+                if not expired or refresh == MAX_LINK_REFRESHES:
+                    raise
+                log.warning(
+                    "%d file link(s) were refused (HTTP %s): they may have expired. Reading the export's manifest "
+                    "again for fresh links (%d of %d).",
+                    len(expired),
+                    ", ".join(sorted({str(f["status"]) for f in expired})),
+                    refresh + 1,
+                    MAX_LINK_REFRESHES,
+                )
+                manifest, _ = drop_unrequested(self._completed_manifest(status_url), types)
+        raise AssertionError("unreachable")
 
     def _ledger(self, status_url: str, manifest: ExportManifest) -> LandedFiles:
         ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)
@@ -296,8 +339,17 @@ class ExportWorkflow:
             )
         return result.manifest
 
-    def _record_completion(self, status_url: str, manifest: ExportManifest, report: DownloadReport) -> dict[str, Any]:
-        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary."""
+    def _record_completion(
+        self,
+        status_url: str,
+        manifest: ExportManifest,
+        report: DownloadReport,
+        checks: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary.
+
+        ``checks``: what was asked against what came (``unrequested_types``, ``server_ignored``...).
+        """
         files = [f.to_dict() for f in report.files]
         summary = {
             "status_url": status_url,
@@ -318,6 +370,7 @@ class ExportWorkflow:
             "count_mismatches": [
                 {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
             ],
+            **(checks or {}),
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()
