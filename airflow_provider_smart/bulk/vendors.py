@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_provider_smart.exceptions import SmartConfigError
+from airflow_provider_smart.bulk.kickoff import KickoffRequest, build_kickoff
+from airflow_provider_smart.bulk.protocol import Response, ServerProfile, answered_error, kickoff_error
+from airflow_provider_smart.bulk.retry import RetryPolicy
+from airflow_provider_smart.exceptions import BulkExportError, ExportWindowError, SmartConfigError
 
 if TYPE_CHECKING:
     import requests
@@ -51,8 +55,12 @@ def _no_scopes(request: ExportRequest) -> list[str]:
 
 
 @dataclass(frozen=True)
-class VendorProfile:
+class VendorProfile(ServerProfile):
     """What one vendor's server needs. Every field has the spec's (``generic``) behaviour as default.
+
+    A :class:`~airflow_provider_smart.bulk.protocol.ServerProfile`: the transport-free protocol asks it
+    how to build the kick-off, which headers to send, how to word a refusal and how often to poll, for the
+    sync client and the async trigger alike. ``min_poll_interval`` (inherited) is the vendor's cadence.
 
     :param name: the profile's name (connection extra ``vendor``).
     :param title: the vendor, for people.
@@ -65,7 +73,6 @@ class VendorProfile:
     :param extra_scopes: hook: scopes the server wants on top of the types' read scopes, given the request.
     :param type_scopes: hook: the scopes the token must carry for the request (Cerner: one per type).
     :param levels: the export levels the server offers.
-    :param min_poll_interval: never poll more often than this (seconds).
     :param max_retry_after: cap on a server's ``Retry-After`` while polling (seconds).
     :param single_slot: one export in progress at a time per client (and Group / tenant): re-attach to
         ours before a kick-off instead of starting a second one.
@@ -76,10 +83,11 @@ class VendorProfile:
     :param accepts_post: whether a POST ``Parameters`` body is read (else ``method="auto"`` uses GET).
     :param delete_may_404: a DELETE may answer 404 although the export existed (jobs are reaped).
     :param sources: where each quirk is documented, quirk -> source.
+    :param client_id: the SMART client id, bound by the client (for ``client_headers``).
     """
 
-    name: str
-    title: str
+    name: str = GENERIC
+    title: str = "Any Bulk Data server (the spec as written)"
     list_encoding: ListEncoding = "comma"
     type_filter_encoding: ListEncoding = "repeat"
     kickoff_headers: Mapping[str, str] = field(default_factory=dict)
@@ -87,7 +95,6 @@ class VendorProfile:
     extra_scopes: Callable[[ExportRequest], list[str]] = _no_scopes
     type_scopes: Callable[[ExportRequest], list[str]] = _no_scopes
     levels: tuple[str, ...] = ("system", "patient", "group")
-    min_poll_interval: float = 1.0
     max_retry_after: float = 3600.0
     single_slot: bool = False
     request_window: float | None = None
@@ -99,10 +106,81 @@ class VendorProfile:
     sources: Mapping[str, str] = field(default_factory=dict)
     matches: tuple[str, ...] = ()  # regexes over CapabilityStatement software.name / publisher
     smart_matches: tuple[str, ...] = ()  # regexes over the SMART configuration's endpoint URLs
+    client_id: str = ""
 
-    def headers(self, client_id: str) -> dict[str, str]:
+    def headers(self, client_id: str | None = None) -> dict[str, str]:
         """Headers of every Bulk Data request to this server."""
-        return dict(self.client_headers(client_id))
+        return dict(self.client_headers(self.client_id if client_id is None else client_id))
+
+    # -- the protocol seam (bulk/protocol.ServerProfile) ---------------------------------------------
+    def kickoff(self, request: ExportRequest, fhir_base_url: str) -> KickoffRequest:
+        return build_kickoff(
+            request,
+            fhir_base_url,
+            comma_join_repeats=self.comma_join_repeats,
+            profile=self,
+            client_id=self.client_id,
+        )
+
+    def status_headers(self) -> dict[str, str]:
+        return {**super().status_headers(), **self.headers()}
+
+    def cancel_headers(self) -> dict[str, str]:
+        return {**super().cancel_headers(), **self.headers()}
+
+    def retry_after(self, response: Response, retry: RetryPolicy) -> float | None:
+        wait = super().retry_after(response, retry)
+        return None if wait is None else min(wait, self.max_retry_after)
+
+    def poll_delay(
+        self, retry_after: float | None, polls: int, poll_interval: float, max_poll_interval: float
+    ) -> float:
+        floor = self.min_poll_interval
+        return super().poll_delay(retry_after, polls, max(poll_interval, floor), max(max_poll_interval, floor))
+
+    def kickoff_error(
+        self, method: str, url: str, response: Response, request: ExportRequest | None = None
+    ) -> BulkExportError:
+        """A refused kick-off: the request window (Epic's "too recently") gets its own error saying when the
+        export may run again; a 403 says which scopes this vendor is documented to need."""
+        error = answered_error("{body}", response)
+        if self.is_window_refusal(error.message):
+            return self.window_error(method, url, response)
+        return kickoff_error(method, url, response, scope_hint=self.scope_hint(request))
+
+    def scope_hint(self, request: ExportRequest | None) -> str:
+        wanted = self.required_scopes(request) if request is not None else []
+        if wanted:
+            return (
+                f" This server ({self.title}) is documented to need {' '.join(wanted)}: add them to the "
+                "connection's scope (extra 'scope') and have the server grant them."
+            )
+        group = " and system/Group.read" if request is not None and request.level == "group" else ""
+        return (
+            " The server may need more than read access for $export (Medplum refuses system/*.read and accepts "
+            f"system/*.cruds or system/*.*), or read scopes for each exported type{group}. Change the "
+            "connection's scope (extra 'scope') and have the server grant it."
+        )
+
+    def window_error(self, method: str, url: str, response: Response) -> ExportWindowError:
+        base = answered_error("{body}", response)
+        window = self.request_window
+        not_before = time.time() + window if window else None
+        when = (
+            f" It may run again by {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(not_before))} at the latest "
+            f"({window / 3600:.0f} h window, counted by the server from the earlier kick-off)."
+            if not_before and window
+            else ""
+        )
+        return ExportWindowError(
+            f"Kick-off {method} {url} was refused because the same export ran too recently (HTTP "
+            f"{response.status}: {base.message}).{when} Schedule it no more often than the server's window, or "
+            "re-attach to the earlier export's status URL.",
+            status=response.status,
+            url=url,
+            outcome=base.context.get("outcome"),
+            not_before=not_before,
+        )
 
     def required_scopes(self, request: ExportRequest) -> list[str]:
         """Scopes the server is documented to need for ``request`` beyond a plain ``system/*.read``."""
@@ -127,10 +205,10 @@ DAY = 24 * 3600.0
 PROFILES: dict[str, VendorProfile] = {
     p.name: p
     for p in (
-        VendorProfile(GENERIC, "Any Bulk Data server (the spec as written)"),
+        VendorProfile(),
         VendorProfile(
-            "epic",
-            "Epic",
+            name="epic",
+            title="Epic",
             type_filter_encoding="comma",
             client_headers=_epic_client_id,
             extra_scopes=_group_read,
@@ -155,9 +233,8 @@ PROFILES: dict[str, VendorProfile] = {
             smart_matches=(r"\bepic\b", r"interconnect"),
         ),
         VendorProfile(
-            "cerner",
-            "Oracle Health / Cerner Millennium",
-            list_encoding="comma",
+            name="cerner",
+            title="Oracle Health / Cerner Millennium",
             type_filter_encoding="comma",
             type_scopes=_read_scope_per_type,
             levels=("group",),
@@ -180,8 +257,8 @@ PROFILES: dict[str, VendorProfile] = {
             smart_matches=(r"cerner\.com", r"oraclecloud\.com"),
         ),
         VendorProfile(
-            "hapi",
-            "HAPI FHIR",
+            name="hapi",
+            title="HAPI FHIR",
             kickoff_headers={"Cache-Control": "no-cache"},
             delete_may_404=True,
             sources={
@@ -193,8 +270,8 @@ PROFILES: dict[str, VendorProfile] = {
             matches=(r"\bhapi\b",),
         ),
         VendorProfile(
-            "ecw",
-            "eClinicalWorks",
+            name="ecw",
+            title="eClinicalWorks",
             extra_scopes=lambda request: ["system/Group.read"],
             max_retry_after=7200.0,
             levels=("group",),
@@ -207,8 +284,8 @@ PROFILES: dict[str, VendorProfile] = {
             smart_matches=(r"eclinicalworks", r"healow", r"ecwcloud"),
         ),
         VendorProfile(
-            "athena",
-            "athenahealth",
+            name="athena",
+            title="athenahealth",
             levels=("group",),
             min_poll_interval=60.0,
             single_slot=True,
@@ -222,8 +299,8 @@ PROFILES: dict[str, VendorProfile] = {
             smart_matches=(r"athenahealth",),
         ),
         VendorProfile(
-            "medplum",
-            "Medplum",
+            name="medplum",
+            title="Medplum",
             list_encoding="comma",
             ignores=frozenset({"_typeFilter", "_elements", "patient", "lenient", "POST"}),
             reports_deletions=False,
@@ -240,8 +317,8 @@ PROFILES: dict[str, VendorProfile] = {
             smart_matches=(r"medplum",),
         ),
         VendorProfile(
-            "microsoft",
-            "Microsoft FHIR Server / Azure Health Data Services",
+            name="microsoft",
+            title="Microsoft FHIR Server / Azure Health Data Services",
             sources={
                 "_container picks the storage container: pass it as an extra parameter": "MicrosoftDocs azure-docs "
                 "export-data.md",
@@ -253,6 +330,11 @@ PROFILES: dict[str, VendorProfile] = {
         ),
     )
 }
+
+
+def vendor_of(profile: ServerProfile | None) -> VendorProfile:
+    """``profile`` as a vendor profile (a plain ``ServerProfile`` is treated as ``generic``)."""
+    return profile if isinstance(profile, VendorProfile) else PROFILES[GENERIC]
 
 
 def profile_named(name: str | None) -> VendorProfile | None:
@@ -344,4 +426,5 @@ __all__ = [
     "detect_profile",
     "profile_named",
     "resolve_profile",
+    "vendor_of",
 ]

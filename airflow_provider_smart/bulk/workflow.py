@@ -222,10 +222,10 @@ class ExportWorkflow:
             self._verify_landed(status_url, manifest, ledger)
             checks = {
                 "unrequested_types": unrequested,
-                "server_ignored": ignored_parameters(asked, self.client.profile, unrequested, report, self.destination),
-                "vendor": self.client.profile.name,
+                "server_ignored": ignored_parameters(asked, self.client.vendor, unrequested, report, self.destination),
+                "vendor": self.client.vendor.name,
             }
-            if warning := deletion_warning(asked, self.client.profile):
+            if warning := deletion_warning(asked, self.client.vendor):
                 log.warning(warning)
                 checks["deletions_not_reported"] = True
             summary = self._record_completion(status_url, manifest, report, checks)
