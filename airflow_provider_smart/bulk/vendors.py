@@ -76,6 +76,7 @@ class VendorProfile(ServerProfile):
     :param max_retry_after: cap on a server's ``Retry-After`` while polling (seconds).
     :param single_slot: one export in progress at a time per client (and Group / tenant): re-attach to
         ours before a kick-off instead of starting a second one.
+    :param slot_per_group: the slot is per client and Group (Epic), not per client (Cerner: per tenant).
     :param request_window: seconds during which the server refuses the same export again.
     :param window_refusal: a regular expression matching the server's "too recently" refusal text.
     :param ignores: spec features the server accepts but ignores (see :data:`FEATURES`).
@@ -97,6 +98,7 @@ class VendorProfile(ServerProfile):
     levels: tuple[str, ...] = ("system", "patient", "group")
     max_retry_after: float = 3600.0
     single_slot: bool = False
+    slot_per_group: bool = False
     request_window: float | None = None
     window_refusal: str | None = None
     ignores: frozenset[str] = frozenset()
@@ -216,6 +218,7 @@ PROFILES: dict[str, VendorProfile] = {
             min_poll_interval=60.0,
             max_retry_after=3600.0,
             single_slot=True,
+            slot_per_group=True,
             request_window=DAY,
             window_refusal=r"too recently",
             ignores=frozenset({"_since", "_typeFilter"}),

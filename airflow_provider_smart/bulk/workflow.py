@@ -27,6 +27,7 @@ from airflow_provider_smart.bulk.models import (
     ExportRequest,
     StatusResult,
 )
+from airflow_provider_smart.bulk.inflight import InFlightRegistry, claim_slot
 from airflow_provider_smart.bulk.plan import plan_files
 from airflow_provider_smart.bulk.requested import (
     deletion_warning,
@@ -84,6 +85,9 @@ class ExportWorkflow:
     :param run_id: the run that owns the destination (Airflow's run id): a destination holding another
         run's export is refused, so a daily run into a non-templated destination fails loudly instead
         of returning yesterday's files.
+    :param registry: where this connection's exports in flight are recorded (whatever the destination):
+        before a kick-off to a single-slot server (Epic, Cerner, athena) the workflow re-attaches to ours,
+        or says which export holds the slot (see :mod:`~airflow_provider_smart.bulk.inflight`).
     """
 
     def __init__(
@@ -95,8 +99,10 @@ class ExportWorkflow:
         options: DownloadOptions | None = None,
         delete_on_success: bool = True,
         run_id: str | None = None,
+        registry: InFlightRegistry | None = None,
     ) -> None:
         self.client = client
+        self.registry = registry
         self.destination = as_destination(destination)
         self.identity = identity
         self.fingerprint = fingerprint(identity)
@@ -198,12 +204,28 @@ class ExportWorkflow:
             except BulkExportError as exc:
                 # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
                 log.warning("That export cannot be resumed (%s); starting a new one.", exc)
+                if self.registry is not None:
+                    self.registry.remove(status_url)
                 removed = LandedFiles(self.destination, "", None).sweep_other_exports()
                 if removed:
                     log.warning("Removed %d file(s) the abandoned export had landed here.", removed)
                 self._forget_kickoff()
+        if self.registry is not None and self.client.vendor.single_slot:
+            found = claim_slot(self.registry, self.client, self.fingerprint, request)
+            if found is not None:
+                self._record_kickoff(found[0])
+                return StartedExport(found[0], found[1], reattached=True)
         status_url = self.client.kick_off(request)
         self._record_kickoff(status_url)
+        if self.registry is not None:
+            self.registry.add(
+                status_url,
+                fingerprint=self.fingerprint,
+                level=request.level,
+                group_id=request.group_id,
+                destination=str(self.destination),
+                run_id=self.run_id,
+            )
         return StartedExport(status_url)
 
     def land(self, status_url: str, manifest: ExportManifest) -> dict[str, Any]:
@@ -234,6 +256,8 @@ class ExportWorkflow:
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
         if self.delete_on_success:
             self._delete_landed(status_url)
+        if self.registry is not None:
+            self.registry.remove(status_url)  # landed: nothing left to re-attach to
         return summary
 
     def _download(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from airflow_provider_smart.auth.discovery import SmartConfiguration
     from airflow_provider_smart.auth.tokens import StoredToken
     from airflow_provider_smart.bulk import BulkExportClient
+    from airflow_provider_smart.bulk.inflight import InFlightRegistry
     from airflow_provider_smart.bulk.vendors import VendorProfile
     from airflow_provider_smart.connection import ConnectionSettings
     from airflow_provider_smart.origins import OriginPolicy
@@ -165,6 +166,14 @@ class SmartHook(BaseHook):
             name, session=session or self.get_conn(), fhir_base_url=self.fhir_base_url, smart_configuration=smart,
             timeout=self.settings.timeout,
         )
+
+    def inflight_registry(self) -> InFlightRegistry:
+        """Where this connection's exports in flight are recorded (Airflow Variables), for single-slot servers
+        and ``airflow-smart cancel-export``."""
+        from airflow_provider_smart.bulk.inflight import InFlightRegistry
+        from airflow_provider_smart.hooks.token_stores import AirflowVariableRecords
+
+        return InFlightRegistry(AirflowVariableRecords(), self.fhir_base_url, self.settings.client_id)
 
     def ensure_tokens_saved(self) -> None:
         """Raise ``TokenStoreError`` if a rotated refresh token could not be saved in the token store.

@@ -84,6 +84,7 @@ class _ExportTaskMixin:
             options=options,
             delete_on_success=self.delete_on_success,
             run_id=run_id,
+            registry=self.hook.inflight_registry(),
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
