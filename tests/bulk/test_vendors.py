@@ -264,7 +264,7 @@ def test_single_slot_reattaches_to_our_export_from_another_destination(sandbox_f
 
 def test_without_the_registry_a_busy_single_slot_server_says_how_to_cancel(sandbox_factory, make_client) -> None:
     sb = sandbox_factory(quirks="cerner")
-    client = make_client(sb, profile=PROFILES["cerner"], kickoff_timeout=0)
+    client = make_client(sb, profile=PROFILES["cerner"], attempts=1)
     client.kick_off(ExportRequest(resource_types=["Patient"]))
     with pytest.raises(BulkExportError) as caught:
         client.kick_off(ExportRequest(resource_types=["Condition"]))
