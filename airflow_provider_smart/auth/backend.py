@@ -68,6 +68,8 @@ def _retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when.timestamp() - time.time()) if when is not None and when.tzinfo is not None else None
+
+
 DEFAULT_EXPIRY_SKEW = 60.0
 STORE_WRITE_ATTEMPTS = 3  # a refused token-store write is retried at once, then kept in memory...
 STORE_RETRY_INTERVAL = 10.0  # ...and retried at most this often while the process keeps using it

@@ -279,7 +279,13 @@ def kickoff_exchange(request: ExportRequest, fhir_base_url: str, server: Server,
     def attempt() -> Exchange[Response]:
         answer = yield Request(
             # The exact query string (literal commas in list values), not pairs for the transport to re-encode.
-            spec.method, spec.full_url, spec.headers, "kick-off", [], body, deadline=_try_deadline(policy)
+            spec.method,
+            spec.full_url,
+            spec.headers,
+            "kick-off",
+            [],
+            body,
+            deadline=_try_deadline(policy),
         )
         if isinstance(answer, Failure):
             if answer.kind == "redirects":

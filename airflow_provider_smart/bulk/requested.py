@@ -91,9 +91,7 @@ def ignored_parameters(
         found.append({"parameter": "_type", "evidence": "observed: the server returned types that were not requested"})
     elements = request.get("elements") or []
     if elements and _elements_ignored(report, destination):
-        found.append(
-            {"parameter": "_elements", "evidence": "observed: resources came back without the SUBSETTED tag"}
-        )
+        found.append({"parameter": "_elements", "evidence": "observed: resources came back without the SUBSETTED tag"})
     for feature in sorted(profile.ignores):
         if feature in _FEATURE_FIELDS and asked(feature) and not any(f["parameter"] == feature for f in found):
             found.append({"parameter": feature, "evidence": f"documented for {profile.title} (vendor profile)"})

@@ -163,7 +163,10 @@ class SmartHook(BaseHook):
         except Exception:  # noqa: BLE001 - detection is best effort; discovery errors surface at the token
             smart = None
         return resolve_profile(
-            name, session=session or self.get_conn(), fhir_base_url=self.fhir_base_url, smart_configuration=smart,
+            name,
+            session=session or self.get_conn(),
+            fhir_base_url=self.fhir_base_url,
+            smart_configuration=smart,
             timeout=self.settings.timeout,
         )
 
