@@ -149,7 +149,7 @@ class BulkExportClient:
             return None
         try:
             return getattr(get_token(), "scope", None)
-        except Exception:  # noqa: BLE001 - only used to word an error message
+        except Exception:
             return None
 
     def allow_origin(self, url: str) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow_provider_smart.bulk.models import TYPE_NAME, ExportRequest
@@ -190,9 +189,15 @@ def build_kickoff(
     server that ignores POST bodies (unless ``patient`` needs POST).
     """
     method = validate(request)
-    if profile is not None and not profile.accepts_post and method == "POST" and not request.patients:
-        if str(request.method or "auto").strip().lower() == "auto":
-            method = "GET"
+    asked = str(request.method or "auto").strip().lower()
+    if (
+        profile is not None
+        and not profile.accepts_post
+        and method == "POST"
+        and not request.patients
+        and asked == "auto"
+    ):
+        method = "GET"
     url = export_url(fhir_base_url, request)
     prefer = "respond-async, handling=lenient" if request.lenient else "respond-async"
     headers = {"Accept": FHIR_JSON, "Prefer": prefer}

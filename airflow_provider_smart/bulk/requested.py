@@ -129,7 +129,7 @@ def _first_resource(path: Any) -> dict[str, Any] | None:
         with path.open("rb") as handle:
             line = handle.readline(1 << 20)
         data = json.loads(line)
-    except Exception:  # noqa: BLE001 - a check on top of a finished download: never fail it
+    except Exception:
         return None
     return data if isinstance(data, dict) else None
 

@@ -367,8 +367,10 @@ def detect_profile(
     reads); the SMART configuration's endpoint URLs and issuer second.
     """
     statement = capability_statement or {}
-    software = statement.get("software") if isinstance(statement.get("software"), dict) else {}
-    implementation = statement.get("implementation") if isinstance(statement.get("implementation"), dict) else {}
+    software: Mapping[str, Any] = statement.get("software") or {}
+    implementation: Mapping[str, Any] = statement.get("implementation") or {}
+    software = software if isinstance(software, Mapping) else {}
+    implementation = implementation if isinstance(implementation, Mapping) else {}
     names = [
         _text(software.get("name")),
         _text(statement.get("publisher")),
@@ -396,7 +398,7 @@ def fetch_capability_statement(session: requests.Session, fhir_base_url: str, ti
     try:
         response = session.get(url, headers={"Accept": "application/fhir+json"}, timeout=timeout)
         data = response.json() if response.status_code == 200 else None
-    except Exception as exc:  # noqa: BLE001 - detection is best effort; the export works without it
+    except Exception as exc:
         log.warning("Could not read %s to detect the server's vendor (%s): using the generic profile.", url, exc)
         return None
     return data if isinstance(data, dict) else None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_smart.bulk.client import BulkExportClient
+from airflow_provider_smart.bulk.inflight import InFlightRegistry, claim_slot
 from airflow_provider_smart.bulk.models import (
     DownloadOptions,
     DownloadReport,
@@ -27,7 +28,6 @@ from airflow_provider_smart.bulk.models import (
     ExportRequest,
     StatusResult,
 )
-from airflow_provider_smart.bulk.inflight import InFlightRegistry, claim_slot
 from airflow_provider_smart.bulk.plan import plan_files
 from airflow_provider_smart.bulk.requested import (
     deletion_warning,
@@ -242,7 +242,7 @@ class ExportWorkflow:
             ledger = self._ledger(status_url, manifest)
             manifest, report = self._download(status_url, manifest, ledger, requested_types(asked))
             self._verify_landed(status_url, manifest, ledger)
-            checks = {
+            checks: dict[str, Any] = {
                 "unrequested_types": unrequested,
                 "server_ignored": ignored_parameters(asked, self.client.vendor, unrequested, report, self.destination),
                 "vendor": self.client.vendor.name,

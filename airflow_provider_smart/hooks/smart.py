@@ -160,7 +160,7 @@ class SmartHook(BaseHook):
             return resolve_profile(name)
         try:
             smart = self.smart_configuration.raw
-        except Exception:  # noqa: BLE001 - detection is best effort; discovery errors surface at the token
+        except Exception:
             smart = None
         return resolve_profile(
             name,

@@ -19,6 +19,7 @@ naming the store to use instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Protocol
 
@@ -162,10 +163,8 @@ class AirflowVariableRecords:
         self._store._call("set", name, value)
 
     def delete(self, name: str) -> None:
-        try:
+        with contextlib.suppress(SmartConfigError):
             self._store._call("delete", name)
-        except SmartConfigError:
-            pass
 
 
 def airflow_token_store(spec: str) -> TokenStore | None:

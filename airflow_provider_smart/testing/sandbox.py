@@ -29,13 +29,13 @@ from airflow_provider_smart.testing.data import RESOURCE_TYPES, Dataset, DataSta
 from airflow_provider_smart.testing.faults import Fault, FaultBoard
 from airflow_provider_smart.testing.httpd import SandboxHTTPServer
 from airflow_provider_smart.testing.launch_server import SMART_STYLE, LaunchServer
-from airflow_provider_smart.testing.vendor_quirks import VENDOR_QUIRKS, VendorQuirks
 from airflow_provider_smart.testing.metadata import (
     LaunchEndpoints,
     capability_statement,
     search_bundle,
     smart_configuration,
 )
+from airflow_provider_smart.testing.vendor_quirks import VENDOR_QUIRKS, VendorQuirks
 
 _GROUP_EXPORT = re.compile(r"/fhir/Group/([^/]+)/\$export")
 _PATIENT_READ = re.compile(r"/fhir/Patient/([^/$]+)")

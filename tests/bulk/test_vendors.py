@@ -255,7 +255,7 @@ def test_single_slot_reattaches_to_our_export_from_another_destination(sandbox_f
     assert again.reattached and again.status_url == first.status_url
     assert sum(1 for k in sb.kickoffs if k["status"] == 202) == 1
     other = ExportRequest(level="group", group_id="all", resource_types=["Condition"])
-    with pytest.raises(BulkExportError, match="holds the slot.*airflow-smart cancel-export"):
+    with pytest.raises(BulkExportError, match=r"holds the slot.*airflow-smart cancel-export"):
         flow("other", other).start(other)
     summary = flow("day1-retry").land(again.status_url, make_client(sb).wait(again.status_url))
     assert landed_types(summary) == {"Patient": 20} and registry.records() == []
