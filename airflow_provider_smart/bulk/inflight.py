@@ -101,17 +101,27 @@ class InFlightRegistry:
         self.name = f"smart_inflight__{digest}"
 
     def records(self) -> list[dict[str, Any]]:
-        data = self.store.get(self.name)
+        try:
+            data = self.store.get(self.name)
+        except Exception as exc:  # noqa: BLE001 - a bookkeeping aid: never what fails an export
+            log.warning("Cannot read the exports in flight (%s): a single-slot server may refuse a kick-off.", exc)
+            return []
         exports = data.get("exports") if isinstance(data, dict) else None
         return [r for r in exports or [] if isinstance(r, dict) and isinstance(r.get("status_url"), str)]
 
     def _save(self, records: list[dict[str, Any]]) -> None:
-        if records:
-            self.store.set(
-                self.name, {"fhir_base_url": self.fhir_base_url, "client_id": self.client_id, "exports": records}
+        try:
+            if records:
+                self.store.set(
+                    self.name, {"fhir_base_url": self.fhir_base_url, "client_id": self.client_id, "exports": records}
+                )
+            else:
+                self.store.delete(self.name)
+        except Exception as exc:  # noqa: BLE001 - a bookkeeping aid: never what fails an export
+            log.warning(
+                "Cannot record the exports in flight (%s): re-attaching from another destination will not work.",
+                exc,
             )
-        else:
-            self.store.delete(self.name)
 
     def add(self, status_url: str, **facts: Any) -> None:
         records = [r for r in self.records() if r["status_url"] != status_url]
