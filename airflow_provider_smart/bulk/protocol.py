@@ -471,6 +471,7 @@ def wait_exchange(
     read_manifest: bool = True,
     state: WaitState | None = None,
     on_progress: Callable[[StatusResult], None] | None = None,
+    progress_log: Any = log,
 ) -> Exchange[StatusResult]:
     """Poll until the export completes; returns the complete :class:`StatusResult`.
 
@@ -480,6 +481,7 @@ def wait_exchange(
     wait ends at the deadline without polling early (servers may count early polls as violations);
     when only our own backoff does, one last poll is made at the deadline. On timeout raises
     :class:`ExportTimeoutError` (``context["status_url"]``, ``context["progress"]``).
+    ``on_progress`` gets each in-progress result; ``progress_log`` (a logger) says each one and the next wait.
     """
     state = state or WaitState()
     while True:
@@ -489,10 +491,10 @@ def wait_exchange(
             log.info("Export %s complete after %d polls.", redact_url(status_url), state.polls)
             return result
         state.progress = result.progress
+        delay = server.profile.poll_delay(result.retry_after, state.polls, poll_interval, max_poll_interval)
         if on_progress is not None:
             on_progress(result)
-        delay = server.profile.poll_delay(result.retry_after, state.polls, poll_interval, max_poll_interval)
-        log.info(
+        progress_log.info(
             "Export %s in progress (%s) after %.0f s; next poll in %.0f s.",
             redact_url(status_url),
             result.progress or "no progress reported",

@@ -133,9 +133,7 @@ class SmartBulkExportTrigger(BaseTrigger):
                 max_poll_interval=self.max_poll_interval,
                 read_manifest=False,
                 state=state,
-                on_progress=lambda result: self.log.info(
-                    "Export %s in progress (%s).", self.status_url, result.progress or "no progress reported"
-                ),
+                progress_log=self.log,
             )
             try:
                 await adrive(exchange, shared.transport.send)
