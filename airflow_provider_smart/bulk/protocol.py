@@ -360,11 +360,13 @@ def status_error(url: str, response: Response) -> BulkExportError:
 
 
 def poll_exchange(
-    status_url: str, server: Server, policy: RetryPolicy, *, read_manifest: bool
+    status_url: str, server: Server, policy: RetryPolicy, *, read_manifest: bool, vouched: bool = False
 ) -> Exchange[StatusResult]:
     """Ask once whether the export is done: ``in_progress`` (``X-Progress``, ``Retry-After``) or
-    ``complete`` (with the whole manifest when ``read_manifest``). Fatal answers raise."""
-    vouch_for_status_url(server.origins, status_url)  # the caller vouches for it: it came from our kick-off
+    ``complete`` (with the whole manifest when ``read_manifest``). Fatal answers raise.
+    ``vouched``: :func:`vouch_for_status_url` was done already (by a wait, once for all its polls)."""
+    if not vouched:
+        vouch_for_status_url(server.origins, status_url)  # the caller vouches for it: it came from our kick-off
     profile = server.profile
     response = yield from status_request_exchange(status_url, policy=policy, profile=profile)
     if response.status == 202:
@@ -484,8 +486,9 @@ def wait_exchange(
     ``on_progress`` gets each in-progress result; ``progress_log`` (a logger) says each one and the next wait.
     """
     state = state or WaitState()
+    vouch_for_status_url(server.origins, status_url)
     while True:
-        result = yield from poll_exchange(status_url, server, policy, read_manifest=read_manifest)
+        result = yield from poll_exchange(status_url, server, policy, read_manifest=read_manifest, vouched=True)
         state.polls += 1
         if result.complete:
             log.info("Export %s complete after %d polls.", redact_url(status_url), state.polls)

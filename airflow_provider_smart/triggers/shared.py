@@ -11,8 +11,10 @@ the others reuse it:
   open while at least one trigger uses it, closed when the last one ends.
 
 Entries are keyed by event loop, connection id, scope and a digest of the connection's fields, so an
-edited connection gets a new entry. The auth outlives its triggers (a rotated refresh token the store
-refused stays in memory, and is retried, rather than going away with the trigger that minted it).
+edited connection gets a new entry. A thousand triggers starting at once (a triggerer restart) read
+the connection once: its fields serve the triggers that start within ``CONNECTION_TTL`` seconds.
+The auth outlives its triggers (a rotated refresh token the store refused stays in memory, and is
+retried, rather than going away with the trigger that minted it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,9 +53,14 @@ class SharedConnection:
 _ENTRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], SharedConnection]] = (
     weakref.WeakKeyDictionary()
 )
-_BUILDING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], asyncio.Lock]] = (
+_BUILDING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
+# (connection id, scope) -> (when its fields were last read, its entry)
+_RECENT: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], tuple[float, SharedConnection]]] = (
+    weakref.WeakKeyDictionary()
+)
+CONNECTION_TTL = 60.0  # seconds a connection's fields, once read, serve the triggers that start after
 
 
 def _digest(fields: ConnectionFields) -> str:
@@ -83,20 +91,28 @@ def _build_transport(entry: SharedConnection) -> AsyncBulkTransport:
 
 
 async def _entry(conn_id: str, scope: str | None) -> SharedConnection:
+    """The connection's entry: looked up (the async connection API) at most once per ``CONNECTION_TTL``
+    seconds per connection and scope, however many triggers start at once; rebuilt when its fields changed."""
     from airflow_provider_smart.hooks.smart import SmartHook
 
-    hook = SmartHook(conn_id, scope=scope)
-    fields = await hook.aconnection_fields()
-    key = (conn_id, scope or "", _digest(fields))
     loop = asyncio.get_running_loop()
-    entries = _ENTRIES.setdefault(loop, {})
-    entry = entries.get(key)
-    if entry is not None:
-        return entry
-    async with _BUILDING.setdefault(loop, {}).setdefault(key, asyncio.Lock()):
+    recent = _RECENT.setdefault(loop, {})
+    name = (conn_id, scope or "")
+    seen = recent.get(name)
+    if seen is not None and time.monotonic() - seen[0] < CONNECTION_TTL:
+        return seen[1]
+    async with _BUILDING.setdefault(loop, {}).setdefault(name, asyncio.Lock()):
+        seen = recent.get(name)
+        if seen is not None and time.monotonic() - seen[0] < CONNECTION_TTL:
+            return seen[1]
+        hook = SmartHook(conn_id, scope=scope)
+        fields = await hook.aconnection_fields()
+        entries = _ENTRIES.setdefault(loop, {})
+        key = (*name, _digest(fields))
         entry = entries.get(key)
         if entry is None:
             entry = entries[key] = await asyncio.to_thread(_build_entry, hook, fields)
+        recent[name] = (time.monotonic(), entry)
     return entry
 
 
