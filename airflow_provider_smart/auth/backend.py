@@ -284,8 +284,11 @@ class TokenAuth(AuthBase):
             self._save(token, current)
             return token
 
-    def _fresh(self, token: StoredToken) -> bool:
+    def is_fresh(self, token: StoredToken) -> bool:
+        """More than this auth's renewal margin left on ``token`` (no I/O: callers on an event loop use it)."""
         return token.is_fresh(self.expiry_skew, fraction=self._renew_fraction)
+
+    _fresh = is_fresh
 
     def invalidate(self, access_token: str | None = None) -> None:
         """Mark the cached token expired (only if it is still ``access_token``, so concurrent 401s mint once).
@@ -384,6 +387,11 @@ class TokenAuth(AuthBase):
     def unsaved(self) -> bool:
         """True while a token the store refused is held only in this process's memory."""
         return self._unsaved is not None
+
+    @property
+    def unsaved_refresh_token(self) -> bool:
+        """True while a rotated refresh token the store refused is held only in this process's memory."""
+        return self._unsaved is not None and self._unsaved_precious
 
     def ensure_saved(self) -> None:
         """Retry writing a token the store refused; raise :class:`TokenStoreError` if it still cannot.

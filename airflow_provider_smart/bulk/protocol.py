@@ -380,11 +380,13 @@ def status_error(url: str, response: Response) -> BulkExportError:
 
 
 def poll_exchange(
-    status_url: str, server: Server, policy: RetryPolicy, *, read_manifest: bool
+    status_url: str, server: Server, policy: RetryPolicy, *, read_manifest: bool, vouched: bool = False
 ) -> Exchange[StatusResult]:
     """Ask once whether the export is done: ``in_progress`` (``X-Progress``, ``Retry-After``) or
-    ``complete`` (with the whole manifest when ``read_manifest``). Fatal answers raise."""
-    vouch_for_status_url(server.origins, status_url)  # the caller vouches for it: it came from our kick-off
+    ``complete`` (with the whole manifest when ``read_manifest``). Fatal answers raise.
+    ``vouched``: :func:`vouch_for_status_url` was done already (by a wait, once for all its polls)."""
+    if not vouched:
+        vouch_for_status_url(server.origins, status_url)  # the caller vouches for it: it came from our kick-off
     profile = server.profile
     response = yield from status_request_exchange(status_url, policy=policy, profile=profile)
     if response.status == 202:
@@ -491,6 +493,7 @@ def wait_exchange(
     read_manifest: bool = True,
     state: WaitState | None = None,
     on_progress: Callable[[StatusResult], None] | None = None,
+    progress_log: Any = log,
 ) -> Exchange[StatusResult]:
     """Poll until the export completes; returns the complete :class:`StatusResult`.
 
@@ -500,19 +503,21 @@ def wait_exchange(
     wait ends at the deadline without polling early (servers may count early polls as violations);
     when only our own backoff does, one last poll is made at the deadline. On timeout raises
     :class:`ExportTimeoutError` (``context["status_url"]``, ``context["progress"]``).
+    ``on_progress`` gets each in-progress result; ``progress_log`` (a logger) says each one and the next wait.
     """
     state = state or WaitState()
+    vouch_for_status_url(server.origins, status_url)
     while True:
-        result = yield from poll_exchange(status_url, server, policy, read_manifest=read_manifest)
+        result = yield from poll_exchange(status_url, server, policy, read_manifest=read_manifest, vouched=True)
         state.polls += 1
         if result.complete:
             log.info("Export %s complete after %d polls.", redact_url(status_url), state.polls)
             return result
         state.progress = result.progress
+        delay = server.profile.poll_delay(result.retry_after, state.polls, poll_interval, max_poll_interval)
         if on_progress is not None:
             on_progress(result)
-        delay = server.profile.poll_delay(result.retry_after, state.polls, poll_interval, max_poll_interval)
-        log.info(
+        progress_log.info(
             "Export %s in progress (%s) after %.0f s; next poll in %.0f s.",
             redact_url(status_url),
             result.progress or "no progress reported",
