@@ -71,6 +71,14 @@ CONN_FIELDS: dict[str, Any] = {
     "headers": _text(
         "Extra headers (JSON)", 'Static headers for every FHIR request, e.g. {"Epic-Client-ID": "..."}', format="json"
     ),
+    "vendor": _text(
+        "Server vendor",
+        "auto (default): detected from the server's /metadata and SMART configuration. Or name the profile "
+        "whose workarounds to apply: epic, cerner, hapi, ecw, athena, medplum, microsoft, generic (the spec "
+        "as written). See the README's Vendors table.",
+        enum=["auto", "generic", "epic", "cerner", "hapi", "ecw", "athena", "medplum", "microsoft"],
+        default="auto",
+    ),
     "verify": _text("Verify TLS", "true (default), false, or the path of a CA bundle."),
     "timeout": {
         "label": "Timeout (s)",

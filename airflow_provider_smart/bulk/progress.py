@@ -57,8 +57,10 @@ class TransferProgress:
         self.skipped_bytes = 0
 
     def start(self, files_total: int) -> None:
+        """A pass over ``files_total`` files begins. A second pass (the manifest read again for fresh links)
+        counts its files afresh, those already landed as skipped; bytes and the clock run on."""
         with self._lock:
-            self.files_total += files_total
+            self.files_total, self.files_done, self.files_skipped, self.skipped_bytes = files_total, 0, 0, 0
             if self._started is None:
                 self._started = self._clock()
 

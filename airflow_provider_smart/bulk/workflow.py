@@ -18,11 +18,11 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_smart.bulk.client import BulkExportClient
 from airflow_provider_smart.bulk.export_log import ExportLog, plain_url, request_parameters
-from airflow_provider_smart.bulk.kickoff import build_kickoff
+from airflow_provider_smart.bulk.inflight import InFlightRegistry, claim_slot
 from airflow_provider_smart.bulk.models import (
     DownloadOptions,
     DownloadReport,
@@ -33,6 +33,12 @@ from airflow_provider_smart.bulk.models import (
 )
 from airflow_provider_smart.bulk.plan import plan_files
 from airflow_provider_smart.bulk.progress import TransferProgress
+from airflow_provider_smart.bulk.requested import (
+    deletion_warning,
+    drop_unrequested,
+    ignored_parameters,
+    requested_types,
+)
 from airflow_provider_smart.bulk.storage import (
     DestinationLease,
     LandedFiles,
@@ -50,7 +56,9 @@ STATE_FILE = ".smart-export.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
 MAX_LISTED_ERROR_ISSUES = 10  # in the error message
-MAX_SUMMARY_ISSUES = 100  # in the summary (XCom, manifest.json); the totals count them all
+MAX_SUMMARY_ISSUES = 100
+MAX_LINK_REFRESHES = 3  # manifest re-reads for fresh file links within one landing
+EXPIRED_LINK_STATUSES = (401, 403, 404, 410)  # in the summary (XCom, manifest.json); the totals count them all
 # A FHIR instant: date, time to the second (fractions optional) and a zone.
 INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
@@ -84,6 +92,9 @@ class ExportWorkflow:
     :param export_log: write ``log.ndjson`` (the standard Bulk Data export log Cumulus ETL reads) beside
         the files; see :mod:`~airflow_provider_smart.bulk.export_log`.
     :param progress: counters the downloads report into (files, bytes; a progress bar reads them).
+    :param registry: where this connection's exports in flight are recorded (whatever the destination):
+        before a kick-off to a single-slot server (Epic, Cerner, athena) the workflow re-attaches to ours,
+        or says which export holds the slot (see :mod:`~airflow_provider_smart.bulk.inflight`).
     """
 
     def __init__(
@@ -97,8 +108,10 @@ class ExportWorkflow:
         run_id: str | None = None,
         export_log: bool = True,
         progress: TransferProgress | None = None,
+        registry: InFlightRegistry | None = None,
     ) -> None:
         self.client = client
+        self.registry = registry
         self.destination = as_destination(destination)
         self.identity = identity
         self.fingerprint = fingerprint(identity)
@@ -210,12 +223,28 @@ class ExportWorkflow:
             except BulkExportError as exc:
                 # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
                 log.warning("That export cannot be resumed (%s); starting a new one.", exc)
+                if self.registry is not None:
+                    self.registry.remove(status_url)
                 removed = LandedFiles(self.destination, "", None).sweep_other_exports()
                 if removed:
                     log.warning("Removed %d file(s) the abandoned export had landed here.", removed)
                 self._forget_kickoff()
+        if self.registry is not None and self.client.vendor.single_slot:
+            found = claim_slot(self.registry, self.client, self.fingerprint, request)
+            if found is not None:
+                self._record_kickoff(found[0])
+                return StartedExport(found[0], found[1], reattached=True)
         status_url = self._kick_off(request)
         self._record_kickoff(status_url)
+        if self.registry is not None:
+            self.registry.add(
+                status_url,
+                fingerprint=self.fingerprint,
+                level=request.level,
+                group_id=request.group_id,
+                destination=str(self.destination),
+                run_id=self.run_id,
+            )
         return StartedExport(status_url)
 
     def _kick_off(self, request: ExportRequest) -> str:
@@ -223,8 +252,8 @@ class ExportWorkflow:
         export_log = self.log
         if export_log is None:
             return self.client.kick_off(request)
-        spec = build_kickoff(request, self.client.fhir_base_url, comma_join_repeats=self.client.comma_join_repeats)
-        url = spec.url + (f"?{urlencode(spec.params)}" if spec.params else "")
+        spec = self.client.profile.kickoff(request, self.client.fhir_base_url)  # what kick_off() sends
+        url = spec.full_url
         parameters = request_parameters(spec.params, spec.body)
         try:
             status_url = self.client.kick_off(request)
@@ -268,24 +297,73 @@ class ExportWorkflow:
         of the manifest must be on disk exactly once, as this export's file.
         """
         check_transaction_time(manifest)
+        asked = self.identity if "resource_types" in self.identity else None  # a request, not a status URL
+        manifest, unrequested = drop_unrequested(manifest, requested_types(asked))
         with self.lease().held():
             started = time.monotonic()
             ledger = self._ledger(status_url, manifest)
-            report = self._download(status_url, manifest, ledger)
+            manifest, report = self._download(status_url, manifest, ledger, requested_types(asked))
             self._verify_landed(status_url, manifest, ledger)
-            summary = self._record_completion(status_url, manifest, report)
+            checks: dict[str, Any] = {
+                "unrequested_types": unrequested,
+                "server_ignored": ignored_parameters(asked, self.client.vendor, unrequested, report, self.destination),
+                "vendor": self.client.vendor.name,
+            }
+            if warning := deletion_warning(asked, self.client.vendor):
+                log.warning(warning)
+                checks["deletions_not_reported"] = True
+            summary = self._record_completion(status_url, manifest, report, checks)
             ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
         if self.delete_on_success:
             self._delete_landed(status_url)
+        if self.registry is not None:
+            self.registry.remove(status_url)  # landed: nothing left to re-attach to
         return summary
 
-    def _download(self, status_url: str, manifest: ExportManifest, ledger: LandedFiles) -> DownloadReport:
-        """Download the manifest's files; ``log.ndjson`` gets the completion, each file and the totals."""
+    def _download(
+        self, status_url: str, manifest: ExportManifest, ledger: LandedFiles, types: list[str]
+    ) -> tuple[ExportManifest, DownloadReport]:
+        """Download the manifest's files; when links expire (401/403/404/410 on a file), read the manifest
+        again for fresh links and carry on: files already landed are kept (a file's identity ignores its
+        URL's signature), the rest are fetched from the new links. ``log.ndjson`` gets the completion, each
+        file and the totals."""
         export_log = self.log
-        if export_log is None:
-            return self.client.download(manifest, self.destination, self.options, ledger=ledger, progress=self.progress)
+        hooks = self._log_hooks(status_url, manifest) if export_log is not None else {}
+        for refresh in range(MAX_LINK_REFRESHES + 1):
+            try:
+                report = self.client.download(
+                    manifest, self.destination, self.options, ledger=ledger, progress=self.progress, **hooks
+                )
+                break
+            except BulkDownloadError as exc:
+                failures = exc.context.get("failures") or []
+                expired = [f for f in failures if f.get("status") in EXPIRED_LINK_STATUSES]
+                if not expired or refresh == MAX_LINK_REFRESHES:
+                    if export_log is not None:
+                        for failure in failures:
+                            export_log.download_error(str(failure.get("url")), str(failure.get("error")))
+                        export_log.flush()
+                    raise
+                log.warning(
+                    "%d file link(s) were refused (HTTP %s): they may have expired. Reading the export's manifest "
+                    "again for fresh links (%d of %d).",
+                    len(expired),
+                    ", ".join(sorted({str(f["status"]) for f in expired})),
+                    refresh + 1,
+                    MAX_LINK_REFRESHES,
+                )
+                manifest, _ = drop_unrequested(self._completed_manifest(status_url), types)
+        if export_log is not None:
+            export_log.export_complete(len(report.files), report.lines, report.bytes)
+            export_log.flush()
+        return manifest, report
+
+    def _log_hooks(self, status_url: str, manifest: ExportManifest) -> dict[str, Any]:
+        """Log the completion (and a kick-off made elsewhere) now; the download callbacks that log each file."""
+        export_log = self.log
+        assert export_log is not None
         export_log.use_export_id(status_url)
         if not export_log.has_event("kickoff") and manifest.request:
             # Kicked off elsewhere (a kick-off-only task, another tool): the manifest's request says how.
@@ -302,24 +380,7 @@ class ExportWorkflow:
             if not (report.skipped and plain_url(report.url) in logged):
                 export_log.download_complete(report.url, report.lines, report.bytes)
 
-        try:
-            report = self.client.download(
-                manifest,
-                self.destination,
-                self.options,
-                ledger=ledger,
-                on_file_start=started,
-                on_file_done=done,
-                progress=self.progress,
-            )
-        except BulkDownloadError as exc:
-            for failure in exc.context.get("failures") or []:
-                export_log.download_error(str(failure.get("url")), str(failure.get("error")))
-            export_log.flush()
-            raise
-        export_log.export_complete(len(report.files), report.lines, report.bytes)
-        export_log.flush()
-        return report
+        return {"on_file_start": started, "on_file_done": done}
 
     def _ledger(self, status_url: str, manifest: ExportManifest) -> LandedFiles:
         ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)
@@ -399,8 +460,17 @@ class ExportWorkflow:
             )
         return result.manifest
 
-    def _record_completion(self, status_url: str, manifest: ExportManifest, report: DownloadReport) -> dict[str, Any]:
-        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary."""
+    def _record_completion(
+        self,
+        status_url: str,
+        manifest: ExportManifest,
+        report: DownloadReport,
+        checks: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary.
+
+        ``checks``: what was asked against what came (``unrequested_types``, ``server_ignored``...).
+        """
         files = [f.to_dict() for f in report.files]
         summary = {
             "status_url": status_url,
@@ -421,6 +491,7 @@ class ExportWorkflow:
             "count_mismatches": [
                 {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
             ],
+            **(checks or {}),
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()

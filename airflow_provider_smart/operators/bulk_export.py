@@ -45,7 +45,7 @@ class _ExportTaskMixin:
     fail_on_error_issues: bool = False
     min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
-    comma_join_repeats: bool = False
+    comma_join_repeats: bool | None = None
     export_log: bool = True
     _smart_export_summary: dict[str, Any] | None = None  # kept by emit_asset_events for the lineage below
 
@@ -86,6 +86,7 @@ class _ExportTaskMixin:
             delete_on_success=self.delete_on_success,
             run_id=run_id,
             export_log=self.export_log,
+            registry=self.hook.inflight_registry(),
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
@@ -121,7 +122,9 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param include_associated_data: ``includeAssociatedData`` values.
     :param output_format: ``_outputFormat``.
     :param kickoff_method: ``"auto"`` (POST when ``patients`` are given, else GET), ``"GET"`` or ``"POST"``.
-    :param comma_join_repeats: send list parameters as one comma-joined value (Cerner rejects repeats).
+    :param comma_join_repeats: None (default): list parameters in the spec's form (``_type=A,B``) or as the
+        connection's vendor profile wants them; False: repeat them (``_type=A&_type=B``); True: comma-join
+        ``_typeFilter`` queries too.
     :param lenient: ``Prefer: handling=lenient``: let the server ignore parameters it does not support.
     :param destination: a local path or any ``ObjectStoragePath`` URI (``s3://conn@bucket/x``...).
         Template it per run (``.../{{ ds }}/``): a destination holding another export is refused.
@@ -182,7 +185,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         include_associated_data: str | Sequence[str] | None = None,
         output_format: str = "application/fhir+ndjson",
         kickoff_method: str = "auto",
-        comma_join_repeats: bool = False,
+        comma_join_repeats: bool | None = None,
         lenient: bool = False,
         destination: str | None = None,
         wait_for_completion: bool = True,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from airflow_provider_smart.cli import main
 from airflow_provider_smart.connection import settings_from_connection
@@ -28,7 +29,10 @@ def test_doctor_reports_every_check_against_the_sandbox(smart_conn, sandbox, es3
     assert lines["clock"].split()[0] == "OK" and "the server's clock agrees with ours" in lines["clock"]
     assert "granted system/*.rs; lifetime 300 s" in lines["token"]
     assert "$export declared at system, Patient, Group level" in out
-    assert "airflow-provider-smart sandbox" in lines["vendor"]
+    software = requests.get(f"{sandbox.url}/metadata", timeout=10).json()["software"]["name"]
+    assert (
+        lines["vendor"].split()[0] == "OK" and f"profile generic (detected); software {software!r}" in lines["vendor"]
+    )
     assert lines["tls"].split()[0] == "SKIP" and lines["jku"].split()[0] == "SKIP"
     for secret in [*sandbox.issued_tokens(), es384.pem.splitlines()[1]]:
         assert secret not in out + err

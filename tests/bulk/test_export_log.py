@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+import requests
 
 from airflow_provider_smart.bulk import BulkExportError, ExportRequest, ExportWorkflow
 from airflow_provider_smart.bulk.export_log import LOG_FILE, request_parameters
@@ -54,7 +55,8 @@ def test_a_landed_export_writes_the_standard_log(sandbox_factory, make_client, t
     assert cumulus_reads(rows) == ("cohort-a", summary["transaction_time"])
     kickoff = rows[0]
     assert kickoff["_client"] == "airflow-provider-smart" and kickoff["eventDetail"]["errorCode"] is None
-    assert kickoff["eventDetail"]["softwareName"] == "airflow-provider-smart sandbox"
+    software = requests.get(f"{sb.url}/metadata", timeout=10).json()["software"]
+    assert kickoff["eventDetail"]["softwareName"] == software["name"]
     assert kickoff["eventDetail"]["requestParameters"]["_type"] == "Patient,Observation"
     files = [*summary["output"], *summary["deleted"], *summary["error"]]
     complete = [r["eventDetail"] for r in rows if r["eventId"] == "download_complete"]
@@ -77,7 +79,7 @@ def test_a_retried_land_continues_the_log_without_logging_files_twice(sandbox_fa
     started = flow.start(request)
     manifest = flow.wait(started.status_url)
     assert len(manifest.output) == 3
-    sb.add_fault("file", status=403, path_contains="Patient.2", times=1)  # not transient: this try fails
+    sb.add_fault("file", status=400, path_contains="Patient.2", times=1)  # neither transient nor expired: fails
     with pytest.raises(BulkExportError):
         flow.land(started.status_url, manifest)
     ExportWorkflow(client, tmp_path, request.to_dict()).land(started.status_url, manifest)
@@ -88,7 +90,7 @@ def test_a_retried_land_continues_the_log_without_logging_files_twice(sandbox_fa
     assert kinds[-1] == "export_complete" and rows[-1]["eventDetail"]["files"] == 3
     assert len({r["exportId"] for r in rows}) == 1
     error = next(r["eventDetail"] for r in rows if r["eventId"] == "download_error")
-    assert error["fileUrl"].endswith("Patient.2.ndjson") and "403" in error["message"]
+    assert error["fileUrl"].endswith("Patient.2.ndjson") and "400" in error["message"]
 
 
 def test_a_refused_kickoff_is_logged_with_its_error(sb, make_client, tmp_path) -> None:
