@@ -175,6 +175,7 @@ def _export(args: argparse.Namespace, connection: Any, request: Any, destination
         delete_on_success=not args.keep_on_server,
         export_log=not args.no_log,
         progress=progress,
+        registry=hook.inflight_registry(),  # as the operator: single-slot servers, airflow-smart cancel-export
     )
     done = workflow.completed_summary()
     if done is not None:
