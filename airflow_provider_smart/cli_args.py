@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -62,3 +63,24 @@ def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
             return 1
 
     return run
+
+
+def expose_storage_connection(uri: str) -> None:
+    """Make the connection an object-store URI names (``s3://aws_default@bucket/...``) visible to Airflow's
+    object storage from this command line.
+
+    Outside a task Airflow's object storage looks connections up in environment variables and secrets
+    backends only, not in the metadata DB where the UI stores them; the CLI reads the DB, so it hands the
+    connection over as this process's ``AIRFLOW_CONN_<ID>`` (never to a child process, never printed).
+    """
+    scheme, sep, rest = uri.partition("://")
+    conn_id = rest.split("/", 1)[0].rpartition("@")[0] if sep and "@" in rest.split("/", 1)[0] else ""
+    variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+    if not conn_id or scheme == "file" or variable in os.environ:
+        return
+    try:
+        from airflow.models.connection import Connection
+
+        os.environ[variable] = Connection.get_connection_from_secrets(conn_id).as_json()
+    except Exception:  # not found here either: Airflow's own error will name it
+        return

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from airflow_provider_smart.cli_args import connection_settings, load_connection, usage_error
+from airflow_provider_smart.cli_args import connection_settings, expose_storage_connection, load_connection, usage_error
 
 BAR_WIDTH = 30
 TTY_REFRESH = 0.2  # seconds between redraws on a terminal
@@ -123,6 +123,7 @@ def _destination(args: argparse.Namespace) -> Any:
     from airflow_provider_smart.bulk.storage import as_destination
     from airflow_provider_smart.operators._destination import resolve_destination
 
+    expose_storage_connection(args.to)
     try:
         destination = as_destination(resolve_destination(args.to))
         destination.exists()  # an object store without its filesystem package fails here, not mid-export

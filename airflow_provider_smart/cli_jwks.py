@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_smart.cli_args import connection_settings, guarded, load_connection, usage_error
+from airflow_provider_smart.cli_args import (
+    connection_settings,
+    expose_storage_connection,
+    guarded,
+    load_connection,
+    usage_error,
+)
 
 
 def register(sub: Any) -> None:
@@ -61,6 +67,7 @@ def _document(args: argparse.Namespace) -> Any:
     from airflow_provider_smart.bulk.storage import as_destination
     from airflow_provider_smart.operators._destination import resolve_destination
 
+    expose_storage_connection(args.to)
     try:
         path = as_destination(resolve_destination(args.to))
         path.exists()  # an object store without its filesystem package fails here

