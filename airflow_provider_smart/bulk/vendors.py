@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_smart.bulk.kickoff import KickoffRequest, build_kickoff
@@ -340,6 +340,12 @@ def vendor_of(profile: ServerProfile | None) -> VendorProfile:
     return profile if isinstance(profile, VendorProfile) else PROFILES[GENERIC]
 
 
+def bound_profile(name: str | None, client_id: str) -> VendorProfile:
+    """The profile called ``name`` (``generic`` for None/auto) with ``client_id`` bound (for its headers)."""
+    profile = profile_named(name) or PROFILES[GENERIC]
+    return replace(profile, client_id=client_id)
+
+
 def profile_named(name: str | None) -> VendorProfile | None:
     """The profile called ``name`` (case-insensitive); None for ``"auto"``/empty (detect it)."""
     key = (name or AUTO).strip().lower()
@@ -428,6 +434,7 @@ __all__ = [
     "GENERIC",
     "PROFILES",
     "VendorProfile",
+    "bound_profile",
     "detect_profile",
     "profile_named",
     "resolve_profile",

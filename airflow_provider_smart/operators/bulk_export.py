@@ -387,6 +387,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
                 max_poll_interval=self.max_poll_interval,
                 scope=self.scope,
                 not_before=not_before,
+                vendor=self.client.vendor.name,
             ),
             method_name="execute_complete",
             kwargs={"export_request": export_request, "end_time": end_time},
