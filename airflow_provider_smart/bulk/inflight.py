@@ -103,7 +103,7 @@ class InFlightRegistry:
     def records(self) -> list[dict[str, Any]]:
         try:
             data = self.store.get(self.name)
-        except Exception as exc:  # noqa: BLE001 - a bookkeeping aid: never what fails an export
+        except Exception as exc:
             log.warning("Cannot read the exports in flight (%s): a single-slot server may refuse a kick-off.", exc)
             return []
         exports = data.get("exports") if isinstance(data, dict) else None
@@ -117,7 +117,7 @@ class InFlightRegistry:
                 )
             else:
                 self.store.delete(self.name)
-        except Exception as exc:  # noqa: BLE001 - a bookkeeping aid: never what fails an export
+        except Exception as exc:
             log.warning(
                 "Cannot record the exports in flight (%s): re-attaching from another destination will not work.",
                 exc,

@@ -123,8 +123,8 @@ class SmartBulkExportTrigger(BaseTrigger):
     async def _wait(self, event: dict[str, Any]) -> dict[str, Any]:
         """Poll on the event loop (no thread per poll) until the export ends or ``end_time``; the event."""
         from airflow_provider_smart.bulk.protocol import Server, WaitState, adrive, wait_exchange
-        from airflow_provider_smart.bulk.vendors import bound_profile
         from airflow_provider_smart.bulk.retry import RetryPolicy
+        from airflow_provider_smart.bulk.vendors import bound_profile
         from airflow_provider_smart.exceptions import ExportTimeoutError
         from airflow_provider_smart.triggers.shared import shared_connection
 
