@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,12 +264,28 @@ class ExportWorkflow:
     def _download(
         self, status_url: str, manifest: ExportManifest, ledger: LandedFiles, types: list[str]
     ) -> tuple[ExportManifest, DownloadReport]:
-        """Download the manifest's files; when links expire (401/403/404/410 on a file), read the manifest
-        again for fresh links and carry on: files already landed are kept (a file's identity ignores its
-        URL's signature), the rest are fetched from the new links."""
+        """Download the manifest's files, reading the manifest again when links expire (see :meth:`_refreshing`)."""
+
+        def download(current: ExportManifest) -> DownloadReport:
+            return self.client.download(current, self.destination, self.options, ledger=ledger)
+
+        def reread() -> ExportManifest:
+            return drop_unrequested(self._completed_manifest(status_url), types)[0]
+
+        return self._refreshing(manifest, download, reread)
+
+    @staticmethod
+    def _refreshing(
+        manifest: ExportManifest,
+        download: Callable[[ExportManifest], DownloadReport],
+        reread: Callable[[], ExportManifest],
+    ) -> tuple[ExportManifest, DownloadReport]:
+        """``download(manifest)``; when links expire (401/403/404/410 on a file), ``reread()`` the manifest for
+        fresh links and carry on: files already landed are kept (a file's identity ignores its URL's
+        signature), the rest are fetched from the new links."""
         for refresh in range(MAX_LINK_REFRESHES + 1):
             try:
-                return manifest, self.client.download(manifest, self.destination, self.options, ledger=ledger)
+                return manifest, download(manifest)
             except BulkDownloadError as exc:
                 failures = exc.context.get("failures") or []
                 expired = [f for f in failures if f.get("status") in EXPIRED_LINK_STATUSES]
@@ -282,7 +299,7 @@ class ExportWorkflow:
                     refresh + 1,
                     MAX_LINK_REFRESHES,
                 )
-                manifest, _ = drop_unrequested(self._completed_manifest(status_url), types)
+                manifest = reread()
         raise AssertionError("unreachable")
 
     def _ledger(self, status_url: str, manifest: ExportManifest) -> LandedFiles:
@@ -325,8 +342,27 @@ class ExportWorkflow:
     def land_batch(self, status_url: str, paths: list[str], keys: list[str] | None = None) -> DownloadReport:
         """Download one batch of a complete export: the files whose URL ``keys`` it lists (older batches
         without keys name planned ``paths``). Files are found by key whatever order this read of the
-        manifest lists them in; several batches may run at once (no lease: they write disjoint files)."""
+        manifest lists them in; several batches may run at once (no lease: they write disjoint files).
+        Expired links are renewed from the manifest, as :meth:`land` does."""
         manifest = self._completed_manifest(status_url)
+        ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)
+
+        def download(current: ExportManifest) -> DownloadReport:
+            return self.client.download_batch(
+                self._batch_entries(status_url, current, paths, keys),
+                self.destination,
+                self.options,
+                requires_access_token=current.requires_access_token,
+                status_url=status_url,
+                ledger=ledger,
+            )
+
+        return self._refreshing(manifest, download, lambda: self._completed_manifest(status_url))[1]
+
+    @staticmethod
+    def _batch_entries(
+        status_url: str, manifest: ExportManifest, paths: list[str], keys: list[str] | None
+    ) -> list[dict[str, Any]]:
         planned = plan_files(manifest)
         if keys is not None:
             wanted, field = set(keys), "key"
@@ -345,14 +381,7 @@ class ExportWorkflow:
                 "the sensor planned; re-run the sensor to plan again.",
                 status_url=status_url,
             )
-        return self.client.download_batch(
-            entries,
-            self.destination,
-            self.options,
-            requires_access_token=manifest.requires_access_token,
-            status_url=status_url,
-            ledger=LandedFiles(self.destination, status_url, manifest.transaction_time),
-        )
+        return entries
 
     def _completed_manifest(self, status_url: str) -> ExportManifest:
         result = self.client.poll(status_url)

@@ -304,3 +304,17 @@ def test_every_profile_documents_its_quirks() -> None:
     for name, profile in PROFILES.items():
         assert name == "generic" or profile.sources, name
         json.dumps(dict(profile.sources))
+
+
+def test_a_mapped_batch_renews_expired_links_too(sandbox_factory, make_client, tmp_path) -> None:
+    from airflow_provider_smart.bulk import plan_batches
+
+    sb = sandbox_factory(quirks="medplum", requires_access_token=False)
+    client = make_client(sb)
+    status_url = client.kick_off(ExportRequest(resource_types=["Patient", "Condition"]))
+    [batch] = plan_batches(client.wait(status_url), status_url, 1)
+    flow = ExportWorkflow(client, tmp_path, {"status_url": status_url})
+    sb.add_fault("file", status=410, times=2)  # as a store answers for links it expired meanwhile
+    report = flow.land_batch(status_url, batch["paths"], batch["keys"])
+    assert sorted(f.type for f in report.files) == ["Condition", "Patient"]
+    assert len(file_gets(sb)) == 2
