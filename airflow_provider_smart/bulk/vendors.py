@@ -116,6 +116,14 @@ class VendorProfile(ServerProfile):
 
     # -- the protocol seam (bulk/protocol.ServerProfile) ---------------------------------------------
     def kickoff(self, request: ExportRequest, fhir_base_url: str) -> KickoffRequest:
+        if request.level not in self.levels:
+            log.warning(
+                "%s offers %s exports only; this %s-level kick-off will likely be refused (check the connection's "
+                "vendor, or export a Group).",
+                self.title,
+                "/".join(self.levels),
+                request.level,
+            )
         return build_kickoff(
             request,
             fhir_base_url,
@@ -190,10 +198,6 @@ class VendorProfile(ServerProfile):
 
     def is_window_refusal(self, text: str) -> bool:
         return bool(self.window_refusal and re.search(self.window_refusal, text, re.IGNORECASE))
-
-    def describe(self) -> str:
-        """One line: what this profile changes (the README's "Vendors" table is built from the same data)."""
-        return "; ".join(self.sources) or "nothing: the Bulk Data spec as written"
 
     def __repr__(self) -> str:
         return f"VendorProfile({self.name!r})"

@@ -318,3 +318,12 @@ def test_a_mapped_batch_renews_expired_links_too(sandbox_factory, make_client, t
     report = flow.land_batch(status_url, batch["paths"], batch["keys"])
     assert sorted(f.type for f in report.files) == ["Condition", "Patient"]
     assert len(file_gets(sb)) == 2
+
+
+def test_a_level_the_vendor_does_not_offer_is_warned_about(caplog) -> None:
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.bulk"):
+        PROFILES["epic"].kickoff(ExportRequest(resource_types=["Patient"]), "https://epic.example/fhir")
+    assert "Epic offers group exports only" in caplog.text
+    caplog.clear()
+    PROFILES["epic"].kickoff(ExportRequest(level="group", group_id="g"), "https://epic.example/fhir")
+    assert caplog.text == ""
