@@ -327,3 +327,15 @@ def test_a_level_the_vendor_does_not_offer_is_warned_about(caplog) -> None:
     caplog.clear()
     PROFILES["epic"].kickoff(ExportRequest(level="group", group_id="g"), "https://epic.example/fhir")
     assert caplog.text == ""
+
+
+def test_microsoft_container_and_other_extras_pass_through(sandbox_factory, make_client, tmp_path) -> None:
+    sb = sandbox_factory(quirks="microsoft")
+    request = ExportRequest(resource_types=["Patient"], extra_parameters={"_container": "exports"})
+    summary = land(make_client(sb, profile=PROFILES["microsoft"]), tmp_path, request)
+    assert sb.kickoffs[-1]["params"]["_container"] == ["exports"] and landed_types(summary) == {"Patient": 20}
+    with pytest.raises(BulkExportError, match="unsupported kick-off parameter '_container'"):
+        make_client(sandbox_factory()).kick_off(request)  # a server that does not know it says so
+    with pytest.raises(BulkExportError, match="extra_parameters may not set '_type'"):
+        make_client(sb).kick_off(ExportRequest(extra_parameters={"_type": "Patient"}))
+    assert "extra_parameters" not in ExportRequest().to_dict()  # identities of plain requests are unchanged
