@@ -339,3 +339,12 @@ def test_microsoft_container_and_other_extras_pass_through(sandbox_factory, make
     with pytest.raises(BulkExportError, match="extra_parameters may not set '_type'"):
         make_client(sb).kick_off(ExportRequest(extra_parameters={"_type": "Patient"}))
     assert "extra_parameters" not in ExportRequest().to_dict()  # identities of plain requests are unchanged
+
+
+def test_epic_since_is_reported_as_unreliable(sandbox_factory, make_client, tmp_path) -> None:
+    """Epic has no meta.lastUpdated: an incremental export's summary says _since may not have filtered."""
+    sb = sandbox_factory()
+    request = ExportRequest(level="group", group_id="all", resource_types=["Patient"], since="2000-01-01T00:00:00Z")
+    summary = land(make_client(sb, profile=PROFILES["epic"]), tmp_path, request)
+    assert {"parameter": "_since", "evidence": "documented for Epic (vendor profile)"} in summary["server_ignored"]
+    assert land(make_client(sb), tmp_path / "spec", request)["server_ignored"] == []
