@@ -284,7 +284,9 @@ PROFILES: dict[str, VendorProfile] = {
             levels=("group",),
             sources={
                 "system/Group.read needed for bulk": "app2.doordoc.com/docs/backend (third-party eCW guide)",
-                "Retry-After 7200 on Group status: read as given, waited out, never a failure": "onc-certification-g10-test-kit#420",
+                "Retry-After 7200 on Group status: read as given, waited out, never a failure": (
+                    "onc-certification-g10-test-kit#420"
+                ),
                 "300 s tokens, no refresh token: renewed before expiry": "app2.doordoc.com/docs/backend",
             },
             matches=(r"eclinicalworks", r"\becw\b", r"healow"),

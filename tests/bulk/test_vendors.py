@@ -348,3 +348,18 @@ def test_epic_since_is_reported_as_unreliable(sandbox_factory, make_client, tmp_
     summary = land(make_client(sb, profile=PROFILES["epic"]), tmp_path, request)
     assert {"parameter": "_since", "evidence": "documented for Epic (vendor profile)"} in summary["server_ignored"]
     assert land(make_client(sb), tmp_path / "spec", request)["server_ignored"] == []
+
+
+def test_cerner_kick_off_warns_when_the_granted_scope_lacks_a_types_read_scope(
+    sandbox_factory, make_client, caplog
+) -> None:
+    sb = sandbox_factory(quirks="cerner")
+    client = make_client(sb, profile=PROFILES["cerner"], scope="system/Patient.rs")
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.bulk"), pytest.raises(BulkExportError, match="403"):
+        client.kick_off(ExportRequest(resource_types=["Patient", "Encounter"]))
+    assert "documented to need system/Encounter.read" in caplog.text and "system/Patient.read" not in caplog.text
+    caplog.clear()
+    make_client(sb, profile=PROFILES["cerner"], comma_join_repeats=None).kick_off(
+        ExportRequest(resource_types=["Patient"])
+    )
+    assert "documented to need" not in caplog.text  # system/*.rs covers system/Patient.read
