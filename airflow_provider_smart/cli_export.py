@@ -176,7 +176,9 @@ def _export(args: argparse.Namespace, connection: Any, request: Any, destination
         delete_on_success=not args.keep_on_server,
         export_log=not args.no_log,
         progress=progress,
-        registry=hook.inflight_registry(),  # as the operator: single-slot servers, airflow-smart cancel-export
+        # As the operator on a single-slot server (Epic, Cerner...): re-attach to ours, cancel-export sees it.
+        # Elsewhere it would only warn, on machines without Airflow's metadata DB.
+        registry=hook.inflight_registry() if client.vendor.single_slot else None,
     )
     done = workflow.completed_summary()
     if done is not None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from airflow_provider_smart.auth.scopes import missing_scopes
 from airflow_provider_smart.bulk.download import FileDownloader
 from airflow_provider_smart.bulk.kickoff import FHIR_JSON
 from airflow_provider_smart.bulk.models import (
@@ -194,6 +195,7 @@ class BulkExportClient:
         """
         timeout = self.kickoff_timeout if timeout is None else timeout
         policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
+        self._check_scopes(request)
         try:
             return self._run(kickoff_exchange(request, self.fhir_base_url, self.server, policy))
         except BulkExportError as exc:
@@ -202,6 +204,21 @@ class BulkExportClient:
                 exc.args = (exc.message,)
                 exc.context["granted_scope"] = granted
             raise
+
+    def _check_scopes(self, request: ExportRequest) -> None:
+        """Warn before a kick-off the vendor is documented to refuse for want of scopes (Cerner: a read scope
+        for every exported type), naming what is missing from the granted scope."""
+        needed = self.vendor.required_scopes(request)
+        granted = self.granted_scope() if needed else None
+        missing = missing_scopes(granted, needed) if granted is not None else []
+        if missing:
+            log.warning(
+                "%s is documented to need %s for this export, and the token was granted %r without them: expect a "
+                "403. Add them to the connection's scope (extra 'scope') and have the server grant them.",
+                self.vendor.title,
+                " ".join(missing),
+                granted,
+            )
 
     # -- status ---------------------------------------------------------------------------------
     def status(self, status_url: str, *, timeout: float | None = None, max_wait: float | None = None) -> StatusResult:

@@ -98,6 +98,11 @@ def validate(request: ExportRequest) -> str:
     for name in ("elements", "include_associated_data"):
         if any(not v.strip() for v in getattr(request, name)):
             raise _fail(f"{name} contains an empty value.")
+    known = {"_outputFormat", "_since", "_until", "_type", "_elements", "_typeFilter", "patient"}
+    known |= {"includeAssociatedData", "organizeOutputBy", "allowPartialManifests"}
+    for key in request.extra_parameters or {}:
+        if not str(key).strip() or str(key) in known:
+            raise _fail(f"extra_parameters may not set {key!r}: use the request's own field for spec parameters.")
     if method == "auto":
         method = "POST" if request.patients else "GET"
     return method
@@ -133,7 +138,8 @@ def _values(request: ExportRequest) -> list[tuple[str, str, list[str]]]:
     ]
     flag = request.allow_partial_manifests
     tail = [("allowPartialManifests", "valueBoolean", [] if flag is None else ["true" if flag else "false"])]
-    return [*single, *repeated, *tail]
+    extra = [(str(k), "valueString", [str(v)]) for k, v in sorted((request.extra_parameters or {}).items())]
+    return [*single, *repeated, *tail, *extra]
 
 
 LIST_PARAMS = frozenset({"_type", "_elements", "includeAssociatedData"})

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_smart.bulk.kickoff import KickoffRequest, build_kickoff
@@ -116,6 +116,14 @@ class VendorProfile(ServerProfile):
 
     # -- the protocol seam (bulk/protocol.ServerProfile) ---------------------------------------------
     def kickoff(self, request: ExportRequest, fhir_base_url: str) -> KickoffRequest:
+        if request.level not in self.levels:
+            log.warning(
+                "%s offers %s exports only; this %s-level kick-off will likely be refused (check the connection's "
+                "vendor, or export a Group).",
+                self.title,
+                "/".join(self.levels),
+                request.level,
+            )
         return build_kickoff(
             request,
             fhir_base_url,
@@ -190,10 +198,6 @@ class VendorProfile(ServerProfile):
 
     def is_window_refusal(self, text: str) -> bool:
         return bool(self.window_refusal and re.search(self.window_refusal, text, re.IGNORECASE))
-
-    def describe(self) -> str:
-        """One line: what this profile changes (the README's "Vendors" table is built from the same data)."""
-        return "; ".join(self.sources) or "nothing: the Bulk Data spec as written"
 
     def __repr__(self) -> str:
         return f"VendorProfile({self.name!r})"
@@ -280,7 +284,9 @@ PROFILES: dict[str, VendorProfile] = {
             levels=("group",),
             sources={
                 "system/Group.read needed for bulk": "app2.doordoc.com/docs/backend (third-party eCW guide)",
-                "Retry-After 7200 on Group status: honoured (deferred)": "onc-certification-g10-test-kit#420",
+                "Retry-After 7200 on Group status: read as given, waited out, never a failure": (
+                    "onc-certification-g10-test-kit#420"
+                ),
                 "300 s tokens, no refresh token: renewed before expiry": "app2.doordoc.com/docs/backend",
             },
             matches=(r"eclinicalworks", r"\becw\b", r"healow"),
@@ -338,6 +344,12 @@ PROFILES: dict[str, VendorProfile] = {
 def vendor_of(profile: ServerProfile | None) -> VendorProfile:
     """``profile`` as a vendor profile (a plain ``ServerProfile`` is treated as ``generic``)."""
     return profile if isinstance(profile, VendorProfile) else PROFILES[GENERIC]
+
+
+def bound_profile(name: str | None, client_id: str) -> VendorProfile:
+    """The profile called ``name`` (``generic`` for None/auto) with ``client_id`` bound (for its headers)."""
+    profile = profile_named(name) or PROFILES[GENERIC]
+    return replace(profile, client_id=client_id)
 
 
 def profile_named(name: str | None) -> VendorProfile | None:
@@ -428,6 +440,7 @@ __all__ = [
     "GENERIC",
     "PROFILES",
     "VendorProfile",
+    "bound_profile",
     "detect_profile",
     "profile_named",
     "resolve_profile",

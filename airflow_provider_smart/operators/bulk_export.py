@@ -126,6 +126,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         connection's vendor profile wants them; False: repeat them (``_type=A&_type=B``); True: comma-join
         ``_typeFilter`` queries too.
     :param lenient: ``Prefer: handling=lenient``: let the server ignore parameters it does not support.
+    :param extra_parameters: kick-off parameters outside the spec, sent as given, e.g.
+        ``{"_container": "exports"}`` for Microsoft's FHIR server.
     :param destination: a local path or any ``ObjectStoragePath`` URI (``s3://conn@bucket/x``...).
         Template it per run (``.../{{ ds }}/``): a destination holding another export is refused.
     :param wait_for_completion: False: only kick off and return ``{"status_url": ...}`` (then use
@@ -187,6 +189,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         kickoff_method: str = "auto",
         comma_join_repeats: bool | None = None,
         lenient: bool = False,
+        extra_parameters: dict[str, str] | None = None,
         destination: str | None = None,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -228,6 +231,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.kickoff_method = kickoff_method
         self.comma_join_repeats = comma_join_repeats
         self.lenient = lenient
+        self.extra_parameters = dict(extra_parameters or {})
         self.destination = destination
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
@@ -275,6 +279,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
             output_format=self.output_format,
             method=self.kickoff_method,
             lenient=self.lenient,
+            extra_parameters=self.extra_parameters,
         )
         return request.to_dict()
 
@@ -393,6 +398,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
                 max_poll_interval=self.max_poll_interval,
                 scope=self.scope,
                 not_before=not_before,
+                vendor=self.client.vendor.name,
             ),
             method_name="execute_complete",
             kwargs={"export_request": export_request, "end_time": end_time},

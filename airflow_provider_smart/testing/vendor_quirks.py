@@ -35,6 +35,7 @@ class VendorQuirks:
     :param report_deletions: False: the manifest's ``deleted`` stays empty (Medplum).
     :param forbidden_scopes: a token whose granted scope includes one of these gets 403 at kick-off
         (Medplum refuses ``system/*.read``).
+    :param extra_params: parameters outside the spec the server accepts (Microsoft's ``_container``).
     """
 
     software_name: str = "SMART sandbox"
@@ -50,6 +51,7 @@ class VendorQuirks:
     reuse_jobs: bool = False
     report_deletions: bool = True
     forbidden_scopes: frozenset[str] = frozenset()
+    extra_params: frozenset[str] = frozenset()
     _window: dict[tuple[str, str, str | None], float] = field(default_factory=dict, repr=False)
 
     def copy(self, **changes: Any) -> VendorQuirks:
@@ -68,7 +70,8 @@ class VendorQuirks:
         return self.drop_ignored(params)
 
     def drop_ignored(self, params: dict[str, list[str]]) -> dict[str, list[str]]:
-        return {k: v for k, v in params.items() if k not in self.ignored_params}
+        """What the export reads: ignored parameters and accepted extras (handled elsewhere) left out."""
+        return {k: v for k, v in params.items() if k not in self.ignored_params | self.extra_params}
 
     def window_refusal(self, client_id: str, level: str, group_id: str | None) -> str | None:
         """Epic's refusal text if the same export ran within the window; records this kick-off otherwise."""
@@ -110,7 +113,9 @@ VENDOR_QUIRKS: dict[str, VendorQuirks] = {
         report_deletions=False,
         forbidden_scopes=frozenset({"system/*.read"}),
     ),
-    "microsoft": VendorQuirks(software_name="Microsoft FHIR Server", publisher="Microsoft"),
+    "microsoft": VendorQuirks(
+        software_name="Microsoft FHIR Server", publisher="Microsoft", extra_params=frozenset({"_container"})
+    ),
     "athena": VendorQuirks(software_name="athenaFlex", publisher="athenahealth", single_slot=True),
     "ecw": VendorQuirks(software_name="eClinicalWorks FHIR", publisher="eClinicalWorks"),
 }

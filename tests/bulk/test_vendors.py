@@ -304,3 +304,62 @@ def test_every_profile_documents_its_quirks() -> None:
     for name, profile in PROFILES.items():
         assert name == "generic" or profile.sources, name
         json.dumps(dict(profile.sources))
+
+
+def test_a_mapped_batch_renews_expired_links_too(sandbox_factory, make_client, tmp_path) -> None:
+    from airflow_provider_smart.bulk import plan_batches
+
+    sb = sandbox_factory(quirks="medplum", requires_access_token=False)
+    client = make_client(sb)
+    status_url = client.kick_off(ExportRequest(resource_types=["Patient", "Condition"]))
+    [batch] = plan_batches(client.wait(status_url), status_url, 1)
+    flow = ExportWorkflow(client, tmp_path, {"status_url": status_url})
+    sb.add_fault("file", status=410, times=2)  # as a store answers for links it expired meanwhile
+    report = flow.land_batch(status_url, batch["paths"], batch["keys"])
+    assert sorted(f.type for f in report.files) == ["Condition", "Patient"]
+    assert len(file_gets(sb)) == 2
+
+
+def test_a_level_the_vendor_does_not_offer_is_warned_about(caplog) -> None:
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.bulk"):
+        PROFILES["epic"].kickoff(ExportRequest(resource_types=["Patient"]), "https://epic.example/fhir")
+    assert "Epic offers group exports only" in caplog.text
+    caplog.clear()
+    PROFILES["epic"].kickoff(ExportRequest(level="group", group_id="g"), "https://epic.example/fhir")
+    assert caplog.text == ""
+
+
+def test_microsoft_container_and_other_extras_pass_through(sandbox_factory, make_client, tmp_path) -> None:
+    sb = sandbox_factory(quirks="microsoft")
+    request = ExportRequest(resource_types=["Patient"], extra_parameters={"_container": "exports"})
+    summary = land(make_client(sb, profile=PROFILES["microsoft"]), tmp_path, request)
+    assert sb.kickoffs[-1]["params"]["_container"] == ["exports"] and landed_types(summary) == {"Patient": 20}
+    with pytest.raises(BulkExportError, match="unsupported kick-off parameter '_container'"):
+        make_client(sandbox_factory()).kick_off(request)  # a server that does not know it says so
+    with pytest.raises(BulkExportError, match="extra_parameters may not set '_type'"):
+        make_client(sb).kick_off(ExportRequest(extra_parameters={"_type": "Patient"}))
+    assert "extra_parameters" not in ExportRequest().to_dict()  # identities of plain requests are unchanged
+
+
+def test_epic_since_is_reported_as_unreliable(sandbox_factory, make_client, tmp_path) -> None:
+    """Epic has no meta.lastUpdated: an incremental export's summary says _since may not have filtered."""
+    sb = sandbox_factory()
+    request = ExportRequest(level="group", group_id="all", resource_types=["Patient"], since="2000-01-01T00:00:00Z")
+    summary = land(make_client(sb, profile=PROFILES["epic"]), tmp_path, request)
+    assert {"parameter": "_since", "evidence": "documented for Epic (vendor profile)"} in summary["server_ignored"]
+    assert land(make_client(sb), tmp_path / "spec", request)["server_ignored"] == []
+
+
+def test_cerner_kick_off_warns_when_the_granted_scope_lacks_a_types_read_scope(
+    sandbox_factory, make_client, caplog
+) -> None:
+    sb = sandbox_factory(quirks="cerner")
+    client = make_client(sb, profile=PROFILES["cerner"], scope="system/Patient.rs")
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.bulk"), pytest.raises(BulkExportError, match="403"):
+        client.kick_off(ExportRequest(resource_types=["Patient", "Encounter"]))
+    assert "documented to need system/Encounter.read" in caplog.text and "system/Patient.read" not in caplog.text
+    caplog.clear()
+    make_client(sb, profile=PROFILES["cerner"], comma_join_repeats=None).kick_off(
+        ExportRequest(resource_types=["Patient"])
+    )
+    assert "documented to need" not in caplog.text  # system/*.rs covers system/Patient.read
