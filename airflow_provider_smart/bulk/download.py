@@ -11,6 +11,7 @@ collected and raised together at the end.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -254,6 +255,7 @@ class FileDownloader:
                 report.skipped, report.lines = True, record.get("lines")
                 report.bytes = record.get("bytes") if record.get("bytes") is not None else size_of(final)
                 report.count_mismatch = bool(record.get("count_mismatch"))
+                report.unverified = record.get("unverified") or None
                 log.info("Skipping %s: already downloaded by an earlier try of this export.", rel)
                 return report
             log.info("Replacing %s: it does not hold this export's file (left by another export or try).", rel)
@@ -278,21 +280,27 @@ class FileDownloader:
         def give_up(failure: TransientFailure, tries: int) -> Exception:
             return BulkDownloadError(f"{failure} (gave up after {tries} attempts)", url=redact_url(url), path=rel)
 
+        digests: list[str | None] = []
+
         def fetch() -> tuple[int, int]:
-            lines, size = self.transport.retry.run(
+            lines, size, digest = self.transport.retry.run(
                 attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
             )
             if self.options.check_counts and count is not None and lines != count and expected is None:
                 lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
+            digests.append(digest)
             return lines, size
 
         lines, size = fetch()
         if self.options.check_counts and count is not None and lines != count:
             lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
             report.count_mismatch = lines != count
+        proved_by_count = self.options.check_counts and count is not None and lines == count
+        if digests[-1] is not None and not proved_by_count:
+            lines, size, report.unverified = self._unframed(rel, url, (lines, size, digests[-1]), fetch, digests, part)
         replace(part, final)
         if self.ledger is not None:
-            self.ledger.record(rel, url, lines, size, report.count_mismatch)
+            self.ledger.record(rel, url, lines, size, report.count_mismatch, unverified=report.unverified)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
         log.info(
@@ -305,19 +313,26 @@ class FileDownloader:
         )
         return report
 
-    def _fetch(self, url: str, part: Any, expected: str | None) -> tuple[int, int]:
-        """One attempt: stream ``url`` into ``part``; returns (lines, bytes written)."""
+    def _fetch(self, url: str, part: Any, expected: str | None) -> tuple[int, int, str | None]:
+        """One attempt: stream ``url`` into ``part``; returns (lines, bytes written, digest).
+
+        ``digest`` (SHA-256 of what was written) is None when the framing proved the body whole; it is
+        only computed for a body ended by the connection closing, to compare two copies of it.
+        """
         response = self._open(url)
         scanner = NdjsonScanner(expected)
         started = last_log = time.monotonic()
         body = open_body(
             response, CHUNK_SIZE, min_rate=self.options.min_download_rate, window=self.options.min_rate_window
         )
+        digest = None if body.framed else hashlib.sha256()
         try:
             with part.open("wb") as handle:
                 for chunk in body:
                     write_in_slices(handle, chunk)
                     scanner.feed(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
                     now = time.monotonic()
                     if now - last_log >= PROGRESS_LOG_EVERY:
                         last_log = now
@@ -362,7 +377,58 @@ class FileDownloader:
             raise TransientFailure(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:
             body.close()  # back to the pool if the body was read whole, else closed
-        return lines, scanner.bytes
+        return lines, scanner.bytes, None if digest is None else digest.hexdigest()
+
+    def _unframed(
+        self,
+        rel: str,
+        url: str,
+        first: tuple[int, int, str],
+        fetch: Callable[[], tuple[int, int]],
+        digests: list[str | None],
+        part: Any,
+    ) -> tuple[int, int, str | None]:
+        """Nothing proved the body whole (no framing, no matching ``count``): apply ``unframed_bodies``.
+
+        A body ended by the connection closing can be cut exactly at a line end (or after a gzip member)
+        and still parse; without a manifest ``count`` (Medplum sends none) only a second copy can tell.
+        Returns (lines, bytes, the reason to list it as unverified or None).
+        """
+        policy = self.options.unframed_bodies
+        why = "no Content-Length, not chunked (ended by the connection closing) and no manifest count to check"
+        if policy == "fail":
+            discard(part)
+            raise BulkDownloadError(
+                f"{rel}: nothing proves the body complete ({why}). unframed_bodies='fail' refuses such files; "
+                "set unframed_bodies='refetch' to land them when two copies agree, or 'mark' to land them "
+                "listed as unverified.",
+                url=redact_url(url),
+                path=rel,
+            )
+        lines, size, digest = first
+        if policy in ("refetch", "refetch_and_mark"):
+            seen = {(size, digest)}
+            for _ in range(2):  # at most three copies: land as soon as two agree
+                discard(part)
+                lines, size = fetch()
+                if (size, digests[-1]) in seen:
+                    break
+                seen.add((size, digests[-1]))
+                log.warning("%s: a second copy of an unframed body differs from the first; fetching again.", rel)
+            else:
+                discard(part)
+                raise BulkDownloadError(
+                    f"{rel}: three downloads of a body with no framing ({why}) all differ: the server "
+                    "cuts it short. Retry the task later, or ask the server's operators.",
+                    url=redact_url(url),
+                    path=rel,
+                )
+            log.info("%s: two copies of an unframed body agree (%d bytes, SHA-256).", rel, size)
+            if policy == "refetch":
+                return lines, size, None
+            why += "; two copies agreed"
+        log.warning("Landing %s unverified: %s. Listed in the summary's 'unverified'.", rel, why)
+        return lines, size, why
 
     def _second_opinion(
         self, rel: str, url: str, count: int, first: int, fetch: Callable[[], tuple[int, int]], part: Any

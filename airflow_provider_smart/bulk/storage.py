@@ -156,7 +156,16 @@ class LandedFiles:
             return record
         return None
 
-    def record(self, rel: str, url: str, lines: int | None, size: int | None, count_mismatch: bool) -> None:
+    def record(
+        self,
+        rel: str,
+        url: str,
+        lines: int | None,
+        size: int | None,
+        count_mismatch: bool,
+        *,
+        unverified: str | None = None,
+    ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         data = {
             "path": rel,
@@ -166,6 +175,7 @@ class LandedFiles:
             "lines": lines,
             "bytes": size,
             "count_mismatch": count_mismatch,
+            "unverified": unverified,
         }
         with self._record_path(rel).open("w") as handle:
             json.dump(data, handle)

@@ -245,6 +245,16 @@ class BodyReader:
             raise IncompleteBody(f"the body ended after {received} of {self.declared} bytes")
 
     @property
+    def framed(self) -> bool:
+        """The wire framing says where the body ends (``Content-Length`` or chunked), so a cut shows.
+
+        A body ended by the server closing the connection can be cut anywhere, even exactly at a line
+        end, or after a gzip member when more members were to follow: nothing in it proves it whole.
+        """
+        chunked = "chunked" in self.response.headers.get("Transfer-Encoding", "").lower()
+        return chunked or self.declared is not None
+
+    @property
     def complete(self) -> bool:
         try:
             self.check_complete()

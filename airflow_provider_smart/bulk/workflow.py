@@ -318,6 +318,8 @@ class ExportWorkflow:
             "count_mismatches": [
                 {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
             ],
+            # files nothing proved complete, landed under unframed_bodies="mark" (or "refetch_and_mark")
+            "unverified": [{**u, "path": _relative(u["path"], self.destination)} for u in report.unverified],
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()

@@ -42,6 +42,7 @@ class _ExportTaskMixin:
     check_resource_types: bool
     delete_on_success: bool
     strict_counts: bool = False
+    unframed_bodies: str = "refetch"
     fail_on_error_issues: bool = False
     min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
@@ -75,6 +76,7 @@ class _ExportTaskMixin:
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
             strict_counts=self.strict_counts,
+            unframed_bodies=self.unframed_bodies,
             min_download_rate=self.min_download_rate,
         )
         return ExportWorkflow(
@@ -141,6 +143,10 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param unframed_bodies: a file body nothing proves complete (no Content-Length, not chunked, no
+        manifest ``count`` that matches): ``"refetch"`` (default) lands it when a second copy agrees in
+        length and SHA-256, ``"mark"`` lands it listed in the summary's ``unverified`` with a warning,
+        ``"refetch_and_mark"`` does both, ``"fail"`` refuses it.
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
@@ -190,6 +196,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         transient_retries: int = 5,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        unframed_bodies: str = "refetch",
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
@@ -230,6 +237,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.unframed_bodies = unframed_bodies
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
@@ -466,6 +474,10 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param unframed_bodies: a file body nothing proves complete (no Content-Length, not chunked, no
+        manifest ``count`` that matches): ``"refetch"`` (default) lands it when a second copy agrees in
+        length and SHA-256, ``"mark"`` lands it listed in the summary's ``unverified`` with a warning,
+        ``"refetch_and_mark"`` does both, ``"fail"`` refuses it.
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
@@ -484,6 +496,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         max_concurrent_downloads: int = 4,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        unframed_bodies: str = "refetch",
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
@@ -500,6 +513,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.max_concurrent_downloads = max_concurrent_downloads
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.unframed_bodies = unframed_bodies
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
