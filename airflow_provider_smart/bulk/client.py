@@ -32,7 +32,7 @@ from airflow_provider_smart.bulk.retry import (
     TransientFailure,
     next_poll_delay,
 )
-from airflow_provider_smart.bulk.storage import LandedFiles
+from airflow_provider_smart.bulk.storage import DestinationLease, LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkExportError, ExportThrottledError, ExportTimeoutError
@@ -424,6 +424,7 @@ class BulkExportClient:
         *,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
     ) -> DownloadReport:
         """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
         return self.download_batch(
@@ -434,6 +435,7 @@ class BulkExportClient:
             status_url=manifest.status_url,
             on_file_done=on_file_done,
             ledger=ledger,
+            lease=lease,
         )
 
     def download_batch(
@@ -446,6 +448,7 @@ class BulkExportClient:
         status_url: str | None = None,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
@@ -453,7 +456,8 @@ class BulkExportClient:
         ``ObjectStoragePath`` (see :mod:`~airflow_provider_smart.bulk.storage`). ``status_url``: the
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
         thread) with each finished file's report. ``ledger``: which export each landed file belongs to
-        (a file is skipped only when it holds this export's file). Raises :class:`BulkDownloadError` listing every
+        (a file is skipped only when it holds this export's file). ``lease``: the destination's lease,
+        checked at every rename (an attempt that lost it renames nothing). Raises :class:`BulkDownloadError` listing every
         failed file, after trying them all.
         """
         if status_url:
@@ -465,6 +469,7 @@ class BulkExportClient:
             requires_access_token=requires_access_token,
             on_file_done=on_file_done,
             ledger=ledger,
+            lease=lease,
         )
         return downloader.run(list(entries))
 

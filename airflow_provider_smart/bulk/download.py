@@ -31,7 +31,15 @@ from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
-from airflow_provider_smart.bulk.storage import LandedFiles, as_destination, attempt_id, discard, replace, size_of
+from airflow_provider_smart.bulk.storage import (
+    DestinationLease,
+    LandedFiles,
+    as_destination,
+    attempt_id,
+    discard,
+    replace,
+    size_of,
+)
 from airflow_provider_smart.bulk.stream import CorruptBody, IncompleteBody, open_body
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
@@ -150,9 +158,11 @@ class FileDownloader:
         requires_access_token: bool,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
     ) -> None:
         self.transport = transport
         self.ledger = ledger
+        self.lease = lease
         self.attempt = attempt_id()
         self.destination = as_destination(destination)
         self.options = options
@@ -298,7 +308,7 @@ class FileDownloader:
         proved_by_count = self.options.check_counts and count is not None and lines == count
         if digests[-1] is not None and not proved_by_count:
             lines, size, report.unverified = self._unframed(rel, url, (lines, size, digests[-1]), fetch, digests, part)
-        replace(part, final)
+        self._land(part, final)
         if self.ledger is not None:
             self.ledger.record(rel, url, lines, size, report.count_mismatch, unverified=report.unverified)
         report.lines, report.bytes = lines, size
@@ -312,6 +322,18 @@ class FileDownloader:
             size / 1e6 / max(report.seconds, 1e-6),
         )
         return report
+
+    def _land(self, part: Any, final: Any) -> None:
+        """Rename a checked file to its final name, if this attempt still holds the destination's lease."""
+        if self.lease is None:
+            replace(part, final)
+            return
+        try:
+            with self.lease.renaming():
+                replace(part, final)
+        except BulkExportError:
+            discard(part)
+            raise
 
     def _fetch(self, url: str, part: Any, expected: str | None) -> tuple[int, int, str | None]:
         """One attempt: stream ``url`` into ``part``; returns (lines, bytes written, digest).

@@ -34,6 +34,7 @@ from airflow_provider_smart.bulk.storage import (
     as_destination,
     attempt_id,
     read_json,
+    sweep_partials,
     write_json_atomically,
 )
 from airflow_provider_smart.bulk.urls import redact_url
@@ -205,12 +206,17 @@ class ExportWorkflow:
         of the manifest must be on disk exactly once, as this export's file.
         """
         check_transaction_time(manifest)
-        with self.lease().held():
+        lease = self.lease()
+        with lease.held():
             started = time.monotonic()
+            swept = sweep_partials(self.destination)
+            if swept:
+                log.warning("Removed %d temporary file(s) a dead attempt left in %s.", swept, self.destination)
             ledger = self._ledger(status_url, manifest)
-            report = self.client.download(manifest, self.destination, self.options, ledger=ledger)
+            report = self.client.download(manifest, self.destination, self.options, ledger=ledger, lease=lease)
             self._verify_landed(status_url, manifest, ledger)
-            summary = self._record_completion(status_url, manifest, report)
+            with lease.renaming():
+                summary = self._record_completion(status_url, manifest, report)
             ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
