@@ -466,8 +466,8 @@ class BulkExportClient:
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
         thread) with each finished file's report. ``ledger``: which export each landed file belongs to
         (a file is skipped only when it holds this export's file). ``lease``: the destination's lease,
-        checked at every rename (an attempt that lost it renames nothing). Raises :class:`BulkDownloadError` listing every
-        failed file, after trying them all.
+        checked at every rename (an attempt that lost it renames nothing). Raises :class:`BulkDownloadError`
+        listing every failed file, after trying them all.
         """
         if status_url:
             self.allow_origin(status_url)

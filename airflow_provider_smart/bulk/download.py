@@ -276,7 +276,7 @@ class FileDownloader:
         expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()
 
-        def attempt() -> tuple[int, int]:
+        def attempt() -> tuple[int, int, str | None]:
             report.attempts += 1
             try:
                 with self._slots:  # held while the body streams in, not while backing off or saving
@@ -429,7 +429,7 @@ class FileDownloader:
             )
         lines, size, digest = first
         if policy in ("refetch", "refetch_and_mark"):
-            seen = {(size, digest)}
+            seen: set[tuple[int, str | None]] = {(size, digest)}
             for _ in range(2):  # at most three copies: land as soon as two agree
                 discard(part)
                 lines, size = fetch()

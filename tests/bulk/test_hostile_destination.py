@@ -27,7 +27,9 @@ def test_attempts_racing_for_one_destination_never_both_hold_the_lease(tmp_path)
         gate = threading.Barrier(4)
         holders: list[DestinationLease] = []
 
-        def race(n: int, dest: Any = dest, gate: threading.Barrier = gate) -> None:
+        def race(
+            n: int, dest: Any = dest, gate: threading.Barrier = gate, holders: list[DestinationLease] = holders
+        ) -> None:
             lease = DestinationLease(dest, f"attempt-{n}")
             gate.wait()
             try:
