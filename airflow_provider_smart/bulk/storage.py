@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from airflow_provider_smart.exceptions import BulkExportError
 
@@ -32,10 +33,10 @@ log = logging.getLogger("airflow_provider_smart.bulk")
 
 
 def as_destination(destination: Any) -> Any:
-    """A ``Path`` for a plain path or a ``file://`` URI; a pathlib-like object is used as it is."""
+    """A ``Path`` for a plain path or a ``file:`` URI; a pathlib-like object is used as it is."""
     if isinstance(destination, str):
-        if destination.startswith("file://"):
-            return Path(destination[len("file://") :])
+        if destination[:5].lower() == "file:":
+            return _file_uri_path(destination)
         if "://" in destination:
             raise BulkExportError(
                 f"destination {destination!r} is a URI: pass an ObjectStoragePath (or another pathlib-like "
@@ -45,6 +46,23 @@ def as_destination(destination: Any) -> Any:
     if hasattr(destination, "open") and hasattr(destination, "__truediv__"):
         return destination
     return Path(os.fspath(destination))
+
+
+def _file_uri_path(uri: str) -> Path:
+    """The local directory a ``file:`` URI names (RFC 8089): ``file:///abs``, ``file://localhost/abs`` or
+    ``file:/abs``. Anything else (another host, a relative ``file:path``) is refused: it would otherwise
+    land under the worker's working directory, where nobody would look for it."""
+    parts = urlsplit(uri)
+    host = (parts.netloc or "").lower()
+    path = unquote(parts.path)
+    if host not in ("", "localhost") or not path.startswith("/") or parts.query or parts.fragment:
+        raise BulkExportError(
+            f"destination {uri!r} is not a local file URI this worker can write: use file:///absolute/path "
+            "(or file://localhost/absolute/path), or a plain absolute path. A relative file:path or another "
+            "host's file://host/path would land somewhere nobody looks.",
+            destination=uri,
+        )
+    return Path(path)
 
 
 def attempt_id() -> str:

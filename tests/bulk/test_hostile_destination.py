@@ -107,3 +107,27 @@ def test_the_sweep_never_follows_a_symlink_out_of_the_destination(hostile, plain
     workflow.land(started.status_url, client.poll(started.status_url).manifest)
     assert precious.read_text() == "keep me"
     assert not (dest / ".Patient.1.ndjson.x.part").is_symlink()
+
+
+@pytest.mark.parametrize("form", ["file://localhost{}", "file://{}", "file:{}", "FILE://LOCALHOST{}"])
+def test_file_uris_land_where_they_say(hostile, plain_client, tmp_path, form: str, monkeypatch) -> None:
+    from airflow_provider_smart.bulk.storage import as_destination
+
+    monkeypatch.chdir(tmp_path)  # where a misread URI would land
+    dest = tmp_path / "out dir"
+    uri = form.format(str(dest).replace(" ", "%20"))
+    assert as_destination(uri) == dest
+    hostile.files["a1"] = hostile.Body(ndjson("a", 3))
+    client = plain_client(hostile)
+    manifest = ExportManifest.from_json(hostile.default_manifest([hostile.entry("a1")]), hostile.status_url)
+    client.download(manifest, uri)
+    assert (dest / "Patient.1.ndjson").read_bytes() == ndjson("a", 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out dir"]
+
+
+@pytest.mark.parametrize("uri", ["file:relative/dir", "file://otherhost/data", "file:///data?x=1"])
+def test_file_uris_that_cannot_be_honoured_are_refused(uri: str) -> None:
+    from airflow_provider_smart.bulk.storage import as_destination
+
+    with pytest.raises(BulkExportError, match="not a local file URI"):
+        as_destination(uri)
