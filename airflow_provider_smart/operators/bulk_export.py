@@ -86,6 +86,7 @@ class _ExportTaskMixin:
             options=options,
             delete_on_success=self.delete_on_success,
             run_id=run_id,
+            connection=self.smart_conn_id,
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:

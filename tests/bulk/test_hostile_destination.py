@@ -131,3 +131,53 @@ def test_file_uris_that_cannot_be_honoured_are_refused(uri: str) -> None:
 
     with pytest.raises(BulkExportError, match="not a local file URI"):
         as_destination(uri)
+
+
+# -- adoption and recorded state: an export's identity includes its server and connection -----------------
+def flow(client: Any, dest: Any, run_id: str = "manual__1", connection: str = "smart_a") -> ExportWorkflow:
+    return ExportWorkflow(client, dest, REQUEST.to_dict(), run_id=run_id, connection=connection)
+
+
+def test_another_servers_dag_never_adopts_an_export(hostile, another_hostile, plain_client, tmp_path) -> None:
+    other = another_hostile
+    hostile.files["a1"] = other.files["a1"] = hostile.Body(ndjson("a", 3))
+    flow(plain_client(hostile), tmp_path).start(REQUEST)  # DAG 1 on server A: kicked off, then failed
+    with pytest.raises(BulkExportError, match="another export in progress"):
+        flow(plain_client(other), tmp_path).start(REQUEST)  # DAG 2 on server B, same run id and destination
+    assert other.kickoffs == 0 and hostile.count("GET", "/fhir/status") == 0  # nothing went to A
+
+
+def test_another_connections_dag_never_reuses_a_summary(hostile, plain_client, tmp_path) -> None:
+    hostile.files["a1"] = hostile.Body(ndjson("a", 3))
+    client = plain_client(hostile)
+    first = flow(client, tmp_path, connection="smart_a")
+    started = first.start(REQUEST)
+    first.land(started.status_url, client.poll(started.status_url).manifest)
+    assert flow(client, tmp_path, connection="smart_a").completed_summary() is not None  # its own retry
+    with pytest.raises(BulkExportError, match="completed export with other parameters"):
+        flow(client, tmp_path, connection="smart_b").completed_summary()
+
+
+def test_a_recorded_status_url_on_an_untrusted_origin_is_never_polled(
+    hostile, another_hostile, plain_client, tmp_path
+) -> None:
+    attacker = another_hostile
+    hostile.files["a1"] = hostile.Body(ndjson("a", 3))
+    client = plain_client(hostile)
+    mine = flow(client, tmp_path)
+    # Someone with write access to the shared bucket rewrites the record to point at their server.
+    state = {"status_url": attacker.status_url, "fingerprint": mine.fingerprint, "run_id": "manual__1"}
+    (tmp_path / ".smart-export.json").write_text(json.dumps({**state, "server": mine.server}))
+    started = mine.start(REQUEST)
+    assert attacker.requests == [] and hostile.kickoffs == 1 and not started.reattached
+    assert not client.transport.trusts(attacker.status_url)
+
+
+def test_a_record_written_before_server_and_connection_counted_is_still_resumed(hostile, plain_client, tmp_path) -> None:
+    """Guard: an export in flight across the upgrade re-attaches (its status URL is on our server)."""
+    from airflow_provider_smart.bulk.workflow import fingerprint
+
+    client = plain_client(hostile)
+    old = {"status_url": hostile.status_url, "fingerprint": fingerprint(REQUEST.to_dict()), "run_id": "manual__1"}
+    (tmp_path / ".smart-export.json").write_text(json.dumps(old))
+    assert flow(client, tmp_path).start(REQUEST).reattached and hostile.kickoffs == 0
