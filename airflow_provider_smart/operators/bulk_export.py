@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
+from airflow_provider_smart.hooks.secrets import scrub, scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 from airflow_provider_smart.operators._lineage_assets import emit_asset_events, openlineage_facets
 
@@ -279,6 +280,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return request.to_dict()
 
     # --- execution --------------------------------------------------------------------------------
+    @scrubs_failures
     def execute(self, context: Context) -> dict[str, Any]:
         export_request = self._export_request(context)
         workflow = self.workflow(export_request, context.get("run_id")) if self.destination else None
@@ -398,6 +400,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
             kwargs={"export_request": export_request, "end_time": end_time},
         )
 
+    @scrubs_failures
     def execute_complete(
         self,
         context: Context,
@@ -432,6 +435,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return self._finish(context, workflow.land(status_url, manifest))
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        summary = scrub(summary)  # a token the server echoed never reaches XCom, asset extra or lineage
         self._check_error_issues(summary)
         if self.since == "auto" and not summary.get("transaction_time"):
             self.log.warning(
@@ -520,6 +524,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.delete_on_success = delete_on_success
         self.scope = scope
 
+    @scrubs_failures
     def execute(self, context: Context) -> dict[str, Any]:
         if self.batch:
             status_url = self.batch["status_url"]
@@ -533,7 +538,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
             return totals
         assert self.status_url
         workflow = self.workflow({"status_url": self.status_url}, context.get("run_id"))
-        summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
+        summary = scrub(workflow.completed_summary() or workflow.land_completed(self.status_url))
         self._check_error_issues(summary)
         emit_asset_events(context, self.outlets, summary)
         return summary

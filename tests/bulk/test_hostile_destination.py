@@ -173,7 +173,7 @@ def test_a_recorded_status_url_on_an_untrusted_origin_is_never_polled(
     assert not client.transport.trusts(attacker.status_url)
 
 
-def test_a_record_written_before_server_and_connection_counted_is_still_resumed(hostile, plain_client, tmp_path) -> None:
+def test_a_record_from_before_server_and_connection_counted_still_resumes(hostile, plain_client, tmp_path) -> None:
     """Guard: an export in flight across the upgrade re-attaches (its status URL is on our server)."""
     from airflow_provider_smart.bulk.workflow import fingerprint
 
