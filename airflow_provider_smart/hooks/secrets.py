@@ -36,7 +36,7 @@ def scrub(value: T) -> T:
     """
     from airflow.providers.common.compat.sdk import redact
 
-    return redact(value)  # type: ignore[no-any-return]
+    return redact(value)  # type: ignore[return-value]
 
 
 @contextmanager
