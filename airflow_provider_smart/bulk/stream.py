@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import http.client
 import io
+import select
 import ssl
 import threading
 import zlib
@@ -271,7 +272,7 @@ class BodyReader:
             close()  # a reader left half-way releases its buffer now, not when collected
         response = self.response
         fp = self._fp
-        if self.mode != "fallback" and fp is not None and fp.isclosed() and self.complete:
+        if self.mode != "fallback" and fp is not None and fp.isclosed() and self.complete and self._nothing_follows():
             # http.client has read the body to its end and closed its reader: the connection is clean.
             # Tell requests the content is consumed, so that close() does not shut the socket.
             response._content_consumed = True  # type: ignore[attr-defined]
@@ -279,6 +280,24 @@ class BodyReader:
             if callable(release):
                 release()
         response.close()
+
+    def _nothing_follows(self) -> bool:
+        """No byte waits after the body: anything there (a stray pipelined response) would be read as the
+        next request's answer on this connection, so such a connection is closed, not pooled.
+
+        urllib3 checks the socket before reusing a connection, but bytes the TLS layer already decrypted
+        (the rest of the record the body ended in) are invisible to that check: ``pending()`` sees them.
+        """
+        sock = getattr(getattr(self.response.raw, "_connection", None), "sock", None)
+        if sock is None:
+            return True
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+                return False
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable  # bytes, or the server's close: either way the connection is not clean
 
     def __enter__(self) -> BodyReader:
         return self
