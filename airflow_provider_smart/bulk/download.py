@@ -367,6 +367,8 @@ class FileDownloader:
             # Framing first: a short Content-Length says more than the cut line it leaves behind.
             body.check_complete()
             check_gzip_trailer(response)
+            if body.trailing:
+                log.warning("%s: ignored %d NUL bytes of padding after the gzip data.", redact_url(url), body.trailing)
             lines = scanner.finish()
         except IncompleteBody as exc:
             raise TransientFailure(str(exc)) from None
@@ -376,7 +378,7 @@ class FileDownloader:
             raise not_ndjson(url, response, exc) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
-        except CorruptBody as exc:
+        except (CorruptBody, requests.exceptions.ContentDecodingError) as exc:
             # Bad compressed data is not a network hiccup: fetching it again gets the same bytes.
             raise BulkDownloadError(
                 f"{redact_url(url)}: {exc}; the server sent data that does not decompress. Ask its operators "
@@ -388,7 +390,6 @@ class FileDownloader:
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
             # read straight from http.client (see bulk/stream.py); disk errors are not in this list on purpose
             http.client.HTTPException,
             urllib3.exceptions.HTTPError,  # urllib3's reader (bodies stream.py does not read itself)
