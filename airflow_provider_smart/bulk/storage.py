@@ -170,9 +170,13 @@ def read_json(path: Any) -> dict[str, Any] | None:
 def write_json_atomically(path: Any, data: dict[str, Any]) -> None:
     """Readers see the old content or the new, never half of it."""
     partial = path.parent / f".{path.name}.part"
-    with partial.open("w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    replace(partial, path)
+    try:
+        with partial.open("w") as handle:
+            json.dump(data, handle, indent=2, default=str)
+        replace(partial, path)
+    except BaseException:
+        discard(partial)  # a full disk leaves no half-written temporary file behind
+        raise
 
 
 def url_key(url: str) -> str:

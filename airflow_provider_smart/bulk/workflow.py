@@ -138,7 +138,21 @@ class ExportWorkflow:
                 "e.g. destination='.../{{ ds }}/' or '.../{{ run_id }}/', or empty this one.",
                 destination=str(self.destination),
             )
+        self._tidy_completed(summary)
         return summary
+
+    def _tidy_completed(self, summary: dict[str, Any]) -> None:
+        """Finish the cleanup a try that died right after writing ``manifest.json`` did not get to: its
+        per-file records, a stale ``.smart-export.json``, temporary files. Beside a manifest.json only the
+        files it lists remain. Best effort: the export is landed whatever happens here."""
+        try:
+            LandedFiles(self.destination, str(summary.get("status_url") or ""), None).clear()
+            removed = sweep_partials(self.destination)
+            if removed:
+                log.info("Removed %d temporary file(s) left beside %s.", removed, self.manifest_path)
+            self._forget_kickoff()
+        except OSError:
+            log.debug("Could not tidy %s", self.destination, exc_info=True)
 
     def export_in_flight(self) -> str | None:
         """The status URL of this export if an earlier attempt kicked it off."""
