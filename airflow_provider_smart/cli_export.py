@@ -18,7 +18,13 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from airflow_provider_smart.cli_args import connection_settings, expose_storage_connection, load_connection, usage_error
+from airflow_provider_smart.cli_args import (
+    connection_settings,
+    expose_storage_connection,
+    load_connection,
+    positive,
+    usage_error,
+)
 
 BAR_WIDTH = 30
 TTY_REFRESH = 0.2  # seconds between redraws on a terminal
@@ -44,34 +50,14 @@ def register(sub: Any) -> None:
     add("--method", choices=["auto", "GET", "POST"], default="auto", help="kick-off method (default auto)")
     add("--lenient", action="store_true", help="send Prefer: handling=lenient")
     add("--scope", help="request this scope instead of the connection's")
-    add("--max-concurrent-downloads", type=_positive_int, default=4, metavar="N", help="parallel files (default 4)")
-    add("--poll-interval", type=_positive_float, default=5.0, metavar="S", help="first poll wait without Retry-After")
-    add("--timeout", type=_positive_float, default=7 * 24 * 3600.0, metavar="S", help="wait at most S seconds")
+    add("--max-concurrent-downloads", type=positive(int), default=4, metavar="N", help="parallel files (default 4)")
+    add("--poll-interval", type=positive(float), default=5.0, metavar="S", help="first poll wait without Retry-After")
+    add("--timeout", type=positive(float), default=7 * 24 * 3600.0, metavar="S", help="wait at most S seconds")
     add("--keep-on-server", action="store_true", help="do not DELETE the export on the server once landed")
     add("--no-log", action="store_true", help="do not write log.ndjson beside the files")
     add("--no-progress", action="store_true", help="no progress bar (progress lines only)")
     add("--verbose", action="store_true", help="also print the library's log (every poll and file)")
     parser.set_defaults(handler=run, subparser=parser)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
 
 
 # Which argument a request error is about (the library names its fields).

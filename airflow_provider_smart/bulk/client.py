@@ -45,7 +45,7 @@ from airflow_provider_smart.bulk.protocol import (
     wait_exchange,
 )
 from airflow_provider_smart.bulk.retry import RetryPolicy
-from airflow_provider_smart.bulk.storage import LandedFiles
+from airflow_provider_smart.bulk.storage import DestinationLease, LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import redact_url
 from airflow_provider_smart.bulk.vendors import GENERIC, PROFILES, VendorProfile, vendor_of
@@ -60,6 +60,9 @@ DEFAULT_POLL_INTERVAL = 2.0
 DEFAULT_MAX_POLL_INTERVAL = 600.0
 DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0  # Epic exports have taken weeks; a week is a sane default bound
 NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# The longest 429 wait kick_off() sleeps in place when the caller set neither a timeout nor a max wait:
+# past it, ExportThrottledError says when the server will take an export (its not_before).
+UNBOUNDED_KICKOFF_MAX_WAIT = 900.0
 
 
 class BulkExportClient:
@@ -75,8 +78,9 @@ class BulkExportClient:
         (and a download's headers), however slowly the server drips bytes; None: ``2 * timeout``.
     :param retry: the retry policy (attempts, backoff, ``Retry-After`` cap, sleep).
     :param kickoff_max_wait: the longest server-requested wait (429 ``Retry-After``) :meth:`kick_off`
-        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit). Airflow's
-        deferrable operator sets it, then defers until the server's time.
+        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit when a timeout
+        bounds the call, else ``UNBOUNDED_KICKOFF_MAX_WAIT``: a call with no bound at all never sleeps
+        hours in place). Airflow's deferrable operator sets it, then defers until the server's time.
     :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
     :param comma_join_repeats: None (default): GET kick-off parameters in the spec's form, or as the
         ``profile`` wants them; False: repeat list parameters; True: comma-join ``_typeFilter`` too.
@@ -194,7 +198,10 @@ class BulkExportClient:
         (:class:`ExportThrottledError`, whose ``not_before`` says when to try again).
         """
         timeout = self.kickoff_timeout if timeout is None else timeout
-        policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
+        max_wait = self.kickoff_max_wait
+        if timeout is None and max_wait is None:
+            max_wait = UNBOUNDED_KICKOFF_MAX_WAIT  # no bound given: a 429 storm must not sleep hours silently
+        policy = self.retry.bounded(timeout=timeout, max_wait=max_wait, clock=self.clock)
         self._check_scopes(request)
         try:
             return self._run(kickoff_exchange(request, self.fhir_base_url, self.server, policy))
@@ -329,6 +336,7 @@ class BulkExportClient:
         ledger: LandedFiles | None = None,
         on_file_start: Callable[[dict[str, Any]], None] | None = None,
         progress: TransferProgress | None = None,
+        lease: DestinationLease | None = None,
     ) -> DownloadReport:
         """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
         return self.download_batch(
@@ -341,6 +349,7 @@ class BulkExportClient:
             ledger=ledger,
             on_file_start=on_file_start,
             progress=progress,
+            lease=lease,
         )
 
     def download_batch(
@@ -355,6 +364,7 @@ class BulkExportClient:
         ledger: LandedFiles | None = None,
         on_file_start: Callable[[dict[str, Any]], None] | None = None,
         progress: TransferProgress | None = None,
+        lease: DestinationLease | None = None,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
@@ -362,10 +372,11 @@ class BulkExportClient:
         ``ObjectStoragePath`` (see :mod:`~airflow_provider_smart.bulk.storage`). ``status_url``: the
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
         thread) with each finished file's report. ``ledger``: which export each landed file belongs to
-        (a file is skipped only when it holds this export's file). ``on_file_start`` is called (in a download
-        thread) with each planned entry before its first attempt; ``progress`` receives the files and bytes
-        as they land (see :mod:`~airflow_provider_smart.bulk.progress`). Raises :class:`BulkDownloadError` listing every
-        failed file, after trying them all.
+        (a file is skipped only when it holds this export's file). ``lease``: the destination's lease,
+        checked at every rename (an attempt that lost it renames nothing). ``on_file_start`` is called (in a
+        download thread) with each planned entry before its first attempt; ``progress`` receives the files and
+        bytes as they land (see :mod:`~airflow_provider_smart.bulk.progress`). Raises
+        :class:`BulkDownloadError` listing every failed file, after trying them all.
         """
         if status_url:
             self.allow_origin(status_url)
@@ -378,6 +389,7 @@ class BulkExportClient:
             on_file_start=on_file_start,
             ledger=ledger,
             progress=progress,
+            lease=lease,
         )
         return downloader.run(list(entries))
 

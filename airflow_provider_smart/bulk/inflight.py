@@ -158,6 +158,9 @@ def claim_slot(
         if not same_slot:
             continue
         status_url = record["status_url"]
+        if not client.transport.trusts(status_url):  # a record is no reason to send our token anywhere
+            log.warning("Ignoring the recorded export %s: not on an origin this connection trusts.", status_url)
+            continue
         try:
             result = client.poll(status_url)
         except BulkExportError as exc:

@@ -46,9 +46,10 @@ from airflow_provider_smart.bulk.storage import (
     as_destination,
     attempt_id,
     read_json,
+    sweep_partials,
     write_json_atomically,
 )
-from airflow_provider_smart.bulk.urls import redact_url
+from airflow_provider_smart.bulk.urls import origin_of, redact_url
 from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -93,6 +94,9 @@ class ExportWorkflow:
     :param export_log: write ``log.ndjson`` (the standard Bulk Data export log Cumulus ETL reads) beside
         the files; see :mod:`~airflow_provider_smart.bulk.export_log`.
     :param progress: counters the downloads report into (files, bytes; a progress bar reads them).
+    :param connection: what identifies the credentials (Airflow's connection id): part of the export's
+        identity with the FHIR server's base URL, so an export another connection or server started in
+        this destination is never adopted, its summary never reused, its status URL never sent our token.
     :param registry: where this connection's exports in flight are recorded (whatever the destination):
         before a kick-off to a single-slot server (Epic, Cerner, athena) the workflow re-attaches to ours,
         or says which export holds the slot (see :mod:`~airflow_provider_smart.bulk.inflight`).
@@ -109,13 +113,17 @@ class ExportWorkflow:
         run_id: str | None = None,
         export_log: bool = True,
         progress: TransferProgress | None = None,
+        connection: str | None = None,
         registry: InFlightRegistry | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
         self.destination = as_destination(destination)
         self.identity = identity
-        self.fingerprint = fingerprint(identity)
+        self.server = client.fhir_base_url
+        self.connection = connection
+        self.fingerprint = fingerprint({**identity, "server": self.server, "connection": connection})
+        self._legacy_fingerprint = fingerprint(identity)  # records written before server and connection counted
         self.options = options or DownloadOptions()
         self.delete_on_success = delete_on_success
         self.state_path = self.destination / STATE_FILE
@@ -157,21 +165,35 @@ class ExportWorkflow:
             return None
         summary = manifest.get("summary") or {}
         self._refuse_other_run(summary, "the completed export")
-        if summary.get("fingerprint") != self.fingerprint:
+        if not self._same_export(summary):
             raise BulkExportError(
                 f"{self.destination} already holds a completed export with other parameters "
                 f"(transactionTime {summary.get('transaction_time')}). Use a fresh destination per run, "
                 "e.g. destination='.../{{ ds }}/' or '.../{{ run_id }}/', or empty this one.",
                 destination=str(self.destination),
             )
+        self._tidy_completed(summary)
         return summary
+
+    def _tidy_completed(self, summary: dict[str, Any]) -> None:
+        """Finish the cleanup a try that died right after writing ``manifest.json`` did not get to: its
+        per-file records, a stale ``.smart-export.json``, temporary files. Beside a manifest.json only the
+        files it lists remain. Best effort: the export is landed whatever happens here."""
+        try:
+            LandedFiles(self.destination, str(summary.get("status_url") or ""), None).clear()
+            removed = sweep_partials(self.destination)
+            if removed:
+                log.info("Removed %d temporary file(s) left beside %s.", removed, self.manifest_path)
+            self._forget_kickoff()
+        except OSError:
+            log.debug("Could not tidy %s", self.destination, exc_info=True)
 
     def export_in_flight(self) -> str | None:
         """The status URL of this export if an earlier attempt kicked it off."""
         state = read_json(self.state_path)
         if state is None:
             return None
-        if state.get("fingerprint") != self.fingerprint:
+        if not self._same_export(state):
             raise BulkExportError(
                 f"{self.destination} holds files of another export in progress "
                 f"({redact_url(str(state.get('status_url')))}, kicked off {state.get('kicked_off_at')}). Use a "
@@ -190,6 +212,29 @@ class ExportWorkflow:
             self._record_kickoff(str(state["status_url"]))
         return str(state["status_url"])
 
+    def _same_export(self, recorded: dict[str, Any]) -> bool:
+        """``recorded`` (``.smart-export.json`` or a summary) is this export: same parameters, server and
+        connection. A record from before those counted is accepted only for a status URL on our server."""
+        found = recorded.get("fingerprint")
+        if found == self.fingerprint:
+            return True
+        legacy = "server" not in recorded and found == self._legacy_fingerprint
+        status_url = recorded.get("status_url")
+        return legacy and isinstance(status_url, str) and origin_of(status_url) == origin_of(self.server)
+
+    def _trusted_record(self, status_url: str) -> bool:
+        """A status URL read back from the destination (it may be a shared bucket) gets our token only if
+        the connection's origin policy allows its origin; recording it there is no reason to trust it."""
+        if self.client.transport.trusts(status_url):
+            return True
+        log.warning(
+            "Not re-attaching to the export recorded in %s: its status URL %s is not on an origin this "
+            "connection may send its token to (the FHIR server's, or allowed_hosts). Starting a new export.",
+            self.state_path,
+            redact_url(status_url),
+        )
+        return False
+
     def _record_kickoff(self, status_url: str) -> None:
         self.destination.mkdir(parents=True, exist_ok=True)
         state = {
@@ -198,6 +243,8 @@ class ExportWorkflow:
             "kicked_off_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "request": self.identity,
             "run_id": self.run_id,
+            "server": self.server,
+            "connection": self.connection,
         }
         write_json_atomically(self.state_path, state)
 
@@ -217,6 +264,9 @@ class ExportWorkflow:
 
     def _start(self, request: ExportRequest) -> StartedExport:
         status_url = self.export_in_flight()
+        if status_url and not self._trusted_record(status_url):
+            self._forget_kickoff()
+            status_url = None
         if status_url:
             log.info("Re-attaching to the export an earlier try started: %s", redact_url(status_url))
             try:
@@ -300,10 +350,14 @@ class ExportWorkflow:
         check_transaction_time(manifest)
         asked = self.identity if "resource_types" in self.identity else None  # a request, not a status URL
         manifest, unrequested = drop_unrequested(manifest, requested_types(asked))
-        with self.lease().held():
+        lease = self.lease()
+        with lease.held():
             started = time.monotonic()
+            swept = sweep_partials(self.destination)
+            if swept:
+                log.warning("Removed %d temporary file(s) a dead attempt left in %s.", swept, self.destination)
             ledger = self._ledger(status_url, manifest)
-            manifest, report = self._download(status_url, manifest, ledger, requested_types(asked))
+            manifest, report = self._download(status_url, manifest, ledger, requested_types(asked), lease)
             self._verify_landed(status_url, manifest, ledger)
             checks: dict[str, Any] = {
                 "unrequested_types": unrequested,
@@ -313,7 +367,8 @@ class ExportWorkflow:
             if warning := deletion_warning(asked, self.client.vendor):
                 log.warning(warning)
                 checks["deletions_not_reported"] = True
-            summary = self._record_completion(status_url, manifest, report, checks)
+            with lease.renaming():
+                summary = self._record_completion(status_url, manifest, report, checks)
             ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
@@ -324,7 +379,12 @@ class ExportWorkflow:
         return summary
 
     def _download(
-        self, status_url: str, manifest: ExportManifest, ledger: LandedFiles, types: list[str]
+        self,
+        status_url: str,
+        manifest: ExportManifest,
+        ledger: LandedFiles,
+        types: list[str],
+        lease: DestinationLease,
     ) -> tuple[ExportManifest, DownloadReport]:
         """Download the manifest's files, reading the manifest again when links expire (see :meth:`_refreshing`).
         ``log.ndjson`` gets the completion, each file, a final failure and the totals."""
@@ -333,7 +393,7 @@ class ExportWorkflow:
 
         def download(current: ExportManifest) -> DownloadReport:
             return self.client.download(
-                current, self.destination, self.options, ledger=ledger, progress=self.progress, **hooks
+                current, self.destination, self.options, ledger=ledger, lease=lease, progress=self.progress, **hooks
             )
 
         def reread() -> ExportManifest:
@@ -514,6 +574,7 @@ class ExportWorkflow:
             "destination": str(self.destination),
             "fingerprint": self.fingerprint,
             "run_id": self.run_id,
+            "server": self.server,
             "output": [_summary_entry(f) for f in files if f["kind"] == "output"],
             "deleted": [_summary_entry(f) for f in files if f["kind"] == "deleted"],
             "error": [_summary_entry(f) for f in files if f["kind"] == "error"],
@@ -525,6 +586,8 @@ class ExportWorkflow:
             "count_mismatches": [
                 {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
             ],
+            # files nothing proved complete, landed under unframed_bodies="mark" (or "refetch_and_mark")
+            "unverified": [{**u, "path": _relative(u["path"], self.destination)} for u in report.unverified],
             **(checks or {}),
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
