@@ -11,9 +11,10 @@ after the subcommand's usage line, as argparse does, and exits with 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 
@@ -130,3 +131,19 @@ def expose_storage_connection(uri: str) -> None:
         os.environ[variable] = Connection.get_connection_from_secrets(conn_id).as_json()
     except Exception:  # not found here either: Airflow's own error will name it
         return
+
+
+@contextlib.contextmanager
+def library_log(verbose: bool) -> Iterator[None]:
+    """The library's INFO lines only with ``--verbose`` (the command's own output says it all); the level
+    is restored afterwards, so a command run in-process leaves the logging as it found it."""
+    import logging
+
+    logger = logging.getLogger("airflow_provider_smart")
+    previous = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import Any
 
-from airflow_provider_smart.cli_args import connection_settings, guarded, load_connection
+from airflow_provider_smart.cli_args import connection_settings, guarded, library_log, load_connection
 
 
 def register(sub: Any) -> None:
@@ -27,12 +26,11 @@ def run(args: argparse.Namespace) -> int:
     from airflow_provider_smart.doctor import Doctor
     from airflow_provider_smart.hooks.secrets import mask_secrets
 
-    if not args.verbose:  # the report says it all
-        logging.getLogger("airflow_provider_smart").setLevel(logging.WARNING)
     connection = load_connection(args, args.conn_id)
     settings = connection_settings(args, connection)
     mask_secrets(*settings.secrets)
-    report = Doctor(settings, extra=connection.extra_dejson, scope=args.scope).run()
+    with library_log(args.verbose):  # the report says it all
+        report = Doctor(settings, extra=connection.extra_dejson, scope=args.scope).run()
     if args.json:
         print(json.dumps({"conn_id": args.conn_id, **report.to_dict()}, indent=2))
     else:

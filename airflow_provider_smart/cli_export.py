@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import shutil
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any, TextIO
 from airflow_provider_smart.cli_args import (
     connection_settings,
     expose_storage_connection,
+    library_log,
     load_connection,
     positive,
     usage_error,
@@ -125,12 +125,10 @@ def run(args: argparse.Namespace) -> int:
     destination = _destination(args)
     from airflow_provider_smart.exceptions import SmartError
 
-    if not args.verbose:  # the bar says it all; warnings still show
-        logging.getLogger("airflow_provider_smart").setLevel(logging.WARNING)
-
     display = ProgressDisplay(sys.stderr, plain=args.no_progress)
     try:
-        return _export(args, connection, request, destination, display)
+        with library_log(args.verbose):  # the bar says it all; warnings still show
+            return _export(args, connection, request, destination, display)
     except SmartError as exc:
         display.close()
         print(f"airflow-smart export: {exc.message}", file=sys.stderr)

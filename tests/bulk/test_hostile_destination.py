@@ -87,7 +87,7 @@ def test_the_next_try_sweeps_what_a_dead_try_left(hostile, plain_client, tmp_pat
     started = workflow.start(REQUEST)
     workflow.land(started.status_url, client.poll(started.status_url).manifest)
     assert [p for p in left if p.exists()] == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Patient.1.ndjson", "error", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Patient.1.ndjson", "error", "log.ndjson", "manifest.json"]
     assert "temporary file(s) a dead attempt left" in caplog.text
 
 

@@ -77,6 +77,7 @@ def unlisted_beside_manifest(dest: pathlib.Path) -> list[str]:
         return []
     summary = json.loads(manifest.read_text())["summary"]
     listed = {e["path"] for kind in ("output", "deleted", "error") for e in summary[kind]} | {str(manifest)}
+    listed.add(str(dest / "log.ndjson"))  # the export's log (bulk/export_log.py) belongs beside its manifest
     found = [p for p in dest.rglob("*") if p.is_file() or p.is_symlink()]
     return sorted(str(p) for p in found if str(p) not in listed or p.stat().st_size == 0)
 
@@ -101,7 +102,10 @@ def test_a_full_disk_at_any_write_leaves_nothing_unlisted_and_the_retry_lands(
         land(plain_client(hostile), dest)  # the retry
         assert unlisted_beside_manifest(dest) == [], f"after the retry of a full disk at write {fail_at}"
         assert (dest / "Patient.1.ndjson").read_bytes() == ndjson("a", 5)
-        assert sorted(p.name for p in dest.iterdir()) == ["Patient.1.ndjson", "Patient.2.ndjson", "manifest.json"]
+        landed = sorted(p.name for p in dest.iterdir())
+        assert landed == ["Patient.1.ndjson", "Patient.2.ndjson", "log.ndjson", "manifest.json"]
+        lines = (dest / "log.ndjson").read_text().splitlines()  # the log may miss events, never have a half line
+        assert all(json.loads(line)["eventId"] for line in lines)
 
 
 def test_a_try_that_died_right_after_writing_manifest_json_is_tidied_by_the_next(
