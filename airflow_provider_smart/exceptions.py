@@ -190,6 +190,16 @@ class TruncatedFileError(NdjsonCheckError):
     kind = "smart.bulk_export.content.truncated"
 
 
+class TablesError(SmartError):
+    """Landed export files could not be turned into tables: no completed export where one was named, a table
+    whose history does not fit the export (a skipped incremental run), an output that refused the write.
+
+    The tables keep their previous version; the message says what to do.
+    """
+
+    kind = "smart.tables"
+
+
 _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     SmartError,
     SmartConfigError,
@@ -204,6 +214,7 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     NdjsonCheckError,
     NotNdjsonError,
     TruncatedFileError,
+    TablesError,
 )
 
 
