@@ -116,3 +116,24 @@ class SmartViewsOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         return tables_lineage(self)
+
+
+def tables_in_duckdb(tables: Any, conn_id: str = "aws_default") -> tuple[Any, list[str]]:
+    """A DuckDB connection with a view per table, and their names, from tables' asset event extras.
+
+    Delta tables on an object store are opened with the storage credentials of the Airflow connection
+    ``conn_id`` (as ``ObjectStoragePath`` would use them). For a consumer DAG::
+
+        con, names = tables_in_duckdb(event.extra for events in triggering_asset_events.values() for event in events)
+        con.sql("SELECT gender, count(*) FROM patient_demographics GROUP BY ALL").fetchall()
+    """
+    from airflow_provider_smart.operators._destination import delta_storage_options, resolve_destination
+    from airflow_provider_smart.tables.reading import duckdb_over_tables
+
+    def options(location: str) -> dict[str, str] | None:
+        if "://" not in location:
+            return None
+        scheme, rest = location.split("://", 1)
+        return delta_storage_options(resolve_destination(f"{scheme}://{conn_id}@{rest}"))
+
+    return duckdb_over_tables(tables, options)

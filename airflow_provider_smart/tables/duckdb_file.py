@@ -19,6 +19,11 @@ from airflow_provider_smart.tables.files import local_copy, object_uri, upload
 META_TABLE = "_smart_tables"
 
 
+def _run(con: Any, sql: str, params: list[Any] | None = None) -> list[Any]:
+    """Execute and fetch: DuckDB wants every result finished before the next statement."""
+    return list(con.execute(sql, params or []).fetchall())
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -40,9 +45,8 @@ class DuckDBFileSink:
         with tempfile.TemporaryDirectory(prefix="smart-duckdb-") as tmp:
             con = self._connect(local_copy(self.path, Path(tmp), "read.duckdb"), read_only=True)
             try:
-                row = con.execute(
-                    f"SELECT transaction_time, run_key, since FROM {META_TABLE} WHERE name = ?", [name]
-                ).fetchone()
+                found = _run(con, f"SELECT transaction_time, run_key, since FROM {META_TABLE} WHERE name = ?", [name])
+                row = found[0] if found else None
             except Exception:
                 return None
             finally:
@@ -66,15 +70,16 @@ class DuckDBFileSink:
                     work.write_bytes(source.read_bytes())
             con = self._connect(work)
             try:
-                con.execute(
+                _run(
+                    con,
                     f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
-                    "(name VARCHAR PRIMARY KEY, transaction_time VARCHAR, run_key VARCHAR, since VARCHAR)"
+                    "(name VARCHAR PRIMARY KEY, transaction_time VARCHAR, run_key VARCHAR, since VARCHAR)",
                 )
-                con.execute("BEGIN")
+                _run(con, "BEGIN")
                 for change in changes:
                     results[change.name] = self._apply(con, change)
-                con.execute("COMMIT")
-                con.execute("CHECKPOINT")
+                _run(con, "COMMIT")
+                _run(con, "CHECKPOINT")
             except Exception as exc:
                 raise TablesError(
                     f"Could not write the DuckDB file {object_uri(self.path)} ({type(exc).__name__}: {exc}); "
@@ -89,24 +94,23 @@ class DuckDBFileSink:
     def _apply(self, con: Any, change: ViewChange) -> dict[str, Any]:
         table = _quote(change.name)
         con.register("smart_new_rows", change.dataset())  # scanned batch by batch
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [change.name]
-        ).fetchone()[0]
+        exists = _run(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [change.name])[0][0]
         if change.full or not exists:
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM smart_new_rows")
+            _run(con, f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM smart_new_rows")
         else:
             import pyarrow as pa
 
             ids = pa.table({"id": pa.array(sorted(set(change.replaced_ids or [])), pa.string())})
             con.register("smart_replaced", ids)
-            con.execute(f"DELETE FROM {table} WHERE {_quote(change.key_column)} IN (SELECT id FROM smart_replaced)")
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM smart_new_rows")
+            _run(con, f"DELETE FROM {table} WHERE {_quote(change.key_column)} IN (SELECT id FROM smart_replaced)")
+            _run(con, f"INSERT INTO {table} BY NAME SELECT * FROM smart_new_rows")
             con.unregister("smart_replaced")
         con.unregister("smart_new_rows")
         meta = change.meta
-        con.execute(
+        _run(
+            con,
             f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?, ?, ?)",
             [change.name, meta.transaction_time, meta.run_key, meta.since],
         )
-        total = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        total = _run(con, f"SELECT count(*) FROM {table}")[0][0]
         return {"location": self.location(change.name), "rows": int(total)}
