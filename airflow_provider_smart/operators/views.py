@@ -130,10 +130,11 @@ def tables_in_duckdb(tables: Any, conn_id: str = "aws_default") -> tuple[Any, li
     from airflow_provider_smart.operators._destination import delta_storage_options, resolve_destination
     from airflow_provider_smart.tables.reading import duckdb_over_tables
 
-    def options(location: str) -> dict[str, str] | None:
-        if "://" not in location:
-            return None
+    def path(location: str) -> Any:
         scheme, rest = location.split("://", 1)
-        return delta_storage_options(resolve_destination(f"{scheme}://{conn_id}@{rest}"))
+        return resolve_destination(f"{scheme}://{conn_id}@{rest}")
 
-    return duckdb_over_tables(tables, options)
+    def options(location: str) -> dict[str, str] | None:
+        return delta_storage_options(path(location)) if "://" in location else None
+
+    return duckdb_over_tables(tables, options, lambda location: path(location).fs)

@@ -92,6 +92,8 @@ class DeltaSink:
                 "columns. Run the tables step once with mode='full' on a full export to rebuild it.",
                 table=self.location(change.name),
             )
+        # Marker rows leave every other column null: the merge source is all nullable.
+        current = pa.schema([f.with_nullable(True) for f in current])
         rows = change.rows().cast(current)
         key = change.key_column
         ids = pa.array(sorted(set(change.replaced_ids or [])), pa.string())
