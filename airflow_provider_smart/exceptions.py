@@ -200,6 +200,29 @@ class TablesError(SmartError):
     kind = "smart.tables"
 
 
+class ViewDefinitionError(SmartError, ValueError):
+    """A SQL on FHIR ViewDefinition the spec says must be rejected, or one this engine cannot run.
+
+    ``context["path"]`` is the JSON path of the offending part (``select[0].column[1].path``), and the
+    message says what is wrong with it.
+    """
+
+    kind = "smart.view.definition"
+
+    @property
+    def path(self) -> str:
+        return str(self.context.get("path") or "$")
+
+
+class ViewRunError(SmartError):
+    """A view could not be run over the data: a resource broke a rule only the data can show (a column
+    without ``collection: true`` met several values, a ``where`` that gave a non-boolean), or DuckDB
+    failed reading the files. ``context["view"]`` names the view.
+    """
+
+    kind = "smart.view.run"
+
+
 _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     SmartError,
     SmartConfigError,
@@ -215,6 +238,8 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     NotNdjsonError,
     TruncatedFileError,
     TablesError,
+    ViewDefinitionError,
+    ViewRunError,
 )
 
 
