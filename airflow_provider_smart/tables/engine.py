@@ -1,8 +1,10 @@
 """The one place the tables step meets the view engine (:mod:`airflow_provider_smart.views`).
 
-ViewDefinitions come as dicts, JSON files or folders of them; each becomes a :class:`ViewSpec` (table
-name, resource type, definition). Rows come from the engine as a typed pyarrow Table plus the column
-that names each row's resource, the key a later incremental run replaces rows by.
+ViewDefinitions come as dicts, JSON files or folders of them; each is validated by the engine
+(:func:`~airflow_provider_smart.views.load_view`: a malformed one raises ``ViewDefinitionError`` naming
+the JSON path at fault, before any file is read) and becomes a :class:`ViewSpec` (table name, resource
+type, definition). Rows come from the engine in typed Arrow batches with one more column,
+:data:`KEY_COLUMN`: the resource's ``id``, the key a later incremental run replaces rows by.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_smart.exceptions import TablesError
+from airflow_provider_smart.exceptions import TablesError, ViewDefinitionError
 
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
-KEY_COLUMN = "_resource_id"
+KEY_COLUMN = "_resource_id"  # the engine's DEFAULT_RESOURCE_ID_COLUMN (views/ is imported lazily)
+BATCH_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,30 @@ def _spec(definition: Any, file: Path | None) -> ViewSpec:
             f"{where}: the table name {name!r} (the view's 'name') must be a letter then letters, digits or _.",
             views=where,
         )
-    return ViewSpec(name=name, resource=resource, definition=definition)
+    from airflow_provider_smart.views import load_view
+
+    try:
+        load_view(definition)
+    except ViewDefinitionError as exc:
+        raise ViewDefinitionError(f"{where}: {exc.message}", **exc.context) from None
+    spec = ViewSpec(name=name, resource=resource, definition=definition)
+    view_schema(spec)  # a view whose column is named like KEY_COLUMN is refused here, before any data
+    return spec
 
 
-def view_rows(view: ViewSpec, ndjson_files: list[Path]) -> Any:
-    """The view's rows over these NDJSON files as a typed pyarrow Table with :data:`KEY_COLUMN`."""
-    raise NotImplementedError("waiting for the view engine (issue 17a)")
+def view_schema(view: ViewSpec) -> Any:
+    """The Arrow schema of the view's rows (with :data:`KEY_COLUMN`), known without any data."""
+    from airflow_provider_smart.views import compile_view
+
+    return compile_view(view.definition, resource_id_column=KEY_COLUMN).arrow_schema
+
+
+def view_batches(view: ViewSpec, ndjson_files: list[Path]) -> Iterable[Any]:
+    """The view's rows over these NDJSON files, typed Arrow record batches with :data:`KEY_COLUMN`."""
+    from airflow_provider_smart.views import iter_view_batches
+
+    files = [str(p) for p in ndjson_files]
+    return iter_view_batches(view.definition, files, resource_id_column=KEY_COLUMN, batch_rows=BATCH_ROWS)
 
 
 def resource_ids(ndjson_files: list[Path]) -> list[str]:

@@ -80,6 +80,12 @@ class ParquetSink:
             max_rows_per_group=min(ROWS_PER_FILE, 1 << 17),
             create_dir=True,
         )
+        if not target.exists() or not list_names(target):
+            import pyarrow.parquet as pq
+
+            # No rows (the export has no resource of the view's type): one empty file keeps the schema.
+            fs.create_dir(base, recursive=True)
+            pq.write_table(schema.empty_table(), f"{base}/part-0.parquet", filesystem=fs)
         rows = ds.dataset(base, filesystem=fs, format="parquet").count_rows()
         record = {"version": version, "folder": version_folder(version), "rows": rows, **change.meta.to_dict()}
         write_json_atomically(folder / POINTER, record)

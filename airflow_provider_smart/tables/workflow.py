@@ -28,7 +28,7 @@ from typing import Any
 from airflow_provider_smart.bulk.storage import read_json, write_json_atomically
 from airflow_provider_smart.exceptions import TablesError
 from airflow_provider_smart.tables.changes import TableMeta, ViewChange, read_deleted
-from airflow_provider_smart.tables.engine import KEY_COLUMN, ViewSpec, resource_ids, view_rows
+from airflow_provider_smart.tables.engine import KEY_COLUMN, ViewSpec, resource_ids, view_batches, view_schema
 from airflow_provider_smart.tables.files import arrow_filesystem, local_copy, object_uri, remove_tree
 from airflow_provider_smart.tables.landed import LandedExport, LandedFile
 
@@ -154,27 +154,34 @@ class TablesWorkflow:
                 paths = local.get(view.resource, [])
                 if not paths:
                     continue
-                table = view_rows(view, paths)
-                self._write_staged(table, self.stage / view.name / f"share-{share}.parquet")
-                rows[view.name] = table.num_rows
+                target = self.stage / view.name / f"share-{share}.parquet"
+                rows[view.name] = self._write_staged(view_schema(view), view_batches(view, paths), target)
             if self.incremental:
                 import pyarrow as pa
 
                 for rtype, paths in local.items():
                     ids = pa.table({"id": pa.array(resource_ids(paths), pa.string())})
-                    self._write_staged(ids, self.stage / IDS / rtype / f"share-{share}.parquet")
+                    target = self.stage / IDS / rtype / f"share-{share}.parquet"
+                    self._write_staged(ids.schema, ids.to_batches(), target)
         report = {"share": share, "files": len(files), "rows": rows, "seconds": round(time.monotonic() - started, 3)}
+        self.stage.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self._marker(share), report)
         log.info("Share %d of %d: %d file(s) -> %s", share, self.shares, len(files), rows)
         return report
 
     @staticmethod
-    def _write_staged(table: Any, target: Any) -> None:
+    def _write_staged(schema: Any, batches: Any, target: Any) -> int:
+        """Stream batches into one Parquet file; returns the rows written (memory stays one batch)."""
         import pyarrow.parquet as pq
 
         fs, path = arrow_filesystem(target)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, path, filesystem=fs)
+        rows = 0
+        with pq.ParquetWriter(path, schema, filesystem=fs) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        return rows
 
     # -- commit -----------------------------------------------------------------------------------
     def commit(self) -> dict[str, Any]:
@@ -256,21 +263,13 @@ class TablesWorkflow:
             for i in range(self.shares)
             if (self.stage / view.name / f"share-{i}.parquet").exists()
         ]
-        schema = self._schema(view, staged)
+        schema = view_schema(view)  # also when the export has no resource of the type: an empty table
         meta = TableMeta(self.export.transaction_time, self.run_key, self.export.since)
         replaced: list[str] | None = None
         if self.incremental:
             replaced = sorted(self._staged_ids(view.resource) | deleted.get(view.resource, set()))
         return ViewChange(view.name, view.resource, KEY_COLUMN, staged, schema, replaced, meta)
 
-    @staticmethod
-    def _schema(view: ViewSpec, staged: list[Any]) -> Any:
-        if staged:
-            import pyarrow.parquet as pq
-
-            fs, path = arrow_filesystem(staged[0])
-            return pq.read_schema(path, filesystem=fs)
-        return view_rows(view, []).schema  # the export has no resource of this type: an empty table
 
     def _staged_ids(self, rtype: str) -> set[str]:
         import pyarrow.dataset as ds
