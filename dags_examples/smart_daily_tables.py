@@ -44,7 +44,7 @@ with DAG(
         poll_interval=1,
         retries=2,
     )
-    tables = {"export": export.output, "views": str(BUNDLED_VIEWS), "output": TABLES_ROOT, "shares": SHARES}
+    tables = {"export": export.output, "views": str(BUNDLED_VIEWS), "destination": TABLES_ROOT, "shares": SHARES}
     convert = SmartViewsOperator.partial(task_id="convert", retries=2, **tables).expand(share=list(range(SHARES)))
     # depends_on_past: an incremental run must not be applied over a failed one (the commit would refuse).
     commit = SmartViewsOperator(

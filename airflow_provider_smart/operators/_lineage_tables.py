@@ -1,7 +1,7 @@
 """Asset events and OpenLineage facets for :class:`~airflow_provider_smart.operators.views.SmartViewsOperator`.
 
-One asset event per table: an ``Asset`` outlet named after a view (or whose URI is one of the table's
-locations) gets that table's extra; an ``AssetAlias`` outlet gets an event for every table, for
+One asset event per table: an ``Asset`` outlet named after a view, or whose URI ends in ``/<view name>`` or
+is one of the table's locations, gets that table's extra; an ``AssetAlias`` outlet gets an event for every table, for
 ``Asset(uri=<the table's location>)``; any other ``Asset`` outlet gets the run's extra (every table).
 OpenLineage: the landed export folder is the input; every table in every format is an output dataset
 with a schema facet and its row count. Nothing secret is at hand here (no storage credentials).
@@ -69,8 +69,15 @@ def emit_table_events(context: Any, outlets: Iterable[Any] | None, summary: dict
             for name in sorted(tables):
                 events[outlet].add(Asset(uri=table_uri(tables[name])), extra=table_extra(summary, name))
         elif isinstance(outlet, Asset):
-            match = [n for n in sorted(tables) if outlet.name == n or outlet.uri in _locations(tables[n]) | {table_uri(tables[n])}]
+            match = [n for n in sorted(tables) if _names_table(outlet, n, tables[n])]
             events[outlet].extra = table_extra(summary, match[0]) if match else run_extra(summary)
+
+
+def _names_table(asset: Any, name: str, table: dict[str, Any]) -> bool:
+    """An Asset stands for a table when its name is the view's, its URI ends in ``/<view>``
+    (``smart-table://daily/observation_flat``), or its URI is one of the table's locations."""
+    uri = str(asset.uri).rstrip("/")
+    return asset.name == name or uri.rsplit("/", 1)[-1] == name or uri in _locations(table) | {table_uri(table)}
 
 
 def tables_lineage(operator: Any) -> Any:

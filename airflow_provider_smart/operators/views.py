@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class SmartViewsOperator(BaseOperator):
     """Run SQL on FHIR ViewDefinitions over a landed export and write one table per view.
 
-    Tables go under ``output``: ``delta/<view>`` (a Delta table) and ``parquet/<view>`` (versioned Parquet
+    Tables go under ``destination``: ``delta/<view>`` (a Delta table) and ``parquet/<view>`` (versioned Parquet
     folders, ``_current.json`` naming the current one), and to ``duckdb_file`` if given. A full export
     replaces each table; an incremental one (``since``) replaces the rows of every resource it lists
     (all of a resource's rows at once) and removes those of the resources in its ``deleted`` files, each
@@ -36,13 +36,13 @@ class SmartViewsOperator(BaseOperator):
         convert >> commit
 
     Each mapped task converts its share of the files (the same split everywhere) into staged Parquet under
-    ``output``; the unmapped task converts any share left unstaged, then commits every table.
+    ``destination``; the unmapped task converts any share left unstaged, then commits every table.
 
     :param export: the landed export: the export operator's return value (``export_task.output``), or the
         folder it landed in (a path or ``ObjectStoragePath`` URI; its ``manifest.json`` must be there).
     :param views: ViewDefinitions: a dict, a JSON file, a folder of JSON files, or a list of these.
         Files are rendered with Jinja before they are parsed. A table is named by the view's ``name``.
-    :param output: where the tables go: a local path or any ``ObjectStoragePath`` URI (``s3://conn@bucket/x``).
+    :param destination: where the tables go (they live on from run to run; do not template it per run): a local path or any ``ObjectStoragePath`` URI (``s3://conn@bucket/x``).
     :param formats: any of ``"delta"`` and ``"parquet"``.
     :param duckdb_file: also write a DuckDB database file with a table per view (local path or URI).
     :param mode: ``"auto"``: incremental when the export has ``_since``, else full; ``"full"``: replace every
@@ -53,7 +53,7 @@ class SmartViewsOperator(BaseOperator):
         options come from the path's Airflow AWS connection). Put no secret here: it is part of the DAG.
     """
 
-    template_fields: Sequence[str] = ("export", "views", "output", "duckdb_file")
+    template_fields: Sequence[str] = ("export", "views", "destination", "duckdb_file")
     ui_color = "#d5e8d4"
 
     def __init__(
@@ -61,7 +61,7 @@ class SmartViewsOperator(BaseOperator):
         *,
         export: Any,
         views: Any,
-        output: str,
+        destination: str,
         formats: Sequence[str] = ("delta",),
         duckdb_file: str | None = None,
         mode: str = "auto",
@@ -73,7 +73,7 @@ class SmartViewsOperator(BaseOperator):
         super().__init__(**kwargs)
         self.export = export
         self.views = views
-        self.output = output
+        self.destination = destination
         self.formats = tuple(formats)
         self.duckdb_file = duckdb_file
         self.mode = mode
@@ -94,7 +94,7 @@ class SmartViewsOperator(BaseOperator):
         def path(where: Any) -> Any:
             return as_destination(resolve_destination(where))
 
-        output = path(self.output)
+        output = path(self.destination)
         return TablesWorkflow(
             LandedExport.open(self.export, path),
             collect_views(self.views, render),
