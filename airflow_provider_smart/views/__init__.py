@@ -26,9 +26,7 @@ Airflow-free. The public API (small and stable; everything else in this package 
   the view's resource type only). ``connection`` is a DuckDB connection to use (else a private one).
   A resource that breaks a rule only the data can show (several values in a column without
   ``collection: true``, a non-boolean ``where``) raises :class:`~airflow_provider_smart.exceptions.ViewRunError`.
-- ``evaluate_view(view, resources)`` is the reference evaluator: plain Python over dicts, slow and simple, for
-  differential tests; it returns the rows as dicts with the same typed values.
-- ``RESOURCE_KEY``: ``getResourceKey()`` is ``"<type>/<id>"``, and ``getReferenceKey()`` gives the same key for a
+- Keys: ``getResourceKey()`` is ``"<type>/<id>"``, and ``getReferenceKey()`` gives the same key for a
   relative reference (``Patient/123``, ``Patient/123/_history/2``); other references give no key.
 """
 
@@ -36,7 +34,6 @@ from __future__ import annotations
 
 from .definition import ViewColumn, ViewDefinition, load_view
 from .engine import CompiledView, compile_view, iter_view_batches, run_view
-from .evaluate import evaluate_view
 
 DEFAULT_RESOURCE_ID_COLUMN = "_resource_id"
 
@@ -46,7 +43,6 @@ __all__ = [
     "ViewColumn",
     "ViewDefinition",
     "compile_view",
-    "evaluate_view",
     "iter_view_batches",
     "load_view",
     "run_view",

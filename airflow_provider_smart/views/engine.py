@@ -117,7 +117,8 @@ def _connect(connection: duckdb.DuckDBPyConnection | None, threads: int | None) 
 
     if connection is not None:
         return connection
-    con = duckdb.connect(config={"TimeZone": "UTC"})
+    # Never fetch an extension from the network mid-run (JSON is built in; TIMESTAMPTZ is UTC without ICU).
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     # Rows need no particular order; without it DuckDB streams with less memory.
@@ -144,7 +145,7 @@ def iter_view_batches(
         import duckdb
 
         try:
-            reader = con.execute(compiled.sql(ndjson_files)).fetch_record_batch(batch_rows)
+            reader = con.sql(compiled.sql(ndjson_files)).to_arrow_reader(batch_rows)
             for batch in reader:
                 yield _conform(batch, schema)
         except duckdb.Error as exc:

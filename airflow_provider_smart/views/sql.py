@@ -6,6 +6,9 @@ collection is a ``JSON[]`` list; navigation flattens (a field holding an array c
 Results that are known to be single values skip the list: a compiled value has a ``kind``:
 
 - ``coll``: ``JSON[]``; ``json``: one ``JSON`` value or NULL (empty);
+- ``raw``: a field's JSON as stored, where an array stands for its items (the fast path: a chain of fields,
+  ``first()`` and ``[n]`` is one ``json_extract`` JSONPath, falling back to the general form only when that
+  finds nothing, e.g. because an array sits in the middle of the chain);
 - ``bool`` / ``str`` / ``num``: a SQL BOOLEAN / VARCHAR / DOUBLE, NULL meaning empty.
 
 Rows. A select without iteration gives one row per focus; ``forEach`` / ``forEachOrNull`` / ``repeat`` and
@@ -32,6 +35,8 @@ NUMERIC = "('BIGINT','UBIGINT','DOUBLE')"
 EMPTY = "[]::JSON[]"
 REPEAT_DEPTH = 12  # repeat is unrolled: items nested deeper than this are not reached
 _SIMPLE = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_]*|"[A-Za-z0-9_]+"|[A-Za-z_][A-Za-z0-9_]*\."[A-Za-z0-9_]+")$')
+# Recomputing one json_extract of a column costs less than binding it through a one-item list.
+_CHEAP = re.compile(r"^json_extract\((?:[A-Za-z_][A-Za-z0-9_]*|\"[A-Za-z0-9_]+\"), '[^']*'\)$")
 _PRIMITIVE_JSON_TYPES = {
     "boolean": "('BOOLEAN')",
     "integer": "('BIGINT','UBIGINT')",
@@ -44,7 +49,8 @@ _STRING_TYPES = frozenset(
     {"string", "code", "id", "uri", "url", "canonical", "oid", "uuid", "markdown", "base64Binary", "date",
      "dateTime", "instant", "time", "xhtml"}
 )  # fmt: skip
-_REFERENCE = r"^([A-Za-z]+)/([A-Za-z0-9.\-]{1,64})(/_history/[A-Za-z0-9.\-]{1,64})?$"
+# A relative reference, optionally versioned: group 1 is the key "<type>/<id>".
+_REFERENCE = r"^([A-Za-z]+/[A-Za-z0-9.\-]{1,64})(/_history/[A-Za-z0-9.\-]{1,64})?$"
 
 
 def q(text: str) -> str:
@@ -64,9 +70,10 @@ def json_key(name: str) -> str:
 @dataclass(frozen=True)
 class Value:
     sql: str
-    kind: str  # coll | json | bool | str | num
+    kind: str  # coll | json | raw | bool | str | num
     hint: str | None = None  # FHIR type when known (ofType, a choice key, a literal)
     is_root: bool = False  # the resource itself: navigate to its columns rather than materialise it
+    fast: str | None = None  # raw only: the bare json_extract, right whenever it gives a non-array value
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Compiler:
         self.whole_resource = False
         self.counter = 0
         self.location = "$"
+        self.fast_enabled = True
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -94,7 +102,7 @@ class Compiler:
 
     def let(self, sql: str, body: Callable[[str], str]) -> str:
         """``body(x)`` with ``x`` bound to ``sql`` once (inlined when ``sql`` is a plain name)."""
-        if _SIMPLE.match(sql):
+        if _SIMPLE.match(sql) or _CHEAP.match(sql):
             return body(sql)
         var = self.fresh("l")
         return f"(list_transform([{sql}], lambda {var}: {body(var)}))[1]"
@@ -113,6 +121,8 @@ class Compiler:
             return f"[{self.whole()}]"
         if v.kind == "coll":
             return v.sql
+        if v.kind == "raw":
+            return self.let(v.sql, self.items_of)
         if v.kind == "json":
             return f"list_filter([{v.sql}], lambda _x: _x IS NOT NULL)"
         return f"list_filter([to_json({v.sql})], lambda _x: _x IS NOT NULL)"
@@ -123,6 +133,11 @@ class Compiler:
             return self.whole()
         if v.kind == "coll":
             return f"({v.sql})[1]"
+        if v.kind == "raw":
+            first = self.let(v.sql, lambda x: f"(CASE WHEN json_type({x}) = 'ARRAY' THEN {x} -> '$[0]' ELSE {x} END)")
+            if v.fast:
+                return f"(CASE WHEN json_type({v.fast}) NOT IN ('ARRAY', 'NULL') THEN {v.fast} ELSE {first} END)"
+            return first
         if v.kind == "json":
             return v.sql
         return f"to_json({v.sql})"
@@ -184,6 +199,57 @@ class Compiler:
             return self.focus_value(focus)
         if isinstance(node, fp.Var):
             return self.variable(node.name, row_index)
+        fast = self.fast_path(node, focus, row_index) if self.fast_enabled else None
+        if fast is not None:
+            return fast
+        return self.general(node, focus, row_index)
+
+    def fast_path(self, node: fp.Node, focus: Focus, row_index: str) -> Value | None:
+        """A chain of fields / first() / [n] from the focus as one JSONPath (see the module docstring)."""
+        steps: list[str] = []
+        current: fp.Node | None = node
+        last_member = None
+        while True:
+            if isinstance(current, fp.Member):
+                steps.append(json_key(current.name))
+                last_member = last_member or current.name
+                current = current.base
+            elif isinstance(current, fp.Call) and current.name == "first" and current.base is not None:
+                steps.append("[0]")
+                current = current.base
+            elif (
+                isinstance(current, fp.Index)
+                and isinstance(current.index, fp.Literal)
+                and current.index.kind == "integer"
+                and isinstance(current.index.value, int)
+                and current.index.value >= 0
+            ):
+                steps.append(f"[{current.index.value}]")
+                current = current.base
+            else:
+                break
+        if not (current is None or current == fp.This()) or not steps or not steps[-1].startswith("."):
+            return None
+        steps.reverse()
+        hint = _choice_hint(last_member or "")
+        if focus.var is None:
+            first = node_first_key(node)
+            base, rest = self.root_column(first), steps[1:]
+        else:
+            base, rest = focus.var, steps
+        if not rest:
+            return Value(base, "raw", hint)
+        extract = f"json_extract({base}, {q('$' + ''.join(rest))})"
+        if focus.var is not None and len(rest) == 1 and rest[0].startswith("."):
+            return Value(extract, "raw", hint)  # an item is never an array: one step is exact
+        self.fast_enabled = False
+        try:
+            general = self.coll(self.general(node, focus, row_index))
+        finally:
+            self.fast_enabled = True
+        return Value(f"coalesce({extract}, nullif(to_json({general}), '[]'::JSON))", "raw", hint, fast=extract)
+
+    def general(self, node: fp.Node, focus: Focus, row_index: str) -> Value:
         if isinstance(node, fp.Member):
             base = self.focus_value(focus) if node.base is None else self.expr(node.base, focus, row_index)
             return self.member(base, node.name)
@@ -314,15 +380,20 @@ class Compiler:
             return Value(f"list_filter({items.sql}, lambda {var}: ({var} ->> '$.url') = {url})", "coll")
         if name == "getReferenceKey":
             wanted = self.type_arg(node) if node.args else None
+
+            def key(ref_json: str) -> str:
+                found = f"nullif(regexp_extract({ref_json} ->> '$.reference', {q(_REFERENCE)}, 1), '')"
+                if wanted:
+                    found = f"(CASE WHEN starts_with({found}, {q(wanted + '/')}) THEN {found} END)"
+                return f"to_json({found})"
+
             var = self.fresh()
-            ref = f"({var} ->> '$.reference')"
-            check = f"regexp_matches({ref}, {q(_REFERENCE)})"
-            if wanted:
-                check += f" AND regexp_extract({ref}, {q(_REFERENCE)}, 1) = {q(wanted)}"
-            key = f"(CASE WHEN {check} THEN to_json(regexp_extract({ref}, {q(_REFERENCE)}, 1) || '/' || regexp_extract({ref}, {q(_REFERENCE)}, 2)) END)"
-            return Value(
-                f"list_filter(list_transform({self.coll(base)}, lambda {var}: {key}), lambda _k: _k IS NOT NULL)", "coll"
-            )
+            general = f"list_filter(list_transform({self.coll(base)}, lambda {var}: {key(var)}), lambda _k: _k IS NOT NULL)"
+            if base.kind == "raw" and base.fast is None and _SIMPLE.match(base.sql) or base.kind == "raw" and base.fast:
+                probe = base.fast or base.sql
+                fast = f"(CASE WHEN json_type({probe}) = 'OBJECT' THEN {key(probe)} END)"
+                return Value(f"coalesce({fast}, nullif(to_json({general}), '[]'::JSON))", "raw", fast=fast)
+            return Value(general, "coll")
         if name in ("lowBoundary", "highBoundary"):
             return self.boundary(base, name == "lowBoundary")
         raise self.error(f"unsupported function {name}()")  # pragma: no cover - the parser refuses them
@@ -455,6 +526,24 @@ class Compiler:
         if column.collection:
             var = self.fresh()
             return f"list_transform({self.coll(value)}, lambda {var}: {self.cast(Value(var, 'json'), ctype)})"
+        if value.kind == "raw":
+            message = q(
+                f"view {self.view.name}: column {column.name!r} ({column.location}) met several values; "
+                "declare it collection: true, or pick one (first(), [0], where(...))"
+            )
+
+            def checked(v: str) -> str:
+                many = f"(CASE WHEN json_array_length({v}) > 1 THEN error({message}) ELSE {v} -> '$[0]' END)"
+                return (
+                    f"(CASE WHEN json_type({v}) = 'ARRAY' THEN {self.cast(Value(many, 'json'), ctype)} "
+                    f"ELSE {self.cast(Value(v, 'json'), ctype)} END)"
+                )
+
+            general = self.let(value.sql, checked)
+            if value.fast:
+                fast = self.cast(Value(value.fast, "json"), ctype)
+                return f"(CASE WHEN json_type({value.fast}) NOT IN ('ARRAY', 'NULL') THEN {fast} ELSE {general} END)"
+            return general
         if value.kind == "coll":
             message = q(
                 f"view {self.view.name}: column {column.name!r} ({column.location}) met several values; "
@@ -552,12 +641,20 @@ class Compiler:
         var, idx = self.fresh(), self.fresh("i")
         inner_index = f"({idx} - 1)"
         b_flat, b_list = self.body(node, Focus(var, inner_index), inner_index)
-        rows = self.as_list(b_flat) if b_flat is not None else b_list
-        mapped = f"flatten(list_transform({items}, lambda {var}, {idx}: {rows}))"
+        if b_flat is not None:  # one row per item: no inner lists to flatten
+            row = "{" + ", ".join(f"{q(name)}: {sql}" for name, sql in b_flat) + "}"
+
+            def mapped(c: str) -> str:
+                return f"list_transform({c}, lambda {var}, {idx}: {row})"
+        else:
+
+            def mapped(c: str) -> str:
+                return f"flatten(list_transform({c}, lambda {var}, {idx}: {b_list}))"
+
         if not node.or_null:
-            return mapped
+            return mapped(items)
         null_row = self.null_row(node)
-        return self.let(items, lambda c: f"(CASE WHEN len({c}) = 0 THEN {null_row} ELSE flatten(list_transform({c}, lambda {var}, {idx}: {rows})) END)")
+        return self.let(items, lambda c: f"(CASE WHEN len({c}) = 0 THEN {null_row} ELSE {mapped(c)} END)")
 
     def null_row(self, node: SelectNode) -> str:
         """forEachOrNull over nothing: one row of nulls (``%rowIndex`` columns say 0), typed like the real rows."""
@@ -584,6 +681,21 @@ class Compiler:
             return f"flatten(list_transform({kids}, lambda {child}: list_prepend({child}, {level(child, depth - 1)})))"
 
         return level(focus.var, REPEAT_DEPTH)
+
+
+def node_first_key(node: fp.Node) -> str:
+    """The first field name of a chain (``code`` in ``code.coding[0].code``)."""
+    current: fp.Node | None = node
+    name = ""
+    while current is not None:
+        if isinstance(current, fp.Member):
+            name = current.name
+            current = current.base
+        elif isinstance(current, fp.Call | fp.Index):
+            current = current.base
+        else:
+            break
+    return name
 
 
 def _choice_hint(name: str) -> str | None:
