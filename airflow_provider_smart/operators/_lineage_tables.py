@@ -102,7 +102,7 @@ def tables_lineage(operator: Any) -> Any:
         schema = SchemaDatasetFacet(
             fields=[SchemaDatasetFacetFields(name=f["name"], type=f["type"]) for f in table.get("schema") or []]
         )
-        for fmt, out in sorted((table.get("outputs") or {}).items()):
+        for _, out in sorted((table.get("outputs") or {}).items()):
             out_namespace, out_name = destination_dataset_id(str(out.get("location") or "").replace("#", "/"))
             stats = OutputStatisticsOutputDatasetFacet(rowCount=out.get("rows"))
             outputs.append(

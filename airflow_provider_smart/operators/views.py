@@ -42,7 +42,8 @@ class SmartViewsOperator(BaseOperator):
         folder it landed in (a path or ``ObjectStoragePath`` URI; its ``manifest.json`` must be there).
     :param views: ViewDefinitions: a dict, a JSON file, a folder of JSON files, or a list of these.
         Files are rendered with Jinja before they are parsed. A table is named by the view's ``name``.
-    :param destination: where the tables go (they live on from run to run; do not template it per run): a local path or any ``ObjectStoragePath`` URI (``s3://conn@bucket/x``).
+    :param destination: where the tables go, a local path or any ``ObjectStoragePath`` URI
+        (``s3://conn@bucket/x``). Tables live on from run to run: do not template it per run.
     :param formats: any of ``"delta"`` and ``"parquet"``.
     :param duckdb_file: also write a DuckDB database file with a table per view (local path or URI).
     :param mode: ``"auto"``: incremental when the export has ``_since``, else full; ``"full"``: replace every
@@ -103,7 +104,9 @@ class SmartViewsOperator(BaseOperator):
             duckdb_file=path(self.duckdb_file) if self.duckdb_file else None,
             shares=self.shares,
             mode=self.mode,
-            storage_options=delta_storage_options(output, self.delta_storage_options) if "delta" in self.formats else None,
+            storage_options=delta_storage_options(output, self.delta_storage_options)
+            if "delta" in self.formats
+            else None,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:

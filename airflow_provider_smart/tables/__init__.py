@@ -3,8 +3,8 @@
 Airflow-free (:class:`~airflow_provider_smart.operators.views.SmartViewsOperator` is the adapter); cheap to
 import: DuckDB, pyarrow and deltalake load only when a run starts.
 
-    workflow = TablesWorkflow(LandedExport.open("/data/export/run1"), collect_views(BUNDLED_VIEWS), Path("/data/tables"))
-    summary = workflow.commit()
+    export = LandedExport.open("/data/exports/run1")
+    summary = TablesWorkflow(export, collect_views(str(BUNDLED_VIEWS)), Path("/data/tables")).commit()
 """
 
 from __future__ import annotations

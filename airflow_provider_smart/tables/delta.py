@@ -58,7 +58,9 @@ class DeltaSink:
     def commit(self, change: ViewChange) -> dict[str, Any]:
         from deltalake import CommitProperties, write_deltalake
 
-        properties = CommitProperties(custom_metadata={META_PREFIX + k: str(v or "") for k, v in change.meta.to_dict().items()})
+        properties = CommitProperties(
+            custom_metadata={META_PREFIX + k: str(v or "") for k, v in change.meta.to_dict().items()}
+        )
         uri = self.location(change.name)
         table = self._table(change.name)
         if change.full or table is None:

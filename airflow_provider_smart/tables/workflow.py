@@ -270,7 +270,6 @@ class TablesWorkflow:
             replaced = sorted(self._staged_ids(view.resource) | deleted.get(view.resource, set()))
         return ViewChange(view.name, view.resource, KEY_COLUMN, staged, schema, replaced, meta)
 
-
     def _staged_ids(self, rtype: str) -> set[str]:
         import pyarrow.dataset as ds
 
@@ -282,9 +281,7 @@ class TablesWorkflow:
 
     def _deleted_ids(self) -> dict[str, set[str]]:
         with tempfile.TemporaryDirectory(prefix="smart-deleted-") as tmp:
-            files = [
-                (local_copy(self.export.root / f.path, Path(tmp), f.path), f.path) for f in self.export.deleted
-            ]
+            files = [(local_copy(self.export.root / f.path, Path(tmp), f.path), f.path) for f in self.export.deleted]
             return read_deleted(files)
 
 

@@ -25,7 +25,14 @@ FINAL_ONLY = {
     "resource": "Observation",
     "status": "active",
     "where": [{"path": "status = 'final'"}],
-    "select": [{"column": [{"name": "id", "path": "id", "type": "id"}, {"name": "v", "path": "value.ofType(Quantity).value", "type": "decimal"}]}],
+    "select": [
+        {
+            "column": [
+                {"name": "id", "path": "id", "type": "id"},
+                {"name": "v", "path": "value.ofType(Quantity).value", "type": "decimal"},
+            ]
+        }
+    ],
 }
 VIEWS = [str(BUNDLED_VIEWS / "observation_codes.json"), str(BUNDLED_VIEWS / "patient_demographics.json"), FINAL_ONLY]
 
@@ -207,7 +214,9 @@ def test_a_retried_commit_applies_nothing_twice(tmp_path: Path) -> None:
 
 
 def test_plan_shares_balances_bytes_and_is_the_same_everywhere() -> None:
-    files = [LandedFile("Observation", f"Observation.{i}.ndjson", bytes=size) for i, size in enumerate([9, 1, 5, 5, 4, 1], 1)]
+    files = [
+        LandedFile("Observation", f"Observation.{i}.ndjson", bytes=size) for i, size in enumerate([9, 1, 5, 5, 4, 1], 1)
+    ]
     plan = plan_shares(files, 3)
     assert plan == plan_shares(list(reversed(files)), 3)
     assert sorted(sum(f.bytes for f in share) for share in plan) == [7, 9, 9]
