@@ -128,6 +128,8 @@ def wait_for_consumer(ctx: dict[str, Any], commit: dict[str, Any]) -> None:
         for r in api.runs(TABLES_CONSUMER):
             if r["state"] == "failed":
                 return True
+            if r["state"] != "success":
+                continue
             result = api.xcom(TABLES_CONSUMER, r["dag_run_id"], "query_tables", "return_value") or {}
             if (result.get("export") or {}).get("observation_flat") == commit.get("export"):
                 return True

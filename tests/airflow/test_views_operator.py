@@ -59,6 +59,9 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     assert len(rows) == 30 and set(rows.values()) <= {"final", "preliminary"}  # 10 patients x 3
     patients = DeltaTable(str(tmp_path / "tables" / "delta" / "patient_demographics")).to_pyarrow_table()
     assert patients.num_rows == 10
+    # The view file's {{ params.status }} was rendered before it was parsed.
+    final = _rows(tmp_path, "status_observations")
+    assert set(final.values()) == {"final"} and len(final) == sum(s == "final" for s in rows.values())
     shares = [_xcom_mapped(first, "convert", i) for i in (0, 1)]
     assert sum(s["files"] for s in shares) == 2  # one Patient file and one Observation file, one per share
 
@@ -68,7 +71,7 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     assert by_name["smart_test_observation_flat"] == table_extra(summary, "observation_flat")
     delta_uris = {f"file://{tmp_path}/tables/delta/{v}" for v in ("observation_flat", "patient_demographics")}
     assert {uri for _, uri, _ in events} >= delta_uris
-    assert len(events) == 3
+    assert len(events) == 4  # the named Asset, and one per table through the alias
 
     touched = sandbox.touch("Observation", 2)
     sandbox.delete_resource("Observation", "obs-0005-003")
@@ -89,7 +92,7 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     lineage = tables_lineage(operator)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("file", summary["export"])]
     outputs = {(d.namespace, d.name): d for d in lineage.outputs}
-    assert len(outputs) == 4
+    assert len(outputs) == 6  # three tables, Delta and Parquet each
     flat = outputs[("file", f"{tmp_path}/tables/delta/observation_flat")]
     assert [f.name for f in flat.facets["schema"].fields][:4] == ["id", "patient_id", "encounter_id", "status"]
     assert flat.outputFacets["outputStatistics"].rowCount == 29

@@ -14,9 +14,13 @@ from airflow_provider_smart.tables import BUNDLED_VIEWS
 DEST = os.environ.get("SMART_TEST_DEST", "/tmp/smart-test-tables")
 OBSERVATIONS = Asset(name="smart_test_observation_flat", uri="smart-table://test/observation_flat")
 EVERY_TABLE = AssetAlias("smart_test_tables")
-VIEWS = [str(BUNDLED_VIEWS / "observation_flat.json"), str(BUNDLED_VIEWS / "patient_demographics.json")]
+VIEWS = [
+    str(BUNDLED_VIEWS / "observation_flat.json"),
+    str(BUNDLED_VIEWS / "patient_demographics.json"),
+    os.path.join(os.path.dirname(__file__), "views", "status_observations.json"),  # Jinja: {{ params.status }}
+]
 
-with DAG("smart_tables_test", schedule=None, catchup=False, tags=["test"]) as tables_dag:
+with DAG("smart_tables_test", schedule=None, catchup=False, tags=["test"], params={"status": "final"}) as tables_dag:
     export = SmartBulkExportOperator(
         task_id="export",
         resource_types=["Patient", "Observation"],
