@@ -142,8 +142,10 @@ def incremental_run(ctx: dict[str, Any], export_root: str) -> None:
     """Third run: an incremental export (since the last one) after the server changed and deleted resources."""
     api, checks, sandbox = ctx["api"], ctx["checks"], ctx["sandbox"]
     touched = sandbox.touch("Observation", 30)
-    in_cohort = sorted(f"Observation/{t}" for t in touched if int(t.split("-")[1]) % 2 == 0)  # cohort-a: even
-    deleted = ["obs-0002-010", "obs-0004-010", "obs-0006-009"]
+    deleted = ["obs-0002-010", "obs-0004-010", "obs-0006-009"]  # one of them also touched
+    in_cohort = sorted(  # cohort-a holds the even patients
+        f"Observation/{t}" for t in touched if int(t.split("-")[1]) % 2 == 0 and t not in deleted
+    )
     for rid in deleted:
         sandbox.delete_resource("Observation", rid)
     since = ctx["last_summary"]["transaction_time"]
