@@ -124,6 +124,7 @@ def _connect(connection: duckdb.DuckDBPyConnection | None, threads: int | None) 
         con.execute(f"SET threads = {int(threads)}")
     # Rows need no particular order; without it DuckDB streams with less memory.
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 

@@ -56,7 +56,9 @@ def _columns(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return out
 
 
-def _select(node: Mapping[str, Any], focus: Any, resource: Any, env: dict[str, Any], index: int) -> list[dict[str, Any]]:
+def _select(
+    node: Mapping[str, Any], focus: Any, resource: Any, env: dict[str, Any], index: int
+) -> list[dict[str, Any]]:
     key = "forEach" if "forEach" in node else "forEachOrNull" if "forEachOrNull" in node else None
     if key is None:
         return _body(node, focus, resource, env, index)

@@ -48,7 +48,11 @@ def generate(seed: int, count: int) -> list[dict[str, Any]]:
             patient["name"] = [
                 {
                     **({"family": rng.choice(["Smith", "Jones", "Brown"])} if rng.random() < 0.8 else {}),
-                    **({"given": rng.sample(["Ann", "Bob", "Cy", "Di"], rng.randint(0, 3))} if rng.random() < 0.7 else {}),
+                    **(
+                        {"given": rng.sample(["Ann", "Bob", "Cy", "Di"], rng.randint(0, 3))}
+                        if rng.random() < 0.7
+                        else {}
+                    ),
                     **({"use": rng.choice(["official", "usual", "old"])} if rng.random() < 0.6 else {}),
                 }
                 for _ in range(rng.randint(0, 3))
@@ -81,7 +85,9 @@ def generate(seed: int, count: int) -> list[dict[str, Any]]:
             elif kind < 0.8:
                 obs["valueString"] = rng.choice(["pos", "neg"])
             if rng.random() < 0.8:
-                obs["effectiveDateTime"] = rng.choice(["2023-04-01T10:20:30Z", "2023-04-01", "2023-04-01T10:20:30+02:00"])
+                obs["effectiveDateTime"] = rng.choice(
+                    ["2023-04-01T10:20:30Z", "2023-04-01", "2023-04-01T10:20:30+02:00"]
+                )
             out.append(obs)
     rng.shuffle(out)
     return out
@@ -99,7 +105,12 @@ DIFFERENTIAL_VIEWS: list[dict[str, Any]] = [
                     {"name": "family", "path": "name.family.first()", "type": "string"},
                     {"name": "families", "path": "name.family", "type": "string", "collection": True},
                     {"name": "has_name", "path": "name.exists()", "type": "boolean"},
-                    {"name": "phones", "path": "telecom.where(system = 'phone').value", "type": "string", "collection": True},
+                    {
+                        "name": "phones",
+                        "path": "telecom.where(system = 'phone').value",
+                        "type": "string",
+                        "collection": True,
+                    },
                 ]
             }
         ],
@@ -108,8 +119,11 @@ DIFFERENTIAL_VIEWS: list[dict[str, Any]] = [
         "resource": "Patient",
         "select": [
             {"column": [{"name": "id", "path": "id", "type": "id"}]},
-            {"forEachOrNull": "name", "column": [{"name": "family", "path": "family", "type": "string"}],
-             "select": [{"forEach": "given", "column": [{"name": "given", "path": "$this", "type": "string"}]}]},
+            {
+                "forEachOrNull": "name",
+                "column": [{"name": "family", "path": "family", "type": "string"}],
+                "select": [{"forEach": "given", "column": [{"name": "given", "path": "$this", "type": "string"}]}],
+            },
         ],
     },
     {
@@ -117,27 +131,34 @@ DIFFERENTIAL_VIEWS: list[dict[str, Any]] = [
         "where": [{"path": "name.exists()"}],
         "select": [
             {"column": [{"name": "id", "path": "id", "type": "id"}]},
-            {"unionAll": [
-                {"forEach": "name", "column": [{"name": "text", "path": "family", "type": "string"}]},
-                {"forEach": "telecom", "column": [{"name": "text", "path": "value", "type": "string"}]},
-            ]},
+            {
+                "unionAll": [
+                    {"forEach": "name", "column": [{"name": "text", "path": "family", "type": "string"}]},
+                    {"forEach": "telecom", "column": [{"name": "text", "path": "value", "type": "string"}]},
+                ]
+            },
         ],
     },
     {
         "resource": "Observation",
         "constant": [{"name": "loinc", "valueUri": "http://loinc.org"}],
         "select": [
-            {"column": [
-                {"name": "id", "path": "id", "type": "id"},
-                {"name": "status", "path": "status", "type": "code"},
-                {"name": "effective", "path": "effective.ofType(dateTime)", "type": "dateTime"},
-                {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"},
-                {"name": "text", "path": "value.ofType(string)", "type": "string"},
-            ]},
-            {"forEach": "code.coding.where(system = %loinc)", "column": [{"name": "code", "path": "code", "type": "code"}]},
+            {
+                "column": [
+                    {"name": "id", "path": "id", "type": "id"},
+                    {"name": "status", "path": "status", "type": "code"},
+                    {"name": "effective", "path": "effective.ofType(dateTime)", "type": "dateTime"},
+                    {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"},
+                    {"name": "text", "path": "value.ofType(string)", "type": "string"},
+                ]
+            },
+            {
+                "forEach": "code.coding.where(system = %loinc)",
+                "column": [{"name": "code", "path": "code", "type": "code"}],
+            },
         ],
     },
-]  # fmt: skip
+]
 
 
 def _canonical(rows: list[dict[str, Any]]) -> Counter[str]:
@@ -182,21 +203,33 @@ def test_the_differential_test_can_fail(tmp_path: Path) -> None:
 def test_declared_types_become_arrow_types(tmp_path: Path) -> None:
     view = {
         "resource": "Observation",
-        "select": [{"column": [
-            {"name": "id", "path": "id", "type": "id"},
-            {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"},
-            {"name": "count", "path": "component.count()", "type": "integer"},
-            {"name": "flag", "path": "valueQuantity.exists()", "type": "boolean"},
-            {"name": "day", "path": "issued", "type": "date"},
-            {"name": "at", "path": "effective.ofType(dateTime)", "type": "dateTime"},
-            {"name": "codes", "path": "code.coding.code", "type": "code", "collection": True},
-        ]}],
-    }  # fmt: skip
+        "select": [
+            {
+                "column": [
+                    {"name": "id", "path": "id", "type": "id"},
+                    {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"},
+                    {"name": "count", "path": "component.count()", "type": "integer"},
+                    {"name": "flag", "path": "valueQuantity.exists()", "type": "boolean"},
+                    {"name": "day", "path": "issued", "type": "date"},
+                    {"name": "at", "path": "effective.ofType(dateTime)", "type": "dateTime"},
+                    {"name": "codes", "path": "code.coding.code", "type": "code", "collection": True},
+                ]
+            }
+        ],
+    }
     data = write(
         tmp_path / "o.ndjson",
-        [{"resourceType": "Observation", "id": "o1", "valueQuantity": {"value": 98.6}, "issued": "2024-02-29T08:00:00Z",
-          "effectiveDateTime": "2024-02-29T08:00:00+01:00", "code": {"coding": [{"code": "a"}, {"code": "b"}]}}],
-    )  # fmt: skip
+        [
+            {
+                "resourceType": "Observation",
+                "id": "o1",
+                "valueQuantity": {"value": 98.6},
+                "issued": "2024-02-29T08:00:00Z",
+                "effectiveDateTime": "2024-02-29T08:00:00+01:00",
+                "code": {"coding": [{"code": "a"}, {"code": "b"}]},
+            }
+        ],
+    )
     table = run_view(view, [data])
     assert table.schema == pa.schema(
         [
@@ -224,20 +257,46 @@ COLUMN = {"name": "id", "path": "id", "type": "id"}
 @pytest.mark.parametrize(
     ("view", "path"),
     [
-        ({"resource": "Patient", "select": [{"column": [COLUMN, {"name": "x", "path": "name.("}]}]}, "select[0].column[1].path"),
-        ({"resource": "Patient", "select": [{"column": [COLUMN]}, {"forEach": 3, "column": [COLUMN]}]}, "select[1].forEach"),
-        ({"resource": "Patient", "select": [{"column": [COLUMN, {"name": "id", "path": "id"}]}]}, "select[0].column[1].path"),
+        (
+            {"resource": "Patient", "select": [{"column": [COLUMN, {"name": "x", "path": "name.("}]}]},
+            "select[0].column[1].path",
+        ),
+        (
+            {"resource": "Patient", "select": [{"column": [COLUMN]}, {"forEach": 3, "column": [COLUMN]}]},
+            "select[1].forEach",
+        ),
+        (
+            {"resource": "Patient", "select": [{"column": [COLUMN, {"name": "id", "path": "id"}]}]},
+            "select[0].column[1].path",
+        ),
         ({"resource": "Patient", "select": [{"column": [{"name": "1x", "path": "id"}]}]}, "select[0].column[0].name"),
-        ({"resource": "Patient", "select": [{"column": [{"name": "x", "path": "id", "type": "Quantity"}]}]}, "select[0].column[0].type"),
+        (
+            {"resource": "Patient", "select": [{"column": [{"name": "x", "path": "id", "type": "Quantity"}]}]},
+            "select[0].column[0].type",
+        ),
         ({"resource": "Patient", "select": [{"colum": [COLUMN]}]}, "select[0].colum"),
-        ({"resource": "Patient", "select": [{"column": [{"name": "x", "path": "name.where(use = %nope)"}]}]}, "select[0].column[0].path"),
-        ({"resource": "Patient", "select": [{"column": [{"name": "x", "path": "name.frobnicate()"}]}]}, "select[0].column[0].path"),
+        (
+            {"resource": "Patient", "select": [{"column": [{"name": "x", "path": "name.where(use = %nope)"}]}]},
+            "select[0].column[0].path",
+        ),
+        (
+            {"resource": "Patient", "select": [{"column": [{"name": "x", "path": "name.frobnicate()"}]}]},
+            "select[0].column[0].path",
+        ),
         ({"resource": "Patient", "constant": [{"name": "c"}], "select": [{"column": [COLUMN]}]}, "constant[0]"),
         ({"resource": "patient", "select": [{"column": [COLUMN]}]}, "resource"),
         ({"resource": "Patient", "where": [{"path": "active and"}], "select": [{"column": [COLUMN]}]}, "where[0].path"),
-        ({"resource": "Patient", "select": [{"unionAll": [{"column": [COLUMN]}, {"column": [{"name": "other", "path": "id", "type": "id"}]}]}]}, "select[0].unionAll[1]"),
+        (
+            {
+                "resource": "Patient",
+                "select": [
+                    {"unionAll": [{"column": [COLUMN]}, {"column": [{"name": "other", "path": "id", "type": "id"}]}]}
+                ],
+            },
+            "select[0].unionAll[1]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_view_names_the_path_at_fault(view: dict[str, Any], path: str) -> None:
     with pytest.raises(ViewDefinitionError) as caught:
         load_view(view)
@@ -262,29 +321,60 @@ def test_a_view_file_and_json_text_load(tmp_path: Path) -> None:
 def test_fields_that_do_not_match_give_nulls_never_a_crash(tmp_path: Path) -> None:
     view = {
         "resource": "Patient",
-        "select": [{"column": [
-            {"name": "id", "path": "id", "type": "id"},
-            {"name": "active", "path": "active", "type": "boolean"},
-            {"name": "birth", "path": "birthDate", "type": "date"},
-            {"name": "births", "path": "multipleBirthInteger", "type": "integer"},
-            {"name": "family", "path": "name.family.first()", "type": "string"},
-            {"name": "weight", "path": "extension.value.ofType(Quantity).value.first()", "type": "decimal"},
-            {"name": "seen", "path": "meta.lastUpdated", "type": "instant"},
-        ]}],
-    }  # fmt: skip
+        "select": [
+            {
+                "column": [
+                    {"name": "id", "path": "id", "type": "id"},
+                    {"name": "active", "path": "active", "type": "boolean"},
+                    {"name": "birth", "path": "birthDate", "type": "date"},
+                    {"name": "births", "path": "multipleBirthInteger", "type": "integer"},
+                    {"name": "family", "path": "name.family.first()", "type": "string"},
+                    {"name": "weight", "path": "extension.value.ofType(Quantity).value.first()", "type": "decimal"},
+                    {"name": "seen", "path": "meta.lastUpdated", "type": "instant"},
+                ]
+            }
+        ],
+    }
     odd = {
-        "resourceType": "Patient", "id": "odd", "active": "yes", "birthDate": "not a date", "multipleBirthInteger": 2.5,
-        "name": "Smith", "extension": {"valueQuantity": {"value": "heavy"}}, "meta": {"lastUpdated": 17},
-    }  # fmt: skip
+        "resourceType": "Patient",
+        "id": "odd",
+        "active": "yes",
+        "birthDate": "not a date",
+        "multipleBirthInteger": 2.5,
+        "name": "Smith",
+        "extension": {"valueQuantity": {"value": "heavy"}},
+        "meta": {"lastUpdated": 17},
+    }
     table = run_view(view, [write(tmp_path / "p.ndjson", [odd, {"resourceType": "Patient", "id": "plain"}])])
     rows = {r["id"]: r for r in table.to_pylist()}
-    assert rows["odd"] == {"id": "odd", "active": None, "birth": None, "births": None, "family": None, "weight": None, "seen": None}
-    assert rows["plain"] == {"id": "plain", "active": None, "birth": None, "births": None, "family": None, "weight": None, "seen": None}
+    assert rows["odd"] == {
+        "id": "odd",
+        "active": None,
+        "birth": None,
+        "births": None,
+        "family": None,
+        "weight": None,
+        "seen": None,
+    }
+    assert rows["plain"] == {
+        "id": "plain",
+        "active": None,
+        "birth": None,
+        "births": None,
+        "family": None,
+        "weight": None,
+        "seen": None,
+    }
 
 
 def test_a_type_the_export_lacks_gives_an_empty_typed_table(tmp_path: Path) -> None:
-    view = {"resource": "Condition", "select": [{"column": [COLUMN, {"name": "onset", "path": "onset.ofType(dateTime)", "type": "dateTime"}]},
-            {"forEach": "code.coding", "column": [{"name": "code", "path": "code", "type": "code"}]}]}  # fmt: skip
+    view = {
+        "resource": "Condition",
+        "select": [
+            {"column": [COLUMN, {"name": "onset", "path": "onset.ofType(dateTime)", "type": "dateTime"}]},
+            {"forEach": "code.coding", "column": [{"name": "code", "path": "code", "type": "code"}]},
+        ],
+    }
     compiled = compile_view(view, resource_id_column="_resource_id")
     data = write(tmp_path / "p.ndjson", [{"resourceType": "Patient", "id": "p1"}])
     for files in ([data], []):
@@ -296,7 +386,11 @@ def test_a_type_the_export_lacks_gives_an_empty_typed_table(tmp_path: Path) -> N
 
 
 def test_several_values_in_a_single_column_is_a_run_error(tmp_path: Path) -> None:
-    view = {"resource": "Patient", "name": "pts", "select": [{"column": [{"name": "given", "path": "name.given", "type": "string"}]}]}
+    view = {
+        "resource": "Patient",
+        "name": "pts",
+        "select": [{"column": [{"name": "given", "path": "name.given", "type": "string"}]}],
+    }
     data = write(tmp_path / "p.ndjson", [{"resourceType": "Patient", "id": "p1", "name": [{"given": ["a", "b"]}]}])
     with pytest.raises(ViewRunError, match="met several values") as caught:
         run_view(view, [data])
@@ -304,15 +398,23 @@ def test_several_values_in_a_single_column_is_a_run_error(tmp_path: Path) -> Non
 
 
 def test_the_resource_id_column_carries_each_rows_resource(tmp_path: Path) -> None:
-    view = {"resource": "Patient", "select": [{"forEach": "name", "column": [{"name": "family", "path": "family", "type": "string"}]}]}
-    data = write(tmp_path / "p.ndjson", [
-        {"resourceType": "Patient", "id": "a", "name": [{"family": "X"}, {"family": "Y"}]},
-        {"resourceType": "Patient", "id": "b", "name": [{"family": "Z"}]},
-    ])  # fmt: skip
+    view = {
+        "resource": "Patient",
+        "select": [{"forEach": "name", "column": [{"name": "family", "path": "family", "type": "string"}]}],
+    }
+    data = write(
+        tmp_path / "p.ndjson",
+        [
+            {"resourceType": "Patient", "id": "a", "name": [{"family": "X"}, {"family": "Y"}]},
+            {"resourceType": "Patient", "id": "b", "name": [{"family": "Z"}]},
+        ],
+    )
     table = run_view(view, [data], resource_id_column="_resource_id")
     assert sorted(zip(table["_resource_id"].to_pylist(), table["family"].to_pylist(), strict=True)) == [
-        ("a", "X"), ("a", "Y"), ("b", "Z"),
-    ]  # fmt: skip
+        ("a", "X"),
+        ("a", "Y"),
+        ("b", "Z"),
+    ]
     with pytest.raises(ViewDefinitionError, match="also a column"):
         compile_view(view, resource_id_column="family")
 
