@@ -742,21 +742,33 @@ class Compiler:
         return "[{" + ", ".join(fields) + "}]"
 
     def repeat_items(self, paths: Sequence[fp.Node], focus: Focus) -> str:
-        """Depth-first, pre-order: each item, then the items reached from it, as far as REPEAT_DEPTH."""
+        """Depth-first, pre-order: each item, then the items reached from it, as far as REPEAT_DEPTH.
+
+        Built level by level (level k from level k-1, each item keyed by its index path), then ordered by
+        key: nesting the levels inside one another's lambdas instead costs DuckDB's binder twice per level.
+        """
 
         def children(var: str | None) -> str:
             inner = Focus(var)
-            parts = [self.coll(self.expr(p, inner, "0")) for p in paths]
+            self.fast_enabled = False  # the general form is shorter, and the SQL repeats it per level
+            try:
+                parts = [self.coll(self.expr(p, inner, "0")) for p in paths]
+            finally:
+                self.fast_enabled = True
             return parts[0] if len(parts) == 1 else f"list_concat({', '.join(parts)})"
 
-        def level(var: str | None, depth: int) -> str:
-            kids = children(var)
-            if depth == 0:
-                return kids
-            child = self.fresh()
-            return f"flatten(list_transform({kids}, lambda {child}: list_prepend({child}, {level(child, depth - 1)})))"
-
-        return level(focus.var, REPEAT_DEPTH)
+        item, idx = self.fresh(), self.fresh("i")
+        level = f"list_transform({children(focus.var)}, lambda {item}, {idx}: {{'k': [{idx}], 'v': {item}}})"
+        levels = [level]
+        for _ in range(REPEAT_DEPTH - 1):
+            parent, item, idx = self.fresh("p"), self.fresh(), self.fresh("i")
+            keyed = f"{{'k': list_append({parent}.k, {idx}), 'v': {item}}}"
+            inner = f"list_transform({children(parent + '.v')}, lambda {item}, {idx}: {keyed})"
+            level = f"flatten(list_transform({level}, lambda {parent}: {inner}))"
+            levels.append(level)
+        ordered = f"list_sort(list_concat({', '.join(levels)}))"
+        out = self.fresh()
+        return f"list_transform({ordered}, lambda {out}: {out}.v)"
 
 
 def node_first_key(node: fp.Node) -> str:

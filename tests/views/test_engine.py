@@ -447,3 +447,25 @@ def test_the_sql_runs_in_a_callers_connection(tmp_path: Path) -> None:
     assert con.sql(compiled.sql([data])).fetchall() == [("a",)]
     assert run_view(compiled, [data], connection=con).num_rows == 1
     assert con.sql("SELECT 1").fetchall() == [(1,)]  # still open: the caller's connection is the caller's
+
+
+def test_repeat_reaches_items_twelve_levels_deep_in_document_order(tmp_path: Path) -> None:
+    item: dict[str, Any] = {"linkId": "12"}
+    for level in range(11, 0, -1):
+        item = {"linkId": str(level), "item": [item]}
+    sibling = {"linkId": "last"}
+    data = write(tmp_path / "q.ndjson", [{"resourceType": "QuestionnaireResponse", "id": "q", "item": [item, sibling]}])
+    view = {
+        "resource": "QuestionnaireResponse",
+        "select": [
+            {
+                "repeat": ["item"],
+                "column": [
+                    {"name": "link", "path": "linkId", "type": "string"},
+                    {"name": "n", "path": "%rowIndex", "type": "integer"},
+                ],
+            }
+        ],
+    }
+    rows = run_view(view, [data]).to_pylist()
+    assert sorted((r["n"], r["link"]) for r in rows) == [(i, str(i + 1)) for i in range(12)] + [(12, "last")]
