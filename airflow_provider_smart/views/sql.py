@@ -457,7 +457,15 @@ class Compiler:
 
         def temporal(x: str) -> str:
             s = f"({x} ->> '$')"
-            return f"(CASE WHEN json_type({x}) = 'VARCHAR' THEN {_boundary_text(s, hint, low)} END)"
+            if hint is None:  # no type known: the text tells a time (12:34), a date (1970-06), a dateTime
+                text = (
+                    f"(CASE WHEN substr({s}, 3, 1) = ':' THEN {_boundary_text(s, 'time', low)} "
+                    f"WHEN contains({s}, 'T') THEN {_boundary_text(s, 'dateTime', low)} "
+                    f"ELSE {_boundary_text(s, 'date', low)} END)"
+                )
+            else:
+                text = _boundary_text(s, hint, low)
+            return f"(CASE WHEN json_type({x}) = 'VARCHAR' THEN {text} END)"
 
         if hint in ("decimal", "integer"):
             return Value(self.let(item, decimal), "num", "decimal")
@@ -813,15 +821,10 @@ def _cast_text(s: str, ctype: str | None, target: str) -> str:
 def _boundary_text(s: str, hint: str | None, low: bool) -> str:
     """The boundary of a date / dateTime / time text, as text with full precision (FHIRPath 3.0 rules)."""
     if hint == "time":
-        fill = "00:00:00.000" if low else "59:59.999"
-        if low:
+        if low:  # 12:34 -> 12:34:00.000
             return f"({s} || substr('00:00:00.000', length({s}) + 1))"
         # 12:34 -> 12:34:59.999; 12:34:00 -> 12:34:00.999
-        return (
-            f"(CASE WHEN length({s}) = 5 THEN {s} || ':59.999' WHEN length({s}) = 8 THEN {s} || '.999' ELSE {s} END)"
-            if fill
-            else s
-        )
+        return f"(CASE length({s}) WHEN 5 THEN {s} || ':59.999' WHEN 8 THEN {s} || '.999' ELSE {s} END)"
     date_part = f"left({s}, 10)"
     if low:
         full_date = f"({date_part} || substr('-01-01', length({date_part}) - 3))"
