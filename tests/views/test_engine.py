@@ -469,3 +469,11 @@ def test_repeat_reaches_items_twelve_levels_deep_in_document_order(tmp_path: Pat
     }
     rows = run_view(view, [data]).to_pylist()
     assert sorted((r["n"], r["link"]) for r in rows) == [(i, str(i + 1)) for i in range(12)] + [(12, "last")]
+
+
+def test_gzip_files_are_read(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "Patient.1.ndjson.gz"
+    path.write_bytes(gzip.compress(b'{"resourceType": "Patient", "id": "gz"}\n'))
+    assert run_view({"resource": "Patient", "select": [{"column": [COLUMN]}]}, [path]).to_pylist() == [{"id": "gz"}]
