@@ -502,7 +502,13 @@ class Compiler:
         if op in ("<", ">", "<=", ">="):
             return Value(self.compare(left, right, op), "bool")
         if op == "|":
-            return Value(f"list_distinct(list_concat({self.coll(left)}, {self.coll(right)}))", "coll")
+            var, idx = self.fresh(), self.fresh("i")
+            both = f"list_concat({self.coll(left)}, {self.coll(right)})"
+            # Union without duplicates, in order of first appearance (list_distinct does not keep order).
+            return Value(
+                self.let(both, lambda c: f"list_filter({c}, lambda {var}, {idx}: list_position({c}, {var}) = {idx})"),
+                "coll",
+            )
         if op == "&":
             return Value(f"(coalesce({self.text(left)}, '') || coalesce({self.text(right)}, ''))", "str")
         if op == "+" and "str" in (left.kind, right.kind) and "num" not in (left.kind, right.kind):
@@ -626,8 +632,14 @@ class Compiler:
         if value.kind == "num":
             if ctype in INTEGER_TYPES:
                 return f"(CASE WHEN {value.sql} = trunc({value.sql}) THEN TRY_CAST({value.sql} AS BIGINT) END)"
-            if target == "VARCHAR":
-                return f"CAST({value.sql} AS VARCHAR)"
+            if target == "VARCHAR":  # 3, not 3.0, for a whole number
+                return self.let(
+                    value.sql,
+                    lambda x: (
+                        f"(CASE WHEN {x} = trunc({x}) AND abs({x}) < 1e15 THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) "
+                        f"ELSE CAST({x} AS VARCHAR) END)"
+                    ),
+                )
             return f"TRY_CAST({value.sql} AS {target})"
         if value.kind == "str":
             return _cast_text(value.sql, ctype, target)

@@ -477,3 +477,29 @@ def test_gzip_files_are_read(tmp_path: Path) -> None:
     path = tmp_path / "Patient.1.ndjson.gz"
     path.write_bytes(gzip.compress(b'{"resourceType": "Patient", "id": "gz"}\n'))
     assert run_view({"resource": "Patient", "select": [{"column": [COLUMN]}]}, [path]).to_pylist() == [{"id": "gz"}]
+
+
+def test_expressions_beyond_the_suite(tmp_path: Path) -> None:
+    patient = {
+        "resourceType": "Patient", "id": "p", "active": True, "gender": "male", "birthDate": "1980-05-01",
+        "name": [{"family": "F", "given": ["A", "B"]}, {"family": "G"}], "telecom": [{"value": "x"}],
+    }  # fmt: skip
+    data = write(tmp_path / "p.ndjson", [patient])
+    cases = {
+        "name.given | name.family | name.given": (["A", "B", "F", "G"], True),  # first appearance order
+        "7 div 2": ("3", False),
+        "1 / 4": ("0.25", False),
+        "name.family.first() & ' ' & name.given.first()": ("F A", False),
+        "active implies gender = 'female'": ("false", False),
+        "name.where($index = 1).family": ("G", False),
+        "'x' in telecom.value": ("true", False),
+        "birthDate > @1990-01-01": ("false", False),
+        "name.first().is(HumanName)": ("true", False),
+        "name.last().family": ("G", False),
+        "%resource.id": ("p", False),
+        "name.exists(family = 'G')": ("true", False),
+        "{}": (None, False),
+    }
+    columns = [{"name": f"c{i}", "path": path, "collection": coll} for i, (path, (_, coll)) in enumerate(cases.items())]
+    row = run_view({"resource": "Patient", "select": [{"column": columns}]}, [data]).to_pylist()[0]
+    assert [row[f"c{i}"] for i in range(len(cases))] == [want for want, _ in cases.values()]
