@@ -1,4 +1,4 @@
-"""Figure 6: an incremental run's change set (1 % of the resources) merged into a large table.
+"""Figure 7: an incremental run's change set (1 % of the resources) merged into a large table.
 
 The table is shaped like ``observation_flat`` (a resource key and nine typed columns, one row per
 resource). The change set updates 0.9 % of the resources (new rows) and deletes 0.1 % (their ids from the

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import MB, REPO, WORK, Keys, log, median, table, verdict
 
-FIGURES = ("download", "tokens", "polls", "import", "merge")
+FIGURES = ("download", "tokens", "polls", "import", "views", "merge")
 KEEP = {"results.json", "report.txt"}
 
 
@@ -341,6 +341,30 @@ def section_import(i: dict[str, Any]) -> list[str]:
     return out
 
 
+def section_views(v: dict[str, Any]) -> list[str]:
+    t, m = v["throughput"], v["memory"]
+    body = [
+        [name, r["rows"], r["engine_rows_per_s"], r["hand_rows_per_s"],
+         _range(r["ratio"], r["ratio_min"], r["ratio_max"]), verdict(r["ratio"] >= 0.5)]
+        for name, r in t["rows"].items()
+    ]  # fmt: skip
+    sizes = sorted(m.values(), key=lambda r: r["bytes"])
+    growth = sizes[-1]["peak_rss_mb"] - sizes[0]["peak_rss_mb"]
+    peak_ok = all(r["peak_rss_mb"] <= 512 for r in sizes)
+    v["targets"] = {name: r["ratio"] >= 0.5 for name, r in t["rows"].items()} | {"rss": peak_ok}
+    return [
+        f"FIGURE 6 - SQL on FHIR views: engine vs hand-written DuckDB SQL ({t['threads']} thread(s), "
+        f"{t['bytes'] / MB:.0f} MB of generated Observations, CPU time, median of {v['settings']['reps']})",
+        table(["view", "rows", "engine rows/s", "hand-written rows/s", "ratio (min-max)", ">= 0.5"], body),
+        table(
+            ["export", "files", "rows", "peak RSS MB", "wall s"],
+            [[f"{r['bytes'] / MB:.0f} MB", r["files"], r["rows"], r["peak_rss_mb"], r["wall_s"]] for r in sizes],
+        ),
+        f"  peak RSS <= 512 MB: {verdict(peak_ok)}; growth {growth:+.0f} MB for "
+        f"{sizes[-1]['bytes'] / sizes[0]['bytes']:.1f} x the data",
+    ]
+
+
 def section_merge(m: dict[str, Any]) -> list[str]:
     rows = m["rows_by"]
     rewrite = rows.get("delta_rewrite", {}).get("median_s")
@@ -363,7 +387,7 @@ def section_merge(m: dict[str, Any]) -> list[str]:
         for name, r in rows.items()
     ]
     return [
-        f"FIGURE 6 - incremental merge: a 1 % change set into a {m['rows']:,}-row table (median of {m['reps']}, "
+        f"FIGURE 7 - incremental merge: a 1 % change set into a {m['rows']:,}-row table (median of {m['reps']}, "
         "interleaved, each on a fresh copy)",
         f"  change set: {m['changed']:,} resources replaced ({m['updated_rows']:,} updated rows, {m['deleted']:,} "
         "deleted), spread over the whole key range",
@@ -408,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(results, errors, "polls", lambda: _polls(keys, args.quick))
         if "import" in args.figures:
             _run(results, errors, "import", lambda: _import(args.quick))
+        if "views" in args.figures:
+            _run(results, errors, "views", lambda: _views(args.quick))
         if "merge" in args.figures:
             _run(results, errors, "merge", lambda: _merge(args.quick))
 
@@ -422,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             ("tokens", section_tokens),
             ("polls", section_polls),
             ("import", section_import),
+            ("views", section_views),
             ("merge", section_merge),
             ("download", section_many),
         ]
@@ -482,6 +509,12 @@ def _import(quick: bool) -> dict[str, Any]:
     from fig_import import run_import_figure
 
     return run_import_figure(runs=2 if quick else 5, importtime=not quick)
+
+
+def _views(quick: bool) -> dict[str, Any]:
+    from fig_views import FULL, QUICK, run_views_figure
+
+    return run_views_figure(QUICK if quick else FULL)
 
 
 def _merge(quick: bool) -> dict[str, Any]:

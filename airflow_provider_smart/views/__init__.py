@@ -23,7 +23,9 @@ Airflow-free. The public API (small and stable; everything else in this package 
   rows of one resource at once (``forEach`` gives a resource many rows).
 - ``run_view`` / ``iter_view_batches(view, ndjson_files, *, connection=None, resource_id_column=None, threads=None)``
   accept a view, a dict, a path or a ``CompiledView``; files may hold several resource types (rows come from
-  the view's resource type only). ``connection`` is a DuckDB connection to use (else a private one).
+  the view's resource type only). Files are local paths (``.ndjson``, or gzip ``.ndjson.gz``): the engine
+  fetches no DuckDB extension, so remote storage is staged locally first. ``connection`` is a DuckDB
+  connection to use (else a private one: ``threads`` applies to it).
   A resource that breaks a rule only the data can show (several values in a column without
   ``collection: true``, a non-boolean ``where``) raises :class:`~airflow_provider_smart.exceptions.ViewRunError`.
 - Keys: ``getResourceKey()`` is ``"<type>/<id>"``, and ``getReferenceKey()`` gives the same key for a

@@ -56,8 +56,10 @@ def _canonical(value: Any, ctype: str | None) -> Any:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return value
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).isoformat(
-            timespec="milliseconds"
+        return (
+            (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
+            .astimezone(dt.UTC)
+            .isoformat(timespec="milliseconds")
         )
     if isinstance(value, str) and ctype == "time":
         try:
@@ -89,7 +91,9 @@ def run_case(case: Mapping[str, Any], resources: Sequence[Mapping[str, Any]], wo
     return _compare(view, table.to_pylist(), table.column_names, case)
 
 
-def _compare(view: ViewDefinition, rows: list[dict[str, Any]], names: list[str], case: Mapping[str, Any]) -> tuple[bool, str]:
+def _compare(
+    view: ViewDefinition, rows: list[dict[str, Any]], names: list[str], case: Mapping[str, Any]
+) -> tuple[bool, str]:
     if "expectColumns" in case and names != list(case["expectColumns"]):
         return False, f"columns {names}, expected {case['expectColumns']}"
     types = {c.name: c.type for c in view.columns}

@@ -94,7 +94,7 @@ class ViewDefinition:
         return self.root.output_columns
 
 
-def load_view(source: Mapping[str, Any] | str | Path) -> ViewDefinition:
+def load_view(source: ViewDefinition | Mapping[str, Any] | str | Path) -> ViewDefinition:
     """Validate a ViewDefinition given as a dict, a JSON text, or a path to a ``.json`` file.
 
     Raises :class:`ViewDefinitionError` whose ``path`` names the part at fault.
@@ -214,8 +214,12 @@ class _Loader:
             if not isinstance(paths, list) or not paths:
                 raise _fail(f"{where}.repeat", "repeat is a non-empty list of FHIRPath strings")
             repeat = tuple(self.expression(p, f"{where}.repeat[{i}]") for i, p in enumerate(paths))
-        columns = tuple(self.column(c, f"{where}.column[{i}]") for i, c in enumerate(self.list_of(data, "column", where)))
-        selects = tuple(self.select(s, f"{where}.select[{i}]") for i, s in enumerate(self.list_of(data, "select", where)))
+        columns = tuple(
+            self.column(c, f"{where}.column[{i}]") for i, c in enumerate(self.list_of(data, "column", where))
+        )
+        selects = tuple(
+            self.select(s, f"{where}.select[{i}]") for i, s in enumerate(self.list_of(data, "select", where))
+        )
         unions = tuple(
             self.select(s, f"{where}.unionAll[{i}]") for i, s in enumerate(self.list_of(data, "unionAll", where))
         )
@@ -254,7 +258,8 @@ class _Loader:
         ctype = data.get("type")
         if ctype is not None and ctype not in COLUMN_TYPES:
             raise _fail(
-                f"{where}.type", f"column {name!r}: type {ctype!r} is not a FHIR primitive type ({', '.join(sorted(COLUMN_TYPES))})"
+                f"{where}.type",
+                f"column {name!r}: type {ctype!r} is not a FHIR primitive type ({', '.join(sorted(COLUMN_TYPES))})",
             )
         collection = data.get("collection", False)
         if not isinstance(collection, bool):
@@ -276,7 +281,9 @@ class _Loader:
                     f"{[c[0] for c in first]}, branch {i} gives {[c[0] for c in cols]}",
                 )
             if cols != first:
-                raise _fail(f"{branch.location}", f"unionAll branch {i} declares other types than branch 0: {cols} vs {first}")
+                raise _fail(
+                    f"{branch.location}", f"unionAll branch {i} declares other types than branch 0: {cols} vs {first}"
+                )
 
     @staticmethod
     def check_names(root: SelectNode) -> None:

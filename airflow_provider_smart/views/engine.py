@@ -66,9 +66,10 @@ class CompiledView:
 
 
 def compile_view(view: ViewSource | CompiledView, *, resource_id_column: str | None = None) -> CompiledView:
-    """Compile a view (validating it first when given as a dict or a path)."""
+    """Compile a view (validating it first when given as a dict or a path). A ``CompiledView`` is kept as
+    it is unless another ``resource_id_column`` is asked for."""
     if isinstance(view, CompiledView):
-        if view.resource_id_column == resource_id_column:
+        if resource_id_column is None or view.resource_id_column == resource_id_column:
             return view
         view = view.view
     definition = load_view(view)
@@ -123,6 +124,7 @@ def _connect(connection: duckdb.DuckDBPyConnection | None, threads: int | None) 
         con.execute(f"SET threads = {int(threads)}")
     # Rows need no particular order; without it DuckDB streams with less memory.
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 

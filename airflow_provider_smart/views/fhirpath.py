@@ -222,7 +222,7 @@ class _Parser:
             token = self.token
             op = token.text
             if token.kind == "ident" and op in ("is", "as"):
-                if 80 < min_power:
+                if min_power > 80:
                     break
                 self.take()
                 type_name = self.type_specifier()

@@ -35,6 +35,7 @@ NUMERIC = "('BIGINT','UBIGINT','DOUBLE')"
 EMPTY = "[]::JSON[]"
 REPEAT_DEPTH = 12  # repeat is unrolled: items nested deeper than this are not reached
 _SIMPLE = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_]*|"[A-Za-z0-9_]+"|[A-Za-z_][A-Za-z0-9_]*\."[A-Za-z0-9_]+")$')
+_EXTRACT = re.compile(r"^json_extract\(((?:[A-Za-z_][A-Za-z0-9_]*|\"[A-Za-z0-9_]+\")), '([^']*)'\)$")
 # Recomputing one json_extract of a column costs less than binding it through a one-item list.
 _CHEAP = re.compile(r"^json_extract\((?:[A-Za-z_][A-Za-z0-9_]*|\"[A-Za-z0-9_]+\"), '[^']*'\)$")
 _PRIMITIVE_JSON_TYPES = {
@@ -122,7 +123,15 @@ class Compiler:
         if v.kind == "coll":
             return v.sql
         if v.kind == "raw":
-            return self.let(v.sql, self.items_of)
+            general = self.let(v.sql, self.items_of)
+            parts = _EXTRACT.match(v.fast or v.sql)
+            if parts:  # an array where the JSONPath ends: its items, without binding the value first
+                base, path = parts.groups()
+                return (
+                    f"(CASE WHEN json_type({base}, '{path}') = 'ARRAY' THEN json_extract({base}, '{path}[*]') "
+                    f"ELSE {general} END)"
+                )
+            return general
         if v.kind == "json":
             return f"list_filter([{v.sql}], lambda _x: _x IS NOT NULL)"
         return f"list_filter([to_json({v.sql})], lambda _x: _x IS NOT NULL)"
@@ -155,7 +164,9 @@ class Compiler:
 
         def check(x: str) -> str:
             other = "true" if strict_where is None else self.not_boolean(strict_where)
-            return f"(CASE WHEN {x} IS NULL THEN NULL WHEN json_type({x}) = 'BOOLEAN' THEN {x}::BOOLEAN ELSE {other} END)"
+            return (
+                f"(CASE WHEN {x} IS NULL THEN NULL WHEN json_type({x}) = 'BOOLEAN' THEN {x}::BOOLEAN ELSE {other} END)"
+            )
 
         return self.let(item, check)
 
@@ -330,7 +341,10 @@ class Compiler:
         base = self.focus_value(focus) if node.base is None else self.expr(node.base, focus, row_index)
         if name == "getResourceKey":
             if base.is_root:
-                return Value(f"(({self.root_column('resourceType')} ->> '$') || '/' || ({self.root_column('id')} ->> '$'))", "str")
+                return Value(
+                    f"(({self.root_column('resourceType')} ->> '$') || '/' || ({self.root_column('id')} ->> '$'))",
+                    "str",
+                )
             return Value(
                 self.let(self.single(base), lambda x: f"(({x} ->> '$.resourceType') || '/' || ({x} ->> '$.id'))"), "str"
             )
@@ -370,7 +384,13 @@ class Compiler:
             var = self.fresh()
             # FHIRPath: "If the input is empty, the result is empty" (not ''): see README, Tables.
             return Value(
-                self.let(source, lambda c: f"(CASE WHEN len({c}) = 0 THEN NULL ELSE array_to_string(list_transform({c}, lambda {var}: {var} ->> '$'), {sep}) END)"),
+                self.let(
+                    source,
+                    lambda c: (
+                        f"(CASE WHEN len({c}) = 0 THEN NULL "
+                        f"ELSE array_to_string(list_transform({c}, lambda {var}: {var} ->> '$'), {sep}) END)"
+                    ),
+                ),
                 "str",
             )
         if name == "extension":
@@ -388,8 +408,10 @@ class Compiler:
                 return f"to_json({found})"
 
             var = self.fresh()
-            general = f"list_filter(list_transform({self.coll(base)}, lambda {var}: {key(var)}), lambda _k: _k IS NOT NULL)"
-            if base.kind == "raw" and base.fast is None and _SIMPLE.match(base.sql) or base.kind == "raw" and base.fast:
+            general = (
+                f"list_filter(list_transform({self.coll(base)}, lambda {var}: {key(var)}), lambda _k: _k IS NOT NULL)"
+            )
+            if base.kind == "raw" and (base.fast or _SIMPLE.match(base.sql)):
                 probe = base.fast or base.sql
                 fast = f"(CASE WHEN json_type({probe}) = 'OBJECT' THEN {key(probe)} END)"
                 return Value(f"coalesce({fast}, nullif(to_json({general}), '[]'::JSON))", "raw", fast=fast)
@@ -407,7 +429,11 @@ class Compiler:
     def of_type(self, base: Value, type_name: str) -> Value:
         """Filter by type where JSON shows it: primitives by their JSON kind, anything else by being an object."""
         if base.is_root:
-            return Value(f"(CASE WHEN {self.root_column('resourceType')} ->> '$' = {q(type_name)} THEN {self.whole()} END)", "json", type_name)
+            return Value(
+                f"(CASE WHEN {self.root_column('resourceType')} ->> '$' = {q(type_name)} THEN {self.whole()} END)",
+                "json",
+                type_name,
+            )
         if base.hint and base.hint != type_name and base.hint in _PRIMITIVE_JSON_TYPES | dict.fromkeys(_STRING_TYPES):
             return Value(EMPTY, "coll")
         if type_name in _PRIMITIVE_JSON_TYPES:
@@ -431,7 +457,15 @@ class Compiler:
 
         def temporal(x: str) -> str:
             s = f"({x} ->> '$')"
-            return f"(CASE WHEN json_type({x}) = 'VARCHAR' THEN {_boundary_text(s, hint, low)} END)"
+            if hint is None:  # no type known: the text tells a time (12:34), a date (1970-06), a dateTime
+                text = (
+                    f"(CASE WHEN substr({s}, 3, 1) = ':' THEN {_boundary_text(s, 'time', low)} "
+                    f"WHEN contains({s}, 'T') THEN {_boundary_text(s, 'dateTime', low)} "
+                    f"ELSE {_boundary_text(s, 'date', low)} END)"
+                )
+            else:
+                text = _boundary_text(s, hint, low)
+            return f"(CASE WHEN json_type({x}) = 'VARCHAR' THEN {text} END)"
 
         if hint in ("decimal", "integer"):
             return Value(self.let(item, decimal), "num", "decimal")
@@ -439,7 +473,13 @@ class Compiler:
             return Value(self.let(item, temporal), "str", hint)
         # Unknown type: decide from the value.
         return Value(
-            self.let(item, lambda x: f"(CASE WHEN json_type({x}) IN {NUMERIC} THEN to_json({decimal(x)}) ELSE to_json({temporal(x)}) END)"),
+            self.let(
+                item,
+                lambda x: (
+                    f"(CASE WHEN json_type({x}) IN {NUMERIC} THEN to_json({decimal(x)}) "
+                    f"ELSE to_json({temporal(x)}) END)"
+                ),
+            ),
             "json",
             hint,
         )
@@ -462,7 +502,13 @@ class Compiler:
         if op in ("<", ">", "<=", ">="):
             return Value(self.compare(left, right, op), "bool")
         if op == "|":
-            return Value(f"list_distinct(list_concat({self.coll(left)}, {self.coll(right)}))", "coll")
+            var, idx = self.fresh(), self.fresh("i")
+            both = f"list_concat({self.coll(left)}, {self.coll(right)})"
+            # Union without duplicates, in order of first appearance (list_distinct does not keep order).
+            return Value(
+                self.let(both, lambda c: f"list_filter({c}, lambda {var}, {idx}: list_position({c}, {var}) = {idx})"),
+                "coll",
+            )
         if op == "&":
             return Value(f"(coalesce({self.text(left)}, '') || coalesce({self.text(right)}, ''))", "str")
         if op == "+" and "str" in (left.kind, right.kind) and "num" not in (left.kind, right.kind):
@@ -476,7 +522,10 @@ class Compiler:
         if op in ("in", "contains"):
             item, collection = (left, right) if op == "in" else (right, left)
             var = self.fresh()
-            test = self.let(self.single(item), lambda x: f"len(list_filter({self.coll(collection)}, lambda {var}: {self.json_equal(var, x)})) > 0")
+            test = self.let(
+                self.single(item),
+                lambda x: f"len(list_filter({self.coll(collection)}, lambda {var}: {self.json_equal(var, x)})) > 0",
+            )
             return Value(test, "bool")
         raise self.error(f"unsupported operator {op}")  # pragma: no cover
 
@@ -499,8 +548,12 @@ class Compiler:
         var = self.fresh("i")
 
         def lists(a: str, b: str) -> str:
-            pairwise = f"list_bool_and(list_transform(range(len({a})), lambda {var}: {self.json_equal(f'{a}[{var} + 1]', f'{b}[{var} + 1]')}))"
-            return f"(CASE WHEN len({a}) = 0 OR len({b}) = 0 THEN NULL WHEN len({a}) <> len({b}) THEN false ELSE {pairwise} END)"
+            same = self.json_equal(f"{a}[{var} + 1]", f"{b}[{var} + 1]")
+            pairwise = f"list_bool_and(list_transform(range(len({a})), lambda {var}: {same}))"
+            return (
+                f"(CASE WHEN len({a}) = 0 OR len({b}) = 0 THEN NULL WHEN len({a}) <> len({b}) THEN false "
+                f"ELSE {pairwise} END)"
+            )
 
         return self.let(self.coll(left), lambda a: self.let(self.coll(right), lambda b: lists(a, b)))
 
@@ -510,7 +563,8 @@ class Compiler:
 
         def both(a: str, b: str) -> str:
             return (
-                f"(CASE WHEN json_type({a}) IN {NUMERIC} AND json_type({b}) IN {NUMERIC} THEN {a}::DOUBLE {op} {b}::DOUBLE "
+                f"(CASE WHEN json_type({a}) IN {NUMERIC} AND json_type({b}) IN {NUMERIC} "
+                f"THEN {a}::DOUBLE {op} {b}::DOUBLE "
                 f"ELSE ({a} ->> '$') {op} ({b} ->> '$') END)"
             )
 
@@ -540,6 +594,16 @@ class Compiler:
                 )
 
             general = self.let(value.sql, checked)
+            parts = _EXTRACT.match(value.fast or value.sql)
+            if parts:  # the common case, a single value where the JSONPath ends, read without binding it
+                base, path = parts.groups()
+                extract = f"json_extract({base}, '{path}')"
+                if duckdb_type(ctype) == "VARCHAR":
+                    fast = f"json_extract_string({base}, '{path}')"
+                else:
+                    fast = self.cast(Value(extract, "json"), ctype)
+                probe = f"json_type({base}, '{path}')"
+                return f"(CASE WHEN {probe} NOT IN ('ARRAY', 'NULL') THEN {fast} ELSE {general} END)"
             if value.fast:
                 fast = self.cast(Value(value.fast, "json"), ctype)
                 return f"(CASE WHEN json_type({value.fast}) NOT IN ('ARRAY', 'NULL') THEN {fast} ELSE {general} END)"
@@ -558,12 +622,24 @@ class Compiler:
     def cast(self, value: Value, ctype: str | None) -> str:
         target = duckdb_type(ctype)
         if value.kind == "bool":
-            return value.sql if ctype in (None, "boolean") else f"NULL::{target}" if target != "VARCHAR" else f"CAST({value.sql} AS VARCHAR)"
+            return (
+                value.sql
+                if ctype in (None, "boolean")
+                else f"NULL::{target}"
+                if target != "VARCHAR"
+                else f"CAST({value.sql} AS VARCHAR)"
+            )
         if value.kind == "num":
             if ctype in INTEGER_TYPES:
                 return f"(CASE WHEN {value.sql} = trunc({value.sql}) THEN TRY_CAST({value.sql} AS BIGINT) END)"
-            if target == "VARCHAR":
-                return f"CAST({value.sql} AS VARCHAR)"
+            if target == "VARCHAR":  # 3, not 3.0, for a whole number
+                return self.let(
+                    value.sql,
+                    lambda x: (
+                        f"(CASE WHEN {x} = trunc({x}) AND abs({x}) < 1e15 THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) "
+                        f"ELSE CAST({x} AS VARCHAR) END)"
+                    ),
+                )
             return f"TRY_CAST({value.sql} AS {target})"
         if value.kind == "str":
             return _cast_text(value.sql, ctype, target)
@@ -571,16 +647,27 @@ class Compiler:
         if ctype == "boolean":
             return self.let(x, lambda v: f"(CASE WHEN json_type({v}) = 'BOOLEAN' THEN {v}::BOOLEAN END)")
         if ctype in INTEGER_TYPES:
-            return self.let(x, lambda v: f"(CASE WHEN json_type({v}) IN ('BIGINT','UBIGINT') THEN TRY_CAST({v} AS BIGINT) END)")
+            return self.let(
+                x, lambda v: f"(CASE WHEN json_type({v}) IN ('BIGINT','UBIGINT') THEN TRY_CAST({v} AS BIGINT) END)"
+            )
         if ctype == "decimal":
-            return self.let(x, lambda v: f"(CASE WHEN json_type({v}) IN {NUMERIC} THEN TRY_CAST(({v})::VARCHAR AS {target}) END)")
+            return self.let(
+                x, lambda v: f"(CASE WHEN json_type({v}) IN {NUMERIC} THEN TRY_CAST(({v})::VARCHAR AS {target}) END)"
+            )
         if target != "VARCHAR":
-            return self.let(x, lambda v: f"(CASE WHEN json_type({v}) = 'VARCHAR' THEN {_cast_text(f'({v} ->> {q(chr(36))})', ctype, target)} END)")
+
+            def from_text(v: str) -> str:
+                text = _cast_text(f"({v} ->> '$')", ctype, target)
+                return f"(CASE WHEN json_type({v}) = 'VARCHAR' THEN {text} END)"
+
+            return self.let(x, from_text)
         return f"({x} ->> '$')"
 
     # -- rows ---------------------------------------------------------------------------------------
 
-    def node_rows(self, node: SelectNode, focus: Focus, row_index: str) -> tuple[list[tuple[str, str]] | None, str | None]:
+    def node_rows(
+        self, node: SelectNode, focus: Focus, row_index: str
+    ) -> tuple[list[tuple[str, str]] | None, str | None]:
         """``(flat, None)`` with one (name, sql) per column when the node gives one row per focus,
         else ``(None, list_sql)``: a list of row structs."""
         if node.iterate is not None or node.repeat:
@@ -604,7 +691,12 @@ class Compiler:
                 b_flat, b_list = self.node_rows(branch, focus, row_index)
                 branches.append(self.as_list(b_flat) if b_flat is not None else b_list)
             names = [c.name for c in node.union_all[0].output_columns]
-            lists.append((names, f"list_concat({', '.join(b for b in branches if b)})" if len(branches) > 1 else str(branches[0])))
+            lists.append(
+                (
+                    names,
+                    f"list_concat({', '.join(b for b in branches if b)})" if len(branches) > 1 else str(branches[0]),
+                )
+            )
         if not lists:
             return flat, None
         # Cross product of the flat part and every list, in the spec's column order.
@@ -620,11 +712,15 @@ class Compiler:
             fields = ", ".join(
                 f"{q(n)}: {a}.{ident(n)}" if n in current_names else f"{q(n)}: {b}.{ident(n)}" for n in merged
             )
-            current = f"flatten(list_transform({current}, lambda {a}: list_transform({list_sql}, lambda {b}: {{{fields}}})))"
+            current = (
+                f"flatten(list_transform({current}, lambda {a}: list_transform({list_sql}, lambda {b}: {{{fields}}})))"
+            )
             current_names = merged
         if current_names != order:
             r = self.fresh("r")
-            current = f"list_transform({current}, lambda {r}: {{{', '.join(f'{q(n)}: {r}.{ident(n)}' for n in order)}}})"
+            current = (
+                f"list_transform({current}, lambda {r}: {{{', '.join(f'{q(n)}: {r}.{ident(n)}' for n in order)}}})"
+            )
         return None, current
 
     def as_list(self, flat: list[tuple[str, str]]) -> str:
@@ -666,21 +762,33 @@ class Compiler:
         return "[{" + ", ".join(fields) + "}]"
 
     def repeat_items(self, paths: Sequence[fp.Node], focus: Focus) -> str:
-        """Depth-first, pre-order: each item, then the items reached from it, as far as REPEAT_DEPTH."""
+        """Depth-first, pre-order: each item, then the items reached from it, as far as REPEAT_DEPTH.
+
+        Built level by level (level k from level k-1, each item keyed by its index path), then ordered by
+        key: nesting the levels inside one another's lambdas instead costs DuckDB's binder twice per level.
+        """
 
         def children(var: str | None) -> str:
             inner = Focus(var)
-            parts = [self.coll(self.expr(p, inner, "0")) for p in paths]
+            self.fast_enabled = False  # the general form is shorter, and the SQL repeats it per level
+            try:
+                parts = [self.coll(self.expr(p, inner, "0")) for p in paths]
+            finally:
+                self.fast_enabled = True
             return parts[0] if len(parts) == 1 else f"list_concat({', '.join(parts)})"
 
-        def level(var: str | None, depth: int) -> str:
-            kids = children(var)
-            if depth == 0:
-                return kids
-            child = self.fresh()
-            return f"flatten(list_transform({kids}, lambda {child}: list_prepend({child}, {level(child, depth - 1)})))"
-
-        return level(focus.var, REPEAT_DEPTH)
+        item, idx = self.fresh(), self.fresh("i")
+        level = f"list_transform({children(focus.var)}, lambda {item}, {idx}: {{'k': [{idx}], 'v': {item}}})"
+        levels = [level]
+        for _ in range(REPEAT_DEPTH - 1):
+            parent, item, idx = self.fresh("p"), self.fresh(), self.fresh("i")
+            keyed = f"{{'k': list_append({parent}.k, {idx}), 'v': {item}}}"
+            inner = f"list_transform({children(parent + '.v')}, lambda {item}, {idx}: {keyed})"
+            level = f"flatten(list_transform({level}, lambda {parent}: {inner}))"
+            levels.append(level)
+        ordered = f"list_sort(list_concat({', '.join(levels)}))"
+        out = self.fresh()
+        return f"list_transform({ordered}, lambda {out}: {out}.v)"
 
 
 def node_first_key(node: fp.Node) -> str:
@@ -700,7 +808,10 @@ def node_first_key(node: fp.Node) -> str:
 
 def _choice_hint(name: str) -> str | None:
     """``valueDateTime`` -> ``dateTime``: the type a choice key names, used by lowBoundary() and ofType()."""
-    match = re.search(r"[a-z](Boolean|Integer|Integer64|Decimal|String|Date|DateTime|Instant|Time|Code|Uri|Url|Id|Oid|Uuid|Canonical|PositiveInt|UnsignedInt|Base64Binary|Markdown)$", name)
+    match = re.search(
+        r"[a-z](Boolean|Integer|Integer64|Decimal|String|Date|DateTime|Instant|Time|Code|Uri|Url|Id|Oid|Uuid|Canonical|PositiveInt|UnsignedInt|Base64Binary|Markdown)$",
+        name,
+    )
     if not match:
         return None
     word = match.group(1)
@@ -722,11 +833,10 @@ def _cast_text(s: str, ctype: str | None, target: str) -> str:
 def _boundary_text(s: str, hint: str | None, low: bool) -> str:
     """The boundary of a date / dateTime / time text, as text with full precision (FHIRPath 3.0 rules)."""
     if hint == "time":
-        fill = "00:00:00.000" if low else "59:59.999"
-        if low:
+        if low:  # 12:34 -> 12:34:00.000
             return f"({s} || substr('00:00:00.000', length({s}) + 1))"
         # 12:34 -> 12:34:59.999; 12:34:00 -> 12:34:00.999
-        return f"(CASE WHEN length({s}) = 5 THEN {s} || ':59.999' WHEN length({s}) = 8 THEN {s} || '.999' ELSE {s} END)" if fill else s
+        return f"(CASE length({s}) WHEN 5 THEN {s} || ':59.999' WHEN 8 THEN {s} || '.999' ELSE {s} END)"
     date_part = f"left({s}, 10)"
     if low:
         full_date = f"({date_part} || substr('-01-01', length({date_part}) - 3))"
