@@ -119,7 +119,7 @@ class SmartBulkExportTrigger(BaseTrigger):
         """Poll on the event loop (no thread per poll) until the export ends or ``end_time``; the event."""
         from airflow_provider_smart.bulk.protocol import Server, WaitState, adrive, wait_exchange
         from airflow_provider_smart.bulk.retry import RetryPolicy
-        from airflow_provider_smart.exceptions import ExportTimeoutError
+        from airflow_provider_smart.exceptions import ExportTimeoutError, SmartError
         from airflow_provider_smart.triggers.shared import shared_connection
 
         async with shared_connection(self.smart_conn_id, self.scope) as shared:
@@ -145,6 +145,8 @@ class SmartBulkExportTrigger(BaseTrigger):
                     "status": "timeout",
                     "message": f"The export did not finish before the timeout.{why}",
                 }
+            except SmartError as exc:  # reported after the token check below: neither may hide the other
+                result = {**event, "status": "error", "message": str(exc), "error": exc.to_dict()}
             result.update(polls=state.polls, progress=state.progress)
             await self._ensure_tokens_saved(shared.auth, result)
         return result
