@@ -202,8 +202,10 @@ def test_a_rotated_refresh_token_the_store_refuses_is_reported_not_dropped_with_
         """A Variable store that takes the connection's seed, then refuses writes (a metadata database
         gone read-only, a full disk)."""
 
+        refuse = True
+
         def set(self, key: str, token: Any) -> None:
-            if self.get(key) is not None:
+            if self.refuse and self.get(key) is not None:
                 raise OSError(errno.ENOSPC, "No space left on device")
             super().set(key, token)
 
@@ -220,7 +222,21 @@ def test_a_rotated_refresh_token_the_store_refuses_is_reported_not_dropped_with_
     )
     server = hostile_server(lambda h: h.reply(200, {"transactionTime": "x", "request": "x", "output": []}))
     before = sandbox.refresh_requests
-    [event] = run_triggers(trigger(f"{server.url}/status/1", 30))
+    kept: list[Any] = []
+
+    async def main() -> dict[str, Any]:
+        from airflow_provider_smart.triggers.shared import shared_entries
+
+        [event] = [event.payload async for event in trigger(f"{server.url}/status/1", 30).run()]
+        kept.extend(entry.auth for entry in shared_entries().values())
+        return event
+
+    event = asyncio.run(main())
+    [auth] = kept
+    assert auth.unsaved_refresh_token  # still held, with the connection's shared auth
+    store.refuse = False
+    auth.ensure_saved()  # the store is fixed: the rotated token lands
+    assert store.get(auth.store_key).refresh_token not in (None, refresh_token)
     assert sandbox.refresh_requests == before + 1  # the trigger's token came from a refresh, which rotated it
     assert event["status"] == "error" and event["error"]["kind"] == "smart.token_store", event
     assert "only valid one" in event["message"] and "The export itself: success" in event["message"]
