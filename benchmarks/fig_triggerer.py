@@ -17,8 +17,9 @@ Before the triggers start, the ticker runs alone for a few seconds: its worst la
 machine's own noise (other processes, the scheduler), printed beside the stall under load.
 
 The server's pace: a trigger that polls whenever the server allows makes one poll every ``latency +
-retry_after`` seconds from its start while the next one still fits before ``end_time``:
-``floor(duration / (latency + retry_after)) + 1`` polls. The figure is the polls the triggers reported
+retry_after`` seconds from its start; a poll counts when its answer comes before ``end_time``:
+``floor((duration - latency) / (latency + retry_after)) + 1`` polls. Durations keep the last answer
+seconds away from ``end_time`` (40 s with L = 1 s: the 7th answer at 37 s; 50 s with L = 5 s: the 5th at 45 s). The figure is the polls the triggers reported
 (their events' ``polls``) over N times that.
 """
 
@@ -57,14 +58,14 @@ class TriggererCase:
 
     @property
     def ideal_polls(self) -> int:
-        return math.floor(self.duration / (self.latency + self.retry_after)) + 1
+        return math.floor((self.duration - self.latency) / (self.latency + self.retry_after)) + 1
 
 
 TRIGGERER_FULL = [
     TriggererCase(1000, 1.0, 5, 40.0),
     TriggererCase(100, 1.0, 5, 40.0),
-    TriggererCase(1000, 5.0, 5, 45.0),
-    TriggererCase(100, 5.0, 5, 45.0),
+    TriggererCase(1000, 5.0, 5, 50.0),
+    TriggererCase(100, 5.0, 5, 50.0),
 ]
 TRIGGERER_QUICK = [TriggererCase(200, 1.0, 5, 15.0)]
 
