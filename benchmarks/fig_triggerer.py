@@ -19,7 +19,8 @@ machine's own noise (other processes, the scheduler), printed beside the stall u
 The server's pace: a trigger that polls whenever the server allows makes one poll every ``latency +
 retry_after`` seconds from its start; a poll counts when its answer comes before ``end_time``:
 ``floor((duration - latency) / (latency + retry_after)) + 1`` polls. Durations keep the last answer
-seconds away from ``end_time`` (40 s with L = 1 s: the 7th answer at 37 s; 50 s with L = 5 s: the 5th at 45 s). The figure is the polls the triggers reported
+seconds away from ``end_time`` (40 s with L = 1 s: the 7th answer at 37 s; 50 s with L = 5 s: the 5th
+at 45 s). The figure is the polls the triggers reported
 (their events' ``polls``) over N times that.
 """
 
