@@ -43,7 +43,7 @@ from airflow_provider_smart.bulk.protocol import (
     wait_exchange,
 )
 from airflow_provider_smart.bulk.retry import RetryPolicy
-from airflow_provider_smart.bulk.storage import LandedFiles
+from airflow_provider_smart.bulk.storage import DestinationLease, LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import redact_url
 from airflow_provider_smart.exceptions import ExportTimeoutError
@@ -59,6 +59,11 @@ DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0  # Epic exports have taken weeks; a week 
 NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
+# The longest 429 wait kick_off() sleeps in place when the caller set neither a timeout nor a max wait:
+# past it, ExportThrottledError says when the server will take an export (its not_before).
+UNBOUNDED_KICKOFF_MAX_WAIT = 900.0
+
+
 class BulkExportClient:
     """A FHIR Bulk Data client: kick off, poll (or :meth:`wait`), download, cancel.
 
@@ -72,8 +77,9 @@ class BulkExportClient:
         (and a download's headers), however slowly the server drips bytes; None: ``2 * timeout``.
     :param retry: the retry policy (attempts, backoff, ``Retry-After`` cap, sleep).
     :param kickoff_max_wait: the longest server-requested wait (429 ``Retry-After``) :meth:`kick_off`
-        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit). Airflow's
-        deferrable operator sets it, then defers until the server's time.
+        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit when a timeout
+        bounds the call, else ``UNBOUNDED_KICKOFF_MAX_WAIT``: a call with no bound at all never sleeps
+        hours in place). Airflow's deferrable operator sets it, then defers until the server's time.
     :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
     :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
     :param profile: per-server behaviour (:class:`~airflow_provider_smart.bulk.protocol.ServerProfile`;
@@ -166,7 +172,10 @@ class BulkExportClient:
         (:class:`ExportThrottledError`, whose ``not_before`` says when to try again).
         """
         timeout = self.kickoff_timeout if timeout is None else timeout
-        policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
+        max_wait = self.kickoff_max_wait
+        if timeout is None and max_wait is None:
+            max_wait = UNBOUNDED_KICKOFF_MAX_WAIT  # no bound given: a 429 storm must not sleep hours silently
+        policy = self.retry.bounded(timeout=timeout, max_wait=max_wait, clock=self.clock)
         return self._run(kickoff_exchange(request, self.fhir_base_url, self.server, policy))
 
     # -- status ---------------------------------------------------------------------------------
@@ -263,6 +272,7 @@ class BulkExportClient:
         *,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
     ) -> DownloadReport:
         """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
         return self.download_batch(
@@ -273,6 +283,7 @@ class BulkExportClient:
             status_url=manifest.status_url,
             on_file_done=on_file_done,
             ledger=ledger,
+            lease=lease,
         )
 
     def download_batch(
@@ -285,6 +296,7 @@ class BulkExportClient:
         status_url: str | None = None,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
@@ -292,8 +304,9 @@ class BulkExportClient:
         ``ObjectStoragePath`` (see :mod:`~airflow_provider_smart.bulk.storage`). ``status_url``: the
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
         thread) with each finished file's report. ``ledger``: which export each landed file belongs to
-        (a file is skipped only when it holds this export's file). Raises :class:`BulkDownloadError` listing every
-        failed file, after trying them all.
+        (a file is skipped only when it holds this export's file). ``lease``: the destination's lease,
+        checked at every rename (an attempt that lost it renames nothing). Raises :class:`BulkDownloadError`
+        listing every failed file, after trying them all.
         """
         if status_url:
             self.allow_origin(status_url)
@@ -304,6 +317,7 @@ class BulkExportClient:
             requires_access_token=requires_access_token,
             on_file_done=on_file_done,
             ledger=ledger,
+            lease=lease,
         )
         return downloader.run(list(entries))
 

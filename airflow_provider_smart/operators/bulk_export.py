@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
+from airflow_provider_smart.hooks.secrets import scrub, scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 from airflow_provider_smart.operators._lineage_assets import emit_asset_events, openlineage_facets
 
@@ -42,6 +43,7 @@ class _ExportTaskMixin:
     check_resource_types: bool
     delete_on_success: bool
     strict_counts: bool = False
+    unframed_bodies: str = "refetch"
     fail_on_error_issues: bool = False
     min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
@@ -75,6 +77,7 @@ class _ExportTaskMixin:
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
             strict_counts=self.strict_counts,
+            unframed_bodies=self.unframed_bodies,
             min_download_rate=self.min_download_rate,
         )
         return ExportWorkflow(
@@ -84,6 +87,7 @@ class _ExportTaskMixin:
             options=options,
             delete_on_success=self.delete_on_success,
             run_id=run_id,
+            connection=self.smart_conn_id,
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
@@ -141,6 +145,10 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param unframed_bodies: a file body nothing proves complete (no Content-Length, not chunked, no
+        manifest ``count`` that matches): ``"refetch"`` (default) lands it when a second copy agrees in
+        length and SHA-256, ``"mark"`` lands it listed in the summary's ``unverified`` with a warning,
+        ``"refetch_and_mark"`` does both, ``"fail"`` refuses it.
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
@@ -190,6 +198,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         transient_retries: int = 5,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        unframed_bodies: str = "refetch",
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
@@ -230,6 +239,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.unframed_bodies = unframed_bodies
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
@@ -270,6 +280,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return request.to_dict()
 
     # --- execution --------------------------------------------------------------------------------
+    @scrubs_failures
     def execute(self, context: Context) -> dict[str, Any]:
         export_request = self._export_request(context)
         workflow = self.workflow(export_request, context.get("run_id")) if self.destination else None
@@ -389,6 +400,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
             kwargs={"export_request": export_request, "end_time": end_time},
         )
 
+    @scrubs_failures
     def execute_complete(
         self,
         context: Context,
@@ -423,6 +435,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return self._finish(context, workflow.land(status_url, manifest))
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        summary = scrub(summary)  # a token the server echoed never reaches XCom, asset extra or lineage
         self._check_error_issues(summary)
         if self.since == "auto" and not summary.get("transaction_time"):
             self.log.warning(
@@ -466,6 +479,10 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param unframed_bodies: a file body nothing proves complete (no Content-Length, not chunked, no
+        manifest ``count`` that matches): ``"refetch"`` (default) lands it when a second copy agrees in
+        length and SHA-256, ``"mark"`` lands it listed in the summary's ``unverified`` with a warning,
+        ``"refetch_and_mark"`` does both, ``"fail"`` refuses it.
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
@@ -484,6 +501,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         max_concurrent_downloads: int = 4,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        unframed_bodies: str = "refetch",
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
@@ -500,11 +518,13 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.max_concurrent_downloads = max_concurrent_downloads
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.unframed_bodies = unframed_bodies
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.scope = scope
 
+    @scrubs_failures
     def execute(self, context: Context) -> dict[str, Any]:
         if self.batch:
             status_url = self.batch["status_url"]
@@ -518,7 +538,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
             return totals
         assert self.status_url
         workflow = self.workflow({"status_url": self.status_url}, context.get("run_id"))
-        summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
+        summary = scrub(workflow.completed_summary() or workflow.land_completed(self.status_url))
         self._check_error_issues(summary)
         emit_asset_events(context, self.outlets, summary)
         return summary

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
+from airflow_provider_smart.hooks.secrets import scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
         self.log.info("Export %s in progress: %s", self.status_url, result.progress or "no progress reported")
         return PokeReturnValue(is_done=False)
 
+    @scrubs_failures
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
@@ -106,6 +108,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
             method_name="execute_complete",
         )
 
+    @scrubs_failures
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the trigger: plan the batches on success, re-raise the trigger's error otherwise."""
         from airflow_provider_smart.triggers.bulk_export import raise_for_event
