@@ -57,6 +57,18 @@ STORE_WRITE_ATTEMPTS = 3  # a refused token-store write is retried at once, then
 STORE_RETRY_INTERVAL = 10.0  # ...and retried at most this often while the process keeps using it
 
 
+_MINT_LOCKS: dict[str, threading.Lock] = {}
+_MINT_LOCKS_GUARD = threading.Lock()
+
+
+def mint_lock(store_key: str) -> threading.Lock:
+    """The one lock of a token (its store key) in this process: every auth object of one connection and
+    scope shares it, so however many hooks, tasks' threads or triggers ask at once, one mints and the
+    others find its token in the store. (A lock per auth object let N hooks mint N tokens.)"""
+    with _MINT_LOCKS_GUARD:
+        return _MINT_LOCKS.setdefault(store_key, threading.Lock())
+
+
 def describe_store_failure(exc: BaseException) -> str:
     """What went wrong, without the exception's text when it could echo the token (database errors do)."""
     if isinstance(exc, TokenStoreError):
@@ -118,7 +130,7 @@ class TokenAuth(AuthBase):
         # Token requests never go through a session that carries this auth.
         self._http = session or new_session(timeout=timeout)
         self._on_new_token = on_new_token
-        self._lock = threading.Lock()
+        self._lock = mint_lock(self.store_key)
         self._unsaved: StoredToken | None = None  # a token the store refused; this process's only copy
         self._unsaved_precious = False  # ...and it carries a rotated refresh token
         self._unsaved_message = ""
@@ -240,8 +252,11 @@ class TokenAuth(AuthBase):
             self._save(token, current)
             return token
 
-    def _fresh(self, token: StoredToken) -> bool:
+    def is_fresh(self, token: StoredToken) -> bool:
+        """More than this auth's renewal margin left on ``token`` (no I/O: callers on an event loop use it)."""
         return token.is_fresh(self.expiry_skew, fraction=self._renew_fraction)
+
+    _fresh = is_fresh
 
     def invalidate(self, access_token: str | None = None) -> None:
         """Mark the cached token expired (only if it is still ``access_token``, so concurrent 401s mint once).
@@ -340,6 +355,11 @@ class TokenAuth(AuthBase):
     def unsaved(self) -> bool:
         """True while a token the store refused is held only in this process's memory."""
         return self._unsaved is not None
+
+    @property
+    def unsaved_refresh_token(self) -> bool:
+        """True while a rotated refresh token the store refused is held only in this process's memory."""
+        return self._unsaved is not None and self._unsaved_precious
 
     def ensure_saved(self) -> None:
         """Retry writing a token the store refused; raise :class:`TokenStoreError` if it still cannot.

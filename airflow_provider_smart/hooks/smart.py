@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from airflow_provider_smart.origins import OriginPolicy
 
 
+ConnectionFields = tuple["str | None", "str | None", "str | None", dict[str, Any], "int | None"]
+
+
 class SmartHook(BaseHook):
     """Talk to a FHIR server with SMART Backend Services auth.
 
@@ -66,13 +69,21 @@ class SmartHook(BaseHook):
         """Fill :attr:`settings` without blocking an event loop (for triggers): the async connection API,
         then validation (which imports ``requests`` and the crypto libraries) in a thread."""
         if self._settings is None:
-            from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+            fields = await self.aconnection_fields()
+            self._settings = await asyncio.to_thread(self.settings_from_fields, fields)
+        return self._settings
 
-            conn = await get_async_connection(self.smart_conn_id, hook=self)
-            extra = await get_async_extra_dejson(conn)
-            self._settings = await asyncio.to_thread(
-                self._validate, conn.host, conn.login, conn.password, extra, conn.port
-            )
+    async def aconnection_fields(self) -> ConnectionFields:
+        """The connection's raw fields ``(host, login, password, extra, port)``, fetched the async way."""
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+        conn = await get_async_connection(self.smart_conn_id, hook=self)
+        extra = await get_async_extra_dejson(conn)
+        return conn.host, conn.login, conn.password, extra, conn.port
+
+    def settings_from_fields(self, fields: ConnectionFields) -> ConnectionSettings:
+        """Validate raw connection fields (blocking: call it in a thread from an event loop) and keep them."""
+        self._settings = self._validate(*fields)
         return self._settings
 
     def _validate(
