@@ -1,4 +1,4 @@
-"""Figure 6: triggerer capacity. N bulk-export triggers wait in one event loop, as in one triggerer.
+"""Figure 8: triggerer capacity. N bulk-export triggers wait in one event loop, as in one triggerer.
 
 Three processes per case, so that nothing measured shares a CPU budget it should not:
 

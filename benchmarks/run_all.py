@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run_all.py            # the full run (a few minutes)
     .venv/bin/python benchmarks/run_all.py --quick    # small sizes, one repetition: a smoke run (< 60 s)
     .venv/bin/python benchmarks/run_all.py --only download,import
-    .venv/bin/python benchmarks/run_all.py --only triggerer   # figure 6 alone (about 4 minutes)
+    .venv/bin/python benchmarks/run_all.py --only triggerer   # figure 8 alone (about 4 minutes)
 
 Offline: every server is a local sandbox on 127.0.0.1. Temporary data lives in ``benchmarks/.work/``
 and is deleted at the end, except ``results.json`` (every number, machine-readable) and ``report.txt``
@@ -29,11 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import MB, REPO, WORK, Keys, log, median, table, verdict
 
-<<<<<<< HEAD
-FIGURES = ("download", "tokens", "polls", "import", "views", "merge")
-=======
-FIGURES = ("download", "tokens", "polls", "triggerer", "import")
->>>>>>> issue-18
+FIGURES = ("download", "tokens", "polls", "triggerer", "import", "views", "merge")
 KEEP = {"results.json", "report.txt"}
 
 
@@ -331,7 +327,7 @@ def section_triggerer(rows: list[dict[str, Any]]) -> list[str]:
             ]
         )
     return [
-        "FIGURE 6 - triggerer capacity: N bulk-export triggers of one connection in one event loop, against a local "
+        "FIGURE 8 - triggerer capacity: N bulk-export triggers of one connection in one event loop, against a local "
         "async server",
         table(
             [
