@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import email.utils
 import logging
 import os
 import threading
@@ -51,7 +52,24 @@ from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 log = logging.getLogger(__name__)
 
-TOKEN_REQUEST_ATTEMPTS = 3  # transport errors and 5xx from the token endpoint are retried (new assertion each)
+TOKEN_REQUEST_ATTEMPTS = 6  # transport errors, 429 and 5xx from the token endpoint are retried (new assertion each)
+TOKEN_RETRY_BACKOFF = 0.5  # first pause; doubles each try; the whole mint stays within the timeout
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """A token endpoint's ``Retry-After``: delta-seconds or an HTTP-date; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when is not None and when.tzinfo is not None else None
+
+
 DEFAULT_EXPIRY_SKEW = 60.0
 STORE_WRITE_ATTEMPTS = 3  # a refused token-store write is retried at once, then kept in memory...
 STORE_RETRY_INTERVAL = 10.0  # ...and retried at most this often while the process keeps using it
@@ -199,20 +217,34 @@ class TokenAuth(AuthBase):
         # token endpoint cannot hold the caller longer than the timeout it chose.
         deadline = Deadline(self.timeout)
         for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
+            pause = TOKEN_RETRY_BACKOFF * 2 ** (attempt - 1)
             try:
                 # A new form each attempt: a JWT assertion is single-use (fresh jti on retries).
                 response = request_token(
                     self._http, token_url, self._grant_form(current), self.client_auth, self.timeout, deadline=deadline
                 )
             except SmartTransportError:
-                if attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt:
+                if attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= pause:
                     raise
+                why = "no answer"
             else:
-                last = attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt
-                if response.status_code < 500 or last:
+                # 429 (Medplum limits /oauth2 per IP, without Retry-After) and 5xx (503 overloaded) say "not
+                # now": back off exponentially, or as long as Retry-After asks, within the deadline.
+                retryable = response.status_code == 429 or response.status_code >= 500
+                asked = _retry_after_seconds(response.headers.get("Retry-After"))
+                if asked is not None:
+                    pause = asked
+                if not retryable or attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= pause:
                     break
-            log.warning("Token endpoint %s failed (attempt %d); retrying.", redact_url(token_url), attempt)
-            time.sleep(0.5 * attempt)
+                why = f"HTTP {response.status_code}"
+            log.warning(
+                "Token endpoint %s answered %s (attempt %d); retrying in %.1f s.",
+                redact_url(token_url),
+                why,
+                attempt,
+                pause,
+            )
+            time.sleep(pause)
         self.token_requests += 1
         token = self._keep_from_previous(parse_token_response(response, token_url), current)
         if self._on_new_token is not None:

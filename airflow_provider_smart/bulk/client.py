@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from airflow_provider_smart.auth.scopes import missing_scopes
 from airflow_provider_smart.bulk.download import FileDownloader
 from airflow_provider_smart.bulk.models import (
     DownloadOptions,
@@ -27,7 +28,6 @@ from airflow_provider_smart.bulk.models import (
 )
 from airflow_provider_smart.bulk.plan import plan_files
 from airflow_provider_smart.bulk.protocol import (
-    DEFAULT_PROFILE,
     Exchange,
     Failure,
     Request,
@@ -46,7 +46,8 @@ from airflow_provider_smart.bulk.retry import RetryPolicy
 from airflow_provider_smart.bulk.storage import DestinationLease, LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import redact_url
-from airflow_provider_smart.exceptions import ExportTimeoutError
+from airflow_provider_smart.bulk.vendors import GENERIC, PROFILES, VendorProfile, vendor_of
+from airflow_provider_smart.exceptions import BulkExportError, ExportTimeoutError
 from airflow_provider_smart.origins import OriginPolicy
 from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, DeadlineExceeded
 
@@ -57,8 +58,6 @@ DEFAULT_POLL_INTERVAL = 2.0
 DEFAULT_MAX_POLL_INTERVAL = 600.0
 DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0  # Epic exports have taken weeks; a week is a sane default bound
 NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-
-
 # The longest 429 wait kick_off() sleeps in place when the caller set neither a timeout nor a max wait:
 # past it, ExportThrottledError says when the server will take an export (its not_before).
 UNBOUNDED_KICKOFF_MAX_WAIT = 900.0
@@ -81,9 +80,12 @@ class BulkExportClient:
         bounds the call, else ``UNBOUNDED_KICKOFF_MAX_WAIT``: a call with no bound at all never sleeps
         hours in place). Airflow's deferrable operator sets it, then defers until the server's time.
     :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
-    :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
-    :param profile: per-server behaviour (:class:`~airflow_provider_smart.bulk.protocol.ServerProfile`;
-        default: the spec's). ``comma_join_repeats=True`` turns that flag on in it.
+    :param comma_join_repeats: None (default): GET kick-off parameters in the spec's form, or as the
+        ``profile`` wants them; False: repeat list parameters; True: comma-join ``_typeFilter`` too.
+    :param profile: per-server behaviour: a vendor profile
+        (:class:`~airflow_provider_smart.bulk.vendors.VendorProfile`, default ``generic``: the spec as
+        written) or any :class:`~airflow_provider_smart.bulk.protocol.ServerProfile`. The session auth's
+        client id is bound to it (Epic-Client-ID).
     :param clock: injectable ``time.monotonic``.
     """
 
@@ -97,7 +99,7 @@ class BulkExportClient:
         timeout: float = DEFAULT_TIMEOUT,
         request_deadline: float | None = None,
         retry: RetryPolicy | None = None,
-        comma_join_repeats: bool = False,
+        comma_join_repeats: bool | None = None,
         kickoff_max_wait: float | None = None,
         kickoff_timeout: float | None = None,
         profile: ServerProfile | None = None,
@@ -116,9 +118,11 @@ class BulkExportClient:
             clock=clock,
         )
         self.retry = self.transport.retry
-        profile = profile or DEFAULT_PROFILE
-        if comma_join_repeats and not profile.comma_join_repeats:
-            profile = dataclasses.replace(profile, comma_join_repeats=True)
+        profile = profile or PROFILES[GENERIC]
+        if comma_join_repeats is not None:
+            profile = dataclasses.replace(profile, comma_join_repeats=comma_join_repeats)
+        if isinstance(profile, VendorProfile) and not profile.client_id and self.client_id:
+            profile = dataclasses.replace(profile, client_id=self.client_id)
         self.server = Server(self.transport.origins, profile)
         self.comma_join_repeats = profile.comma_join_repeats
         self.kickoff_max_wait = kickoff_max_wait
@@ -130,8 +134,28 @@ class BulkExportClient:
         return self.server.profile
 
     @property
+    def vendor(self) -> VendorProfile:
+        """The vendor profile in use (``generic`` when the profile is a plain ``ServerProfile``)."""
+        return vendor_of(self.server.profile)
+
+    @property
     def session(self) -> requests.Session:
         return self.transport.session
+
+    @property
+    def client_id(self) -> str:
+        """The SMART client id of the session's auth ("" when unknown)."""
+        return str(getattr(self.session.auth, "client_id", "") or "")
+
+    def granted_scope(self) -> str | None:
+        """The scope the current token was granted, when the session's auth can tell (never the token)."""
+        get_token = getattr(self.session.auth, "get_token", None)
+        if get_token is None:
+            return None
+        try:
+            return getattr(get_token(), "scope", None)
+        except Exception:
+            return None
 
     def allow_origin(self, url: str) -> None:
         """Trust ``url``'s origin with the token (done for every status URL we are given or get)."""
@@ -176,7 +200,30 @@ class BulkExportClient:
         if timeout is None and max_wait is None:
             max_wait = UNBOUNDED_KICKOFF_MAX_WAIT  # no bound given: a 429 storm must not sleep hours silently
         policy = self.retry.bounded(timeout=timeout, max_wait=max_wait, clock=self.clock)
-        return self._run(kickoff_exchange(request, self.fhir_base_url, self.server, policy))
+        self._check_scopes(request)
+        try:
+            return self._run(kickoff_exchange(request, self.fhir_base_url, self.server, policy))
+        except BulkExportError as exc:
+            if exc.status == 403 and (granted := self.granted_scope()) is not None:
+                exc.message = f"{exc.message} The token was granted scope {granted!r}."
+                exc.args = (exc.message,)
+                exc.context["granted_scope"] = granted
+            raise
+
+    def _check_scopes(self, request: ExportRequest) -> None:
+        """Warn before a kick-off the vendor is documented to refuse for want of scopes (Cerner: a read scope
+        for every exported type), naming what is missing from the granted scope."""
+        needed = self.vendor.required_scopes(request)
+        granted = self.granted_scope() if needed else None
+        missing = missing_scopes(granted, needed) if granted is not None else []
+        if missing:
+            log.warning(
+                "%s is documented to need %s for this export, and the token was granted %r without them: expect a "
+                "403. Add them to the connection's scope (extra 'scope') and have the server grant them.",
+                self.vendor.title,
+                " ".join(missing),
+                granted,
+            )
 
     # -- status ---------------------------------------------------------------------------------
     def status(self, status_url: str, *, timeout: float | None = None, max_wait: float | None = None) -> StatusResult:
@@ -223,7 +270,7 @@ class BulkExportClient:
         running on the server and a later ``wait``/``poll`` on that URL resumes it.
         """
         server = self.server
-        if min_poll_interval != server.profile.min_poll_interval:
+        if min_poll_interval > server.profile.min_poll_interval:  # the vendor's cadence is a floor too
             server = Server(server.origins, dataclasses.replace(server.profile, min_poll_interval=min_poll_interval))
         state = WaitState(started=self.clock())
         exchange = wait_exchange(

@@ -138,14 +138,16 @@ async def adrive(
 class ServerProfile:
     """How to talk to one kind of server. The defaults are the spec's, and this package's, behaviour.
 
-    :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
+    :param comma_join_repeats: None (default): GET kick-off list parameters in the spec's form (``_type=A,B``,
+        one ``_typeFilter`` per query); False: repeated (``_type=A&_type=B``); True: ``_typeFilter`` queries
+        comma-joined too (see :func:`~airflow_provider_smart.bulk.kickoff.encode_get_params`).
     :param transient_poll_statuses: status-URL answers that mean "not now" whatever their body.
     :param min_poll_interval: floor of every wait between polls (a server saying 0 must not make us spin).
     :param max_page_waits: ``202`` answers tolerated on one further manifest page.
     :param max_page_backoff: cap of our own backoff between those.
     """
 
-    comma_join_repeats: bool = False
+    comma_join_repeats: bool | None = None
     transient_poll_statuses: frozenset[int] = TRANSIENT_POLL_STATUSES
     min_poll_interval: float = 1.0
     max_page_waits: int = MAX_PAGE_WAITS
@@ -154,6 +156,12 @@ class ServerProfile:
     # request building
     def kickoff(self, request: ExportRequest, fhir_base_url: str) -> KickoffRequest:
         return build_kickoff(request, fhir_base_url, comma_join_repeats=self.comma_join_repeats)
+
+    def kickoff_error(
+        self, method: str, url: str, response: Response, request: ExportRequest | None = None
+    ) -> BulkExportError:
+        """Our error for a kick-off the server refused (vendor profiles word it for their server)."""
+        return kickoff_error(method, url, response)
 
     def status_headers(self) -> dict[str, str]:
         return {"Accept": "application/json"}
@@ -240,16 +248,21 @@ class _Throttled(TransientFailure):
         self.response = response
 
 
-def kickoff_error(method: str, url: str, response: Response) -> BulkExportError:
+def kickoff_error(method: str, url: str, response: Response, *, scope_hint: str = "") -> BulkExportError:
+    """A refused kick-off, with the server's own words (OperationOutcome text) and what to change."""
     status = response.status
     hint = {
         401: " Check the client id, key and scope: the token was refused even after renewal.",
-        403: " The token's scopes do not allow this export (check the requested types and scope).",
+        403: scope_hint or " The token's scopes do not allow this export (check the requested types and scope).",
+        422: " The server does not support a parameter value (Oracle/Cerner answer 422 for those): remove it, "
+        "or try lenient=True.",
         429: " The server is still busy: another export may be running for this client (Epic and Cerner "
-        "allow one at a time). Wait, or cancel the running export.",
+        "allow one at a time). Wait, or cancel the running export (airflow-smart cancel-export).",
     }.get(status, "")
-    if 400 <= status < 500 and status not in (401, 403, 429):
+    if 400 <= status < 500 and status not in (401, 403, 422, 429):
         hint = " The server rejected a parameter: fix the request, or try lenient=True."
+    elif status >= 500:
+        hint = " The server failed; its own words are above (export errors often come back as an opaque 500)."
     return answered_error(f"Kick-off {method} {url} failed with HTTP {status}: {{body}}.{hint}", response, url=url)
 
 
@@ -265,7 +278,14 @@ def kickoff_exchange(request: ExportRequest, fhir_base_url: str, server: Server,
 
     def attempt() -> Exchange[Response]:
         answer = yield Request(
-            spec.method, spec.url, spec.headers, "kick-off", spec.params, body, deadline=_try_deadline(policy)
+            # The exact query string (literal commas in list values), not pairs for the transport to re-encode.
+            spec.method,
+            spec.full_url,
+            spec.headers,
+            "kick-off",
+            [],
+            body,
+            deadline=_try_deadline(policy),
         )
         if isinstance(answer, Failure):
             if answer.kind == "redirects":
@@ -282,7 +302,7 @@ def kickoff_exchange(request: ExportRequest, fhir_base_url: str, server: Server,
 
     def give_up(failure: TransientFailure, tries: int) -> Exception:
         assert isinstance(failure, _Throttled)
-        return kickoff_error(spec.method, spec.url, failure.response)
+        return profile.kickoff_error(spec.method, spec.url, failure.response, request)
 
     try:
         response = yield from policy.retrying(attempt, what=f"Kick-off {spec.method} {spec.url}", give_up=give_up)
@@ -290,7 +310,7 @@ def kickoff_exchange(request: ExportRequest, fhir_base_url: str, server: Server,
         exc.context.setdefault("url", spec.url)
         raise
     if response.status != 202:
-        raise kickoff_error(spec.method, spec.url, response)
+        raise profile.kickoff_error(spec.method, spec.url, response, request)
     location = response.headers.get("Content-Location")
     if not location:
         raise BulkExportError(

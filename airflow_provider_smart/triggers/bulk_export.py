@@ -47,6 +47,8 @@ class SmartBulkExportTrigger(BaseTrigger):
     :param not_before: epoch seconds before which the server does not want the next request.
     :param kickoff_pending: the server throttled the kick-off: just wait until ``not_before`` and
         yield ``kickoff_due`` (the operator then kicks off again), or ``timeout`` if ``end_time`` is first.
+    :param vendor: the vendor profile the operator used (``bulk.vendors``; None: the spec's behaviour), so
+        the polls here send its headers and keep its cadence without detecting it again.
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class SmartBulkExportTrigger(BaseTrigger):
         scope: str | None = None,
         not_before: float | None = None,
         kickoff_pending: bool = False,
+        vendor: str | None = None,
     ) -> None:
         super().__init__()
+        self.vendor = vendor
         self.status_url = status_url
         self.smart_conn_id = smart_conn_id
         self.end_time = end_time
@@ -83,6 +87,7 @@ class SmartBulkExportTrigger(BaseTrigger):
                 "scope": self.scope,
                 "not_before": self.not_before,
                 "kickoff_pending": self.kickoff_pending,
+                "vendor": self.vendor,
             },
         )
 
@@ -119,6 +124,7 @@ class SmartBulkExportTrigger(BaseTrigger):
         """Poll on the event loop (no thread per poll) until the export ends or ``end_time``; the event."""
         from airflow_provider_smart.bulk.protocol import Server, WaitState, adrive, wait_exchange
         from airflow_provider_smart.bulk.retry import RetryPolicy
+        from airflow_provider_smart.bulk.vendors import bound_profile
         from airflow_provider_smart.exceptions import ExportTimeoutError, SmartError
         from airflow_provider_smart.triggers.shared import shared_connection
 
@@ -127,7 +133,7 @@ class SmartBulkExportTrigger(BaseTrigger):
             state = WaitState()
             exchange = wait_exchange(
                 self.status_url,
-                Server(shared.hook.origins),
+                Server(shared.hook.origins, bound_profile(self.vendor, shared.hook.settings.client_id)),
                 RetryPolicy().bounded(timeout=self.end_time - time.time()),
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,

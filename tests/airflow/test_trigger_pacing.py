@@ -110,7 +110,10 @@ def test_a_deferrable_operator_defers_a_long_throttled_kick_off(
     from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
 
     def app(h: Any) -> None:
-        if len(server.hits) == 1:
+        kickoffs = [hit for hit in server.hits if "$export" in hit[2]]
+        if h.path.endswith("/metadata"):
+            h.reply(404, b"")  # vendor detection: a server that publishes none
+        elif len(kickoffs) == 1:
             h.reply(429, "one export at a time", {"Retry-After": "3000"})
         else:
             h.reply(202, b"", {"Content-Location": f"{server.url}/status/1"})
