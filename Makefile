@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick lint typecheck clean
+.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick conformance lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/run_all.py --quick
+
+# The SQL on FHIR v2 suite against the view engine; the report, in the spec's format, is a build artefact.
+conformance: $(STAMP)
+	$(PY) -m airflow_provider_smart.views.conformance tests/views/sql-on-fhir-v2/tests \
+		--report build/conformance/sql-on-fhir-v2-test-report.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

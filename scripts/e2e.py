@@ -3,8 +3,11 @@
 PostgreSQL (metadata DB), Redis (Celery broker), moto (an S3 API), the SMART/Bulk sandbox, and Airflow as
 separate processes: api-server, scheduler, dag-processor, triggerer and two Celery workers. Through the
 REST API it triggers ``smart_group_export_mapped`` into ``s3://``, checks what landed and how, then runs
-it again and SIGKILLs a worker mid-download. Everything it starts it stops, also on failure or a signal.
-Exits non-zero when any check fails.
+it again and SIGKILLs a worker mid-download. After each export the mapped view conversions (on both workers)
+and one commit turn the files into Delta tables in the bucket, and ``smart_tables_consumer`` reads them
+back with DuckDB; a third, incremental run (``since``) must update and delete rows; last, 50 deferred export
+waits share the triggerer with a ``DateTimeSensorAsync``, which must fire on time. Everything it starts it
+stops, also on failure or a signal. Exits non-zero when any check fails.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from e2e.services import Airflow, ensure_installed, start_moto, start_postgres, 
 
 DAG_ID = "smart_group_export_mapped"
 CONSUMER = "smart_group_export_consumer"
+TABLES_CONSUMER = "smart_tables_consumer"
+LOAD_DAG, CLOCK_DAG = "smart_e2e_many_waits", "smart_e2e_datetime_sensor"  # scripts/e2e/dags
+LOAD_EXPORTS = 50  # deferred export waits in the triggerer at once
+CLOCK_DELAY, CLOCK_TOLERANCE = 45, 30  # the DateTimeSensorAsync's target: this far ahead; resumed within
 BUCKET = "e2e-fhir"
 PATIENTS, OBS_PER_PATIENT = 2000, 10  # cohort-a (even patients): 13 files of <= 1000 resources
 EXPECTED = {"Patient": PATIENTS // 2, "Observation": PATIENTS // 2 * OBS_PER_PATIENT, "Condition": PATIENTS // 2 * 2}
@@ -73,10 +80,10 @@ def wait_for_run(
     return wait_until(done, timeout, f"run {run_id}", interval=0.5)
 
 
-def trigger(api: AirflowAPI, label: str, export_root: str, offset: int) -> str:
+def trigger(api: AirflowAPI, label: str, export_root: str, offset: int, since: str = "") -> str:
     logical = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=offset)
     run_id = f"e2e_{label}_{logical:%Y%m%dT%H%M%S}"
-    api.trigger(DAG_ID, run_id, logical.isoformat(), {"export_root": export_root})
+    api.trigger(DAG_ID, run_id, logical.isoformat(), {"export_root": export_root, "since": since})
     print(f"triggered {DAG_ID} run {run_id} with export_root={export_root}")
     return run_id
 
@@ -109,7 +116,72 @@ def verify_run(ctx: dict[str, Any], run_id: str, seen: dict[str, set[str]], stat
     )
     c.consumer_ran(checks, api, summary)
     c.lineage_emitted(checks, ctx["root"], sandbox.origin, summary)
+    workers = ctx["workers"] if ctx.get("both_workers", True) else None
+    commit = c.tables_hold_export(checks, api, DAG_ID, run_id, summary, ctx["delta_options"], workers)
+    expected_rows = {"patient_demographics": EXPECTED["Patient"], "observation_flat": EXPECTED["Observation"]}
+    wait_for_consumer(ctx, commit)
+    c.tables_consumer_read(checks, api, commit, expected_rows)
+    c.tables_lineage_emitted(checks, ctx["root"], BUCKET)
+    ctx["last_summary"] = summary
     return summary
+
+
+def wait_for_consumer(ctx: dict[str, Any], commit: dict[str, Any]) -> None:
+    api = ctx["api"]
+
+    def read() -> bool:
+        for r in api.runs(TABLES_CONSUMER):
+            if r["state"] == "failed":
+                return True
+            if r["state"] != "success":
+                continue
+            result = api.xcom(TABLES_CONSUMER, r["dag_run_id"], "query_tables", "return_value") or {}
+            if (result.get("export") or {}).get("observation_flat") == commit.get("export"):
+                return True
+        return False
+
+    wait_until(read, 300, "the asset-triggered tables consumer run", interval=2)
+
+
+def incremental_run(ctx: dict[str, Any], export_root: str) -> None:
+    """Third run: an incremental export (since the last one) after the server changed and deleted resources."""
+    api, checks, sandbox = ctx["api"], ctx["checks"], ctx["sandbox"]
+    touched = sandbox.touch("Observation", 30)
+    deleted = ["obs-0002-010", "obs-0004-010", "obs-0006-009"]  # one of them also touched
+    in_cohort = sorted(  # cohort-a holds the even patients
+        f"Observation/{t}" for t in touched if int(t.split("-")[1]) % 2 == 0 and t not in deleted
+    )
+    for rid in deleted:
+        sandbox.delete_resource("Observation", rid)
+    since = ctx["last_summary"]["transaction_time"]
+    run_id = trigger(api, "incremental", export_root, offset=5, since=since)
+    seen: dict[str, set[str]] = {}
+    state = wait_for_run(ctx, run_id, seen, 900)
+    checks.check(f"run {run_id} succeeded", state == "success", f"state {state}")
+    commit = api.xcom(DAG_ID, run_id, "tables_commit", "return_value") or {"tables": {}}
+    flat = c.delta_table(
+        commit["tables"].get("observation_flat", {}).get("outputs", {}).get("delta", {}).get("location", ""),
+        ctx["delta_options"],
+    ).to_pylist()
+    ids = {r["id"] for r in flat}
+    amended = sorted(r["id"] for r in flat if r["status"] == "amended")
+    checks.check(
+        "the incremental run replaced the changed observations' rows and removed the deleted ones",
+        commit.get("incremental") is True
+        and commit.get("since") == since
+        and len(flat) == EXPECTED["Observation"] - len(deleted)
+        and not ids & {f"Observation/{d}" for d in deleted}
+        and amended == in_cohort,
+        f"incremental={commit.get('incremental')} since={commit.get('since')}; {len(flat)} rows "
+        f"(expected {EXPECTED['Observation'] - len(deleted)}); amended {len(amended)} of {len(in_cohort)} changed",
+    )
+    wait_for_consumer(ctx, commit)
+    c.tables_consumer_read(
+        checks,
+        api,
+        commit,
+        {"patient_demographics": EXPECTED["Patient"], "observation_flat": EXPECTED["Observation"] - len(deleted)},
+    )
 
 
 def kill_run(ctx: dict[str, Any], export_root: str) -> None:
@@ -224,6 +296,82 @@ def jwks_on_s3(ctx: dict[str, Any], airflow: Any, moto_port: int, pem: str) -> N
     )
 
 
+def triggerer_load(ctx: dict[str, Any]) -> None:
+    """Run 4: 50 deferred export waits in the triggerer at once, a DateTimeSensorAsync beside them on time."""
+    import requests
+
+    from airflow_provider_smart.bulk import BulkExportClient, ExportRequest
+
+    api, checks, sandbox = ctx["api"], ctx["checks"], ctx["sandbox"]
+    ctx["airflow"].start_worker("e2e-worker-3", 8)  # replaces the worker run 2 killed: the waits defer sooner
+    session = requests.Session()
+    session.auth = ctx["fhir_auth"]
+    client = BulkExportClient(session, sandbox.url)
+    usual, sandbox.status_polls_before_ready = sandbox.status_polls_before_ready, 10**6  # they wait until told
+    try:
+        request = ExportRequest(level="group", group_id="cohort-a", resource_types=["Patient"])
+        urls = [client.kick_off(request) for _ in range(LOAD_EXPORTS)]
+    finally:
+        sandbox.status_polls_before_ready = usual
+    now = datetime.now(UTC).replace(microsecond=0)
+    load_run = f"e2e_load_{now:%Y%m%dT%H%M%S}"
+    api.trigger(LOAD_DAG, load_run, now.isoformat(), {"status_urls": urls})
+    print(f"{LOAD_EXPORTS} exports kicked off, waited on by {LOAD_DAG} run {load_run}")
+    seen = {"most": 0, "at_target": -1}
+
+    def deferred_waits() -> int:
+        ctx["procs"].assert_alive(skip=ctx["killed"])
+        waits = [t for t in api.task_instances(LOAD_DAG, load_run) if t["task_id"] == "wait"]
+        deferred = sum(1 for t in waits if t["state"] == "deferred")
+        seen["most"] = max(seen["most"], deferred)
+        return deferred
+
+    wait_until(lambda: deferred_waits() >= LOAD_EXPORTS, 900, f"{LOAD_EXPORTS} deferred waits", interval=2)
+    checks.check(
+        f"{LOAD_EXPORTS} deferred export waits in the triggerer at once", seen["most"] >= LOAD_EXPORTS, str(seen)
+    )
+    # Now, with every wait deferred and polling, a DAG of another kind defers beside them.
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock_run, target = f"e2e_clock_{now:%Y%m%dT%H%M%S}", now + timedelta(seconds=CLOCK_DELAY)
+    api.trigger(CLOCK_DAG, clock_run, now.isoformat(), {"target_time": target.isoformat()})
+    print(f"{CLOCK_DAG} run {clock_run} defers until {target:%H:%M:%S}")
+
+    def clock_done() -> str | None:
+        deferred = deferred_waits()
+        if seen["at_target"] < 0 and datetime.now(UTC) >= target:
+            seen["at_target"] = deferred
+        state = api.run(CLOCK_DAG, clock_run)["state"]
+        return state if state in ("success", "failed") else None
+
+    clock_state = wait_until(clock_done, CLOCK_DELAY + 300, f"run {clock_run}", interval=1)
+    [ti] = api.task_instances(CLOCK_DAG, clock_run)
+    ended = datetime.fromisoformat(ti["end_date"]) if ti.get("end_date") else None
+    late = (ended - target).total_seconds() if ended else None
+    checks.check(
+        "the DateTimeSensorAsync deferring beside them fired on time",
+        clock_state == "success"
+        and late is not None
+        and 0 <= late <= CLOCK_TOLERANCE
+        and seen["at_target"] >= LOAD_EXPORTS,
+        f"state {clock_state}; ended {late} s after its target time (resumed on a Celery worker; tolerance "
+        f"{CLOCK_TOLERANCE} s); {seen['at_target']} export waits deferred at its target time",
+    )
+    finished = sandbox.finish_exports()
+    load_state = wait_until(
+        lambda: (lambda s: s if s in ("success", "failed") else None)(api.run(LOAD_DAG, load_run)["state"]),
+        300,
+        f"run {load_run}",
+        interval=1,
+    )
+    checks.check(
+        f"the {LOAD_EXPORTS} waits completed once their exports did",
+        load_state == "success",
+        f"run {load_state}; {finished} exports finished by the sandbox",
+    )
+    for url in urls:
+        client.cancel(url)
+
+
 def main() -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="smart-e2e-"))
@@ -282,7 +430,7 @@ def main() -> int:
         api.create_connection(
             "aws_default", conn_type="aws", login=AWS_KEY_ID, password=aws_secret, extra=json.dumps(aws_extra)
         )
-        for dag_id in (DAG_ID, CONSUMER):
+        for dag_id in (DAG_ID, CONSUMER, TABLES_CONSUMER, LOAD_DAG, CLOCK_DAG):
             api.wait_for_dag(dag_id)
             api.unpause(dag_id)
 
@@ -302,6 +450,13 @@ def main() -> int:
             "logs": logs,
             "workers": list(airflow.workers),
             "secrets": [pem, *key_lines, aws_secret, *airflow.secrets],
+            "delta_options": {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
+                "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": aws_secret,
+                "AWS_REGION": "us-east-1",
+                "AWS_ALLOW_HTTP": "true",
+            },
             "fhir_auth": BackendServicesAuth(
                 client_id=CLIENT_ID, private_key=pem, kid=KID, scope="system/*.rs", fhir_base_url=sandbox.url
             ),
@@ -319,6 +474,11 @@ def main() -> int:
 
         step("Run 2: SIGKILL a Celery worker while mapped downloads run; the retries must finish the job")
         kill_run(ctx, export_root)
+
+        step("Run 3: an incremental export (since run 2) after changes and deletions; the tables follow")
+        incremental_run(ctx, export_root)
+        step(f"Run 4: {LOAD_EXPORTS} deferred export waits in the triggerer at once, a DateTimeSensorAsync beside them")
+        triggerer_load(ctx)
     except Exception as exc:
         checks.check("the e2e run completed without an error", False, f"{type(exc).__name__}: {exc}")
         print(f"logs of every process: {logs}", file=sys.stderr)

@@ -49,10 +49,10 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_POOL_SIZE = 1000  # connections kept per connection's pool: one per waiting export at most
 KEEPALIVE_EXPIRY = 60.0  # an idle connection is kept this long (polls come back every few seconds to minutes)
 REQUEST_DEADLINE_FACTOR = 2.0  # the same bound as the sync transport's: twice the per-read timeout
-# Requests started in one turn of the event loop before the next ones wait for the following turn. A
-# thousand triggers woken together (the token arrived, a triggerer restarted) would otherwise open a
-# thousand connections in one turn, 1-2 ms each here: the loop, shared with every other DAG's
-# triggers, would stall for over a second.
+# Requests started (and answers taken up) in one turn of the event loop before the next ones wait for the
+# following turn. A thousand triggers woken together (the token arrived, a triggerer restarted) would
+# otherwise open a thousand connections in one turn, 1-2 ms each here: the loop, shared with every other
+# DAG's triggers, would stall for over a second.
 STARTS_PER_TURN = 16
 
 
@@ -136,8 +136,8 @@ def environment_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
 class AsyncBulkTransport:
     """Send protocol :class:`~airflow_provider_smart.bulk.protocol.Request` s over one pooled ``aiohttp`` session.
 
-    Build it off the event loop (loading CA certificates blocks); the session itself is opened on the
-    loop at the first request. Close it with :meth:`aclose`, on the loop.
+    The session is opened on the loop at the first request, and the CA certificates loaded (in a
+    thread) at the first https one. Close it with :meth:`aclose`, on the loop.
 
     :param origins: the connection's origin policy (shared with its sync client and auth).
     :param tokens: where bearer tokens come from (None: never send one).
@@ -166,16 +166,16 @@ class AsyncBulkTransport:
         self.timeout = timeout
         self.pool_size = pool_size
         self.headers = {"Accept": "application/fhir+json", **(headers or {})}
-        self._ssl = ssl_context(verify)
+        self._verify = verify
+        self._ssl: ssl.SSLContext | bool | None = None  # loaded at the first https request (not for http servers)
+        self._ssl_lock = asyncio.Lock()
         self._proxies = urllib.request.getproxies_environment()  # read once: scanning os.environ per poll costs
         self._session: aiohttp.ClientSession | None = None
         self._started_this_turn = 0
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.pool_size, limit_per_host=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_EXPIRY
-            )
+            connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0, keepalive_timeout=KEEPALIVE_EXPIRY)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers=self.headers,
@@ -201,6 +201,15 @@ class AsyncBulkTransport:
         except TimeoutError:
             return Failure("deadline", f"DeadlineExceeded: no complete answer within {bound:g} s")
 
+    async def _tls(self) -> ssl.SSLContext | bool:
+        """The TLS context of https requests. The CA bundle is parsed once, in a thread: it is a single C
+        call holding the GIL for some 50 ms here, paid at the first https request of a connection."""
+        if self._ssl is None:
+            async with self._ssl_lock:
+                if self._ssl is None:
+                    self._ssl = await asyncio.to_thread(ssl_context, self._verify)
+        return self._ssl
+
     async def _take_turn(self) -> None:
         """Wait for a turn of the event loop in which fewer than ``STARTS_PER_TURN`` requests started."""
         while self._started_this_turn >= STARTS_PER_TURN:
@@ -213,7 +222,6 @@ class AsyncBulkTransport:
         self._started_this_turn = 0
 
     async def _send(self, request: Request) -> Response | Failure:
-        await self._take_turn()
         session = self._open()
         method, url, body = request.method, request.url, request.body
         params: list[tuple[str, str]] | None = request.params or None
@@ -224,6 +232,7 @@ class AsyncBulkTransport:
             sent = await self.tokens.bearer() if self.tokens is not None and self.origins.allows(url) else None
             if sent is not None:
                 headers["Authorization"] = f"Bearer {sent}"
+            await self._take_turn()  # after the token: a mint wakes every request that waited for it at once
             async with session.request(
                 method,
                 yarl.URL(url, encoded=True),
@@ -232,10 +241,12 @@ class AsyncBulkTransport:
                 headers=headers,
                 allow_redirects=False,
                 proxy=environment_proxy(url, self._proxies),
+                ssl=await self._tls() if url[:6].lower() == "https:" else True,
             ) as response:
                 content = await response.read()
                 status, final_url = response.status, str(response.url)
                 response_headers = response.headers
+            await self._take_turn()  # answers arrive in bursts too: what follows (reading, logging) is shared out
             if status == 401 and sent is not None and not replayed and self.tokens is not None:
                 replayed = True
                 await self.tokens.renew(sent)

@@ -539,6 +539,14 @@ class BulkServer:
         job.done.wait(30)
         shutil.rmtree(job.directory, ignore_errors=True)
 
+    def finish_all(self) -> int:
+        """Let every export still waiting for polls complete at its next poll; how many there were."""
+        with self._lock:
+            waiting = [job for job in self.jobs.values() if job.polls <= job.polls_needed]
+            for job in waiting:
+                job.polls_needed = 0
+        return len(waiting)
+
     def discard_all(self) -> None:
         with self._lock:
             jobs = list(self.jobs.values())

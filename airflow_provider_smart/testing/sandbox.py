@@ -443,6 +443,11 @@ class SmartSandbox:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def finish_exports(self) -> int:
+        """Complete, at their next poll, the exports still waiting out ``status_polls_before_ready``
+        (kicked off while it was set high, to keep them waiting); returns how many."""
+        return self._bulk.finish_all()
+
     @staticmethod
     def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, Any]:
         return operation_outcome(code, diagnostics, severity)

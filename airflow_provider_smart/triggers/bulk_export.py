@@ -125,7 +125,7 @@ class SmartBulkExportTrigger(BaseTrigger):
         from airflow_provider_smart.bulk.protocol import Server, WaitState, adrive, wait_exchange
         from airflow_provider_smart.bulk.retry import RetryPolicy
         from airflow_provider_smart.bulk.vendors import bound_profile
-        from airflow_provider_smart.exceptions import ExportTimeoutError
+        from airflow_provider_smart.exceptions import ExportTimeoutError, SmartError
         from airflow_provider_smart.triggers.shared import shared_connection
 
         async with shared_connection(self.smart_conn_id, self.scope) as shared:
@@ -151,16 +151,29 @@ class SmartBulkExportTrigger(BaseTrigger):
                     "status": "timeout",
                     "message": f"The export did not finish before the timeout.{why}",
                 }
+            except SmartError as exc:  # reported after the token check below: neither may hide the other
+                result = {**event, "status": "error", "message": str(exc), "error": exc.to_dict()}
             result.update(polls=state.polls, progress=state.progress)
-            await self._ensure_tokens_saved(shared.auth)
+            await self._ensure_tokens_saved(shared.auth, result)
         return result
 
-    async def _ensure_tokens_saved(self, auth: Any) -> None:
+    async def _ensure_tokens_saved(self, auth: Any, result: dict[str, Any]) -> None:
         """A rotated refresh token the store refused must not end with this trigger unsaid: retry the
-        write (in a thread) and, if it still fails, report the :class:`TokenStoreError` instead (the
-        token stays in this triggerer's memory, retried, and the task's error says what to fix)."""
-        if auth.unsaved_refresh_token:
+        write (in a thread) and, if it still fails, report the :class:`TokenStoreError` instead of the
+        export's event (the token stays in this triggerer's memory and the write is retried; the task's
+        error says what to fix, and what the export was doing)."""
+        from airflow_provider_smart.exceptions import TokenStoreError
+
+        if not auth.unsaved_refresh_token:
+            return
+        try:
             await asyncio.to_thread(auth.ensure_saved)
+        except TokenStoreError as exc:
+            raise TokenStoreError(
+                f"{exc.message} The export itself: {result['status']} ({result['message']}), status URL "
+                f"{self.status_url}.",
+                **exc.context,
+            ) from None
 
 
 def next_poll_time(retry_after: float | None, poll_interval: float, max_poll_interval: float) -> float:

@@ -77,7 +77,7 @@ def _build_entry(hook: SmartHook, fields: ConnectionFields) -> SharedConnection:
 
 
 def _build_transport(entry: SharedConnection) -> AsyncBulkTransport:
-    """Blocking (CA certificates are read): runs in a thread."""
+    """Cheap: the session opens at the first request, TLS at the first https one."""
     from airflow_provider_smart.bulk.aio import AsyncBulkTransport
 
     settings = entry.hook.settings
@@ -123,7 +123,7 @@ async def shared_connection(conn_id: str, scope: str | None = None) -> AsyncIter
     async with entry.lock:
         entry.users += 1
         if entry.transport is None:
-            entry.transport = await asyncio.to_thread(_build_transport, entry)
+            entry.transport = _build_transport(entry)
     try:
         yield entry
     finally:

@@ -155,3 +155,95 @@ def test_an_https_base_refuses_an_http_status_url(smart_conn: Any, es384: Any) -
         raise_for_event(event)
     except BulkExportError as exc:
         assert "downgrade" in str(exc)
+
+
+def test_https_status_urls_use_the_connections_ca_and_an_unknown_ca_is_refused(smart_conn: Any, tmp_path: Any) -> None:
+    import json as jsonlib
+
+    from airflow_provider_smart.testing.local_http import CountingServer, QuietHandler
+    from airflow_provider_smart.testing.tls import make_tls
+
+    tokens: list[str | None] = []
+
+    class Done(QuietHandler):
+        def do_GET(self) -> None:
+            tokens.append(self.headers.get("Authorization"))
+            body = jsonlib.dumps({"transactionTime": "x", "request": "x", "output": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    tls = make_tls(tmp_path)
+    with CountingServer(Done, tls.server_context()).running() as server:
+        smart_conn(verify=str(tls.ca))
+        [event] = run_triggers(trigger(f"{server.base}/status/1", 30))
+        assert event["status"] == "success", event
+        assert tokens and tokens[0] and tokens[0].startswith("Bearer ")
+
+        smart_conn()  # verify=True: the system's CAs, which never signed this certificate
+        [event] = run_triggers(trigger(f"{server.base}/status/2", 2))
+        assert event["status"] == "timeout" and "Certificate" in event["message"], event
+        assert len(tokens) == 1  # nothing reached the server over the refused TLS
+
+
+def test_a_rotated_refresh_token_the_store_refuses_is_reported_not_dropped_with_the_trigger(
+    smart_conn: Any, sandbox: Any, hostile_server: Any, monkeypatch: Any
+) -> None:
+    # Issue 20: the trigger refreshes (a rotating server), the store refuses the write. The old trigger
+    # reported success and the only valid refresh token went away with it, unsaid.
+    import errno
+
+    from airflow_provider_smart.auth.tokens import InMemoryTokenStore
+    from airflow_provider_smart.exceptions import TokenStoreError
+    from airflow_provider_smart.hooks import token_stores
+
+    class RefusingStore(InMemoryTokenStore):
+        """A Variable store that takes the connection's seed, then refuses writes (a metadata database
+        gone read-only, a full disk)."""
+
+        refuse = True
+
+        def set(self, key: str, token: Any) -> None:
+            if self.refuse and self.get(key) is not None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().set(key, token)
+
+    store = RefusingStore()
+    monkeypatch.setattr(token_stores, "airflow_token_store", lambda spec: store)
+    refresh_token = sandbox.launch_refresh_token("trigger-launch-app")
+    smart_conn(
+        raw={
+            "conn_type": "smart",
+            "host": sandbox.url,
+            "login": "trigger-launch-app",
+            "extra": {"auth_method": "refresh_token", "refresh_token": refresh_token},
+        }
+    )
+    server = hostile_server(lambda h: h.reply(200, {"transactionTime": "x", "request": "x", "output": []}))
+    before = sandbox.refresh_requests
+    kept: list[Any] = []
+
+    async def main() -> dict[str, Any]:
+        from airflow_provider_smart.triggers.shared import shared_entries
+
+        [event] = [event.payload async for event in trigger(f"{server.url}/status/1", 30).run()]
+        kept.extend(entry.auth for entry in shared_entries().values())
+        return event
+
+    event = asyncio.run(main())
+    [auth] = kept
+    assert auth.unsaved_refresh_token  # still held, with the connection's shared auth
+    store.refuse = False
+    auth.ensure_saved()  # the store is fixed: the rotated token lands
+    assert store.get(auth.store_key).refresh_token not in (None, refresh_token)
+    assert sandbox.refresh_requests == before + 1  # the trigger's token came from a refresh, which rotated it
+    assert event["status"] == "error" and event["error"]["kind"] == "smart.token_store", event
+    assert "only valid one" in event["message"] and "The export itself: success" in event["message"]
+    assert refresh_token not in str(event) and "Bearer" not in str(event)
+    try:
+        raise_for_event(event)
+    except TokenStoreError as exc:
+        assert exc.context["unsaved"] is True
+    else:
+        raise AssertionError("no error raised")

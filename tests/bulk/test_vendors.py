@@ -301,8 +301,11 @@ def test_ecw_needs_group_read_and_honours_long_retry_after() -> None:
 
 
 def test_every_profile_documents_its_quirks() -> None:
+    from airflow_provider_smart.bulk.vendors import FEATURES
+
     for name, profile in PROFILES.items():
         assert name == "generic" or profile.sources, name
+        assert profile.ignores <= set(FEATURES), name  # only features the summary knows how to report
         json.dumps(dict(profile.sources))
 
 
