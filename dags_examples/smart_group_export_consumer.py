@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Asset, task
+from airflow.providers.common.compat.sdk import DAG, Asset, task
 
 # Same name and URI as in smart_group_export_mapped.py: that is what ties the two DAGs together.
 GROUP_EXPORT = Asset(name="smart_group_export_cohort_a", uri="smart-bulk://cohort-a")
@@ -28,7 +28,7 @@ with DAG(
     def read_new_files(*, triggering_asset_events: Any = None) -> list[dict[str, Any]]:
         from pathlib import Path
 
-        from airflow.sdk import ObjectStoragePath
+        from airflow.providers.common.compat.sdk import ObjectStoragePath
 
         landed = []
         for event in triggering_asset_events[GROUP_EXPORT]:

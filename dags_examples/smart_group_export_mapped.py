@@ -15,7 +15,7 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Asset, Param
+from airflow.providers.common.compat.sdk import DAG, Asset, Param
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportDownloadOperator, SmartBulkExportOperator
 from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor

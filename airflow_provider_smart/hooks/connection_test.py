@@ -125,7 +125,7 @@ def _without_query(url: str) -> str:
 def _redact(message: Any) -> str:
     """Belt and braces: anything registered with Airflow's secret masker is replaced by ***."""
     try:
-        from airflow.sdk.log import redact
+        from airflow_provider_smart.compat import redact
 
         return str(redact(message))
     except Exception:

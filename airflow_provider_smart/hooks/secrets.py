@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 def mask_secrets(*secrets: str | None) -> None:
     """Register secrets with Airflow's masker so they never reach task logs or rendered fields."""
-    from airflow.providers.common.compat.sdk import mask_secret
+    from airflow_provider_smart.compat import mask_secret
 
     for secret in secrets:
         if secret:

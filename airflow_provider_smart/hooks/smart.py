@@ -6,8 +6,7 @@ import asyncio
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseHook
-
+from airflow_provider_smart.compat import BaseHook
 from airflow_provider_smart.hooks.secrets import mask_secrets, mask_token
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ class SmartHook(BaseHook):
         """Fill :attr:`settings` without blocking an event loop (for triggers): the async connection API,
         then validation (which imports ``requests`` and the crypto libraries) in a thread."""
         if self._settings is None:
-            from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+            from airflow_provider_smart.compat import get_async_connection, get_async_extra_dejson
 
             conn = await get_async_connection(self.smart_conn_id, hook=self)
             extra = await get_async_extra_dejson(conn)

@@ -75,7 +75,7 @@ def emit_asset_events(context: Any, outlets: Iterable[Any] | None, summary: dict
     outlets = list(outlets or [])
     if not outlets:
         return
-    from airflow.sdk import Asset, AssetAlias
+    from airflow_provider_smart.compat import Asset, AssetAlias
 
     extra = asset_event_extra(summary)
     events = context["outlet_events"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import DAG, Asset
+from airflow.providers.common.compat.sdk import DAG, Asset
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportDownloadOperator, SmartBulkExportOperator
 from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
