@@ -39,6 +39,20 @@ class SmartHook(BaseHook):
     conn_type = "smart"
     hook_name = "SMART on FHIR"
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields for the UIs of Airflow 2.11 to 3.1 (3.2+ reads ``conn-fields`` instead)."""
+        from airflow_provider_smart.hooks.legacy_form import connection_form_widgets
+
+        return connection_form_widgets()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields for the UIs of Airflow 2.11 to 3.1 (from the same declaration)."""
+        from airflow_provider_smart.hooks.legacy_form import ui_field_behaviour
+
+        return ui_field_behaviour()
+
     def __init__(
         self,
         smart_conn_id: str = default_conn_name,

@@ -181,11 +181,11 @@ def test_export_to_an_object_storage_destination(
     airflow_db: str, smart_conn: Any, sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Any ObjectStoragePath works as destination; memory:// stands in for s3:// (no cloud here)."""
-    from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.io.store import attach
     from fsspec.implementations.memory import MemoryFileSystem
 
-    attach("memory", fs=MemoryFileSystem())
+    from airflow_provider_smart.compat import ObjectStoragePath, attach_store
+
+    attach_store("memory", fs=MemoryFileSystem())
     run, summary = run_export(monkeypatch, "memory://bucket/fhir/run-1", resource_types=["Patient", "Condition"])  # type: ignore[arg-type]
     assert run.state == "success"
     root = ObjectStoragePath("memory://bucket/fhir/run-1")
