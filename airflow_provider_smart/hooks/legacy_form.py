@@ -42,7 +42,7 @@ def is_secret(name: str, schema: dict[str, Any]) -> bool:
     """A password-format field, or one whose name Airflow's secrets masker hides (``private_key``...)."""
     from airflow_provider_smart.compat import redact
 
-    return schema.get("format") == "password" or redact({name: "x"})[name] != "x"
+    return schema.get("format") == "password" or redact("x", name) != "x"
 
 
 def connection_form_widgets() -> dict[str, Any]:
