@@ -23,7 +23,7 @@ from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
 EXPORT_ROOT = os.environ.get("SMART_EXPORT_ROOT", "/tmp/smart-exports")
 DESTINATION = "{{ params.export_root }}/group/{{ ts_nodash }}"
 # The event's extra says where this run's files are (see smart_group_export_consumer).
-GROUP_EXPORT = Asset(name="smart_group_export_cohort_a", uri="smart-bulk://cohort-a")
+GROUP_EXPORT = Asset(uri="smart-bulk://cohort-a")
 
 with DAG(
     dag_id="smart_group_export_mapped",

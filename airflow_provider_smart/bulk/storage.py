@@ -42,6 +42,16 @@ def as_destination(destination: Any) -> Any:
     return Path(os.fspath(destination))
 
 
+def is_local_path(path: Any) -> bool:
+    """A path on this machine's file system, where ``os.open``, fsync and ``O_EXCL`` apply.
+
+    Not every ``pathlib.Path`` is one: under universal-pathlib 0.2 (Airflow 3.1 and older) Airflow's
+    ``ObjectStoragePath`` subclasses ``pathlib.Path`` even for ``s3://``. Such classes have a file system
+    (``fs``); it is looked up on the class, since reading it on the object would reach the connection.
+    """
+    return isinstance(path, Path) and not hasattr(type(path), "fs")
+
+
 def attempt_id() -> str:
     """A name part unique to this attempt: two attempts (a zombie task and its retry) never share a file."""
     host = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:24] or "host"
@@ -74,7 +84,7 @@ def replace(part: Any, final: Any) -> None:
     on (fsync of the file, then of its directory): after a power cut, a file under its final name is
     whole. Object stores publish an object whole on close, so there is nothing to sync there.
     """
-    if isinstance(part, Path):
+    if is_local_path(part):
         _fsync_path(part)
         part.replace(final)
         _fsync_path(final.parent, directory=True)
@@ -228,7 +238,7 @@ class DestinationLease:
 
     def _write(self, exclusive: bool) -> None:
         data = json.dumps(self._body()).encode()
-        if exclusive and isinstance(self.path, Path):
+        if exclusive and is_local_path(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -263,7 +273,7 @@ class DestinationLease:
 
         try:
             self.destination.mkdir(parents=True, exist_ok=True)
-            if isinstance(self.path, Path):
+            if is_local_path(self.path):
                 try:
                     self._write(exclusive=True)
                     return self._start_heartbeat()

@@ -18,8 +18,11 @@ pytestmark = pytest.mark.slow  # DagBag and `airflow dags test` in subprocesses
 
 def test_example_dags_parse_without_errors_or_warnings() -> None:
     code = (
-        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
+        # Deprecations raised by the example DAGs (or by our package on their behalf), not Airflow's own
+        "import warnings\n"
+        "warnings.filterwarnings('error', category=DeprecationWarning, module=r'(.*smart_|airflow_provider_smart)')\n"
+        "try:\n    from airflow.dag_processing.dagbag import DagBag\n"
+        "except ImportError:  # Airflow < 3.1\n    from airflow.models.dagbag import DagBag\n"
         f"bag = DagBag({str(EXAMPLES)!r})\n"
         "print('ERRORS=' + repr(bag.import_errors)); print('DAGS=' + repr(sorted(bag.dag_ids)))"
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metadb import xcom_value
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
@@ -22,13 +23,8 @@ def load_dag(name: str) -> Any:
 
 
 def run_and_get_xcom(dag: Any) -> tuple[Any, Any]:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
     run = dag.test()
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag.dag_id, run_id=run.run_id, task_id="token").one_or_none()
-        return run, (row.value if row else None)
+    return run, xcom_value(dag_id=dag.dag_id, run_id=run.run_id, task_id="token")
 
 
 def test_token_operator_returns_scope_and_expiry_without_the_token(
