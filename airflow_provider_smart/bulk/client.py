@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from airflow_provider_smart.bulk import deprecated as deprecated_keywords
 from airflow_provider_smart.bulk.download import FileDownloader
 from airflow_provider_smart.bulk.kickoff import FHIR_JSON, build_kickoff
 from airflow_provider_smart.bulk.models import (
@@ -74,6 +75,9 @@ class BulkExportClient:
     :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
     :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
     :param clock: injectable ``time.monotonic``.
+
+    Deprecated keywords (0.1.0; removed in 0.3.0, a ``DeprecationWarning`` until then): ``sleep``,
+    ``transient_retries``, ``max_retry_after``, ``backoff_base``, ``backoff_max``: the same settings of ``retry``.
     """
 
     def __init__(
@@ -90,7 +94,9 @@ class BulkExportClient:
         kickoff_max_wait: float | None = None,
         kickoff_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        **deprecated: Any,
     ) -> None:
+        retry = deprecated_keywords.retry_policy(retry, deprecated)
         _require_http(fhir_base_url, "fhir_base_url")
         self.fhir_base_url = fhir_base_url.rstrip("/")
         self.transport = BulkTransport(
@@ -424,8 +430,14 @@ class BulkExportClient:
         *,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        **deprecated: Any,
     ) -> DownloadReport:
-        """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
+        """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`).
+
+        Deprecated keywords (0.1.0; removed in 0.3.0): ``max_concurrent_downloads``, ``check_counts``,
+        ``check_resource_types``, ``skip_existing``: the same fields of ``options`` (:class:`DownloadOptions`).
+        """
+        options = deprecated_keywords.download_options("download", options, deprecated)
         return self.download_batch(
             plan_files(manifest),
             destination,
@@ -446,6 +458,7 @@ class BulkExportClient:
         status_url: str | None = None,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        **deprecated: Any,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
@@ -456,6 +469,7 @@ class BulkExportClient:
         (a file is skipped only when it holds this export's file). Raises :class:`BulkDownloadError` listing every
         failed file, after trying them all.
         """
+        options = deprecated_keywords.download_options("download_batch", options, deprecated)
         if status_url:
             self.allow_origin(status_url)
         downloader = FileDownloader(
