@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from metadb import delete_xcoms, xcom_value
+from task_output import checked_output
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
@@ -43,7 +44,7 @@ def test_system_export_lands_complete_and_checked(
 ) -> None:
     dest = tmp_path / "export"
     run, summary = run_export(monkeypatch, dest, deferrable=deferrable, resource_types=["Patient", "Observation"])
-    output = capfd.readouterr().out
+    output = checked_output(capfd.readouterr().out)
     assert run.state == "success", output[-3000:]
     if deferrable:
         # 3.x logs the state change; 2.11's dag.test() says it runs the trigger in line

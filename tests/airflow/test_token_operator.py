@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from metadb import xcom_value
+from task_output import checked_output
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
@@ -40,7 +41,7 @@ def test_token_operator_returns_scope_and_expiry_without_the_token(
     assert sandbox.token_requests == 1
     output = capfd.readouterr()
     for token in sandbox.issued_tokens():
-        assert token not in output.out + output.err
+        assert token not in checked_output(output.out, output.err)
 
 
 def test_token_operator_fails_listing_missing_scopes(
@@ -63,7 +64,7 @@ def test_push_token_masks_it_in_logs(
     token = value["access_token"]
     assert token in sandbox.issued_tokens()
     output = capfd.readouterr()
-    assert token not in output.out + output.err
+    assert token not in checked_output(output.out, output.err)
 
 
 def test_connection_stored_in_the_metadata_db(
