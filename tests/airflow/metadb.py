@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_smart.version_compat import AIRFLOW_V_3_0_PLUS
+from airflow_provider_smart.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS
 
 
 def _xcom_model() -> Any:
@@ -57,8 +57,26 @@ def asset_events(run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def register_assets(*dags: Any) -> None:
-    """Write the DAGs (and so their outlets) to the DB: 3.x's dag.test() does it, 2.x's does not, and 2.x
-    records no event for a Dataset it has never seen."""
+    """Make the DAGs' outlet assets known and active, as the DAG processor would before any run.
+
+    3.1+'s dag.test() does it. 2.x's does not, and records no event for a Dataset it has never seen; 3.0's
+    does not either, and fails a task whose outlet is not active (AirflowInactiveAssetInInletOrOutletException).
+    """
+    if AIRFLOW_V_3_1_PLUS:
+        return
     if not AIRFLOW_V_3_0_PLUS:
         for dag in dags:
             dag.sync_to_db()
+        return
+    from airflow.models.asset import AssetActive, AssetModel
+    from airflow.providers.common.compat.sdk import Asset
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for asset in {
+            (o.name, o.uri): o for d in dags for t in d.tasks for o in t.outlets if isinstance(o, Asset)
+        }.values():
+            if session.query(AssetModel).filter_by(name=asset.name, uri=asset.uri).one_or_none() is None:
+                session.add(AssetModel(name=asset.name, uri=asset.uri, group=asset.group, extra=asset.extra))
+            if session.query(AssetActive).filter_by(name=asset.name, uri=asset.uri).one_or_none() is None:
+                session.add(AssetActive(name=asset.name, uri=asset.uri))

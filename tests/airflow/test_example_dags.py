@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
+
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "dags_examples"
 
 pytestmark = pytest.mark.slow  # DagBag and `airflow dags test` in subprocesses
@@ -49,6 +51,15 @@ def test_mapped_group_export_dag(airflow_db: str, sandbox: Any, es384: Any, tmp_
         "AIRFLOW_CONN_SMART_DEFAULT": json.dumps(connection),
         "SMART_EXPORT_ROOT": str(tmp_path),
     }
+    if not AIRFLOW_V_3_1_PLUS:  # 3.0's `dags test` fails on an outlet the DAG processor has not activated yet
+        parsed = subprocess.run(
+            [sys.executable, "-m", "airflow", "dags", "reserialize"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert parsed.returncode == 0, (parsed.stdout + parsed.stderr)[-3000:]
     out = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "smart_group_export_mapped"],
         env=env,
