@@ -44,12 +44,13 @@ def run_connection_test(hook: SmartHook) -> tuple[bool, str]:
         conn = hook._connection or hook.get_connection(hook.smart_conn_id)
         masked = masked_fields(conn.password, conn.extra_dejson)
         if masked:
-            # Airflow 3.0's Test button posts the connection as the list shows it; 3.1+ restore saved secrets.
+            # Airflow 3.0's test API takes the connection as sent; 3.1+ restore saved secrets sent masked.
             return False, (
-                f"{' and '.join(masked)} arrived as '{MASK}', the mask Airflow shows for a saved secret: this "
-                "Airflow's Test button sent the mask, not the stored value (Airflow 3.0 does; 3.1 and later "
-                "send the stored secret). Test with 'airflow connections test <connection id>' or "
-                "'airflow-smart test --conn-id <connection id>', which read the stored connection, or "
+                f"{' and '.join(masked)} arrived as '{MASK}', the mask Airflow shows for a saved secret: the "
+                "connection test was sent the mask, not the stored value (Airflow 3.0's API tests what it is "
+                "sent; 3.1 and later restore the stored secret). Test with 'airflow connections test "
+                "<connection id>' or 'airflow-smart test --conn-id <connection id>', which read the stored "
+                "connection, or "
                 "paste the secret again before pressing Test."
             )
         settings = settings_from_connection(conn.host, conn.login, conn.password, conn.extra_dejson, port=conn.port)
