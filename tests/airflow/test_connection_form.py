@@ -21,7 +21,7 @@ needs_api_server = pytest.mark.skipif(not AIRFLOW_V_3_0_PLUS, reason="Airflow 2.
 def smart_meta() -> Any:
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
-    HookMetaService.hook_meta_data.cache_clear()
+    # computed once per process, as the API server does (3.1 fails a second computation: mocked modules)
     return {m.connection_type: m for m in HookMetaService.hook_meta_data()}["smart"]
 
 

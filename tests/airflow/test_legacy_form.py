@@ -54,7 +54,6 @@ def _shown_form() -> dict[str, Any]:
     if AIRFLOW_V_3_0_PLUS:
         from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
-        HookMetaService.hook_meta_data.cache_clear()
         meta = {m.connection_type: m for m in HookMetaService.hook_meta_data()}["smart"]
         return {name: f["schema"]["title"] for name, f in (meta.extra_fields or {}).items()}
     from airflow.providers_manager import ProvidersManager

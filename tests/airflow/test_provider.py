@@ -25,7 +25,6 @@ def test_provider_discovered_with_connection_type_and_fields() -> None:
 def test_api_server_hook_meta_lists_the_form_fields() -> None:
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
-    HookMetaService.hook_meta_data.cache_clear() if hasattr(HookMetaService.hook_meta_data, "cache_clear") else None
     meta = {m.connection_type: m for m in HookMetaService.hook_meta_data()}
     smart = meta["smart"]
     assert smart.hook_name == "SMART on FHIR"
