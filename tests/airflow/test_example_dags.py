@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from task_output import checked_output
 
 from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
 
@@ -80,4 +81,4 @@ def test_mapped_group_export_dag(airflow_db: str, sandbox: Any, es384: Any, tmp_
     assert any("map_index=1" in line for line in mapped)
     assert any(e["route"] == "delete" for e in sandbox.requests_log)
     for token in sandbox.issued_tokens():
-        assert token not in out.stdout + out.stderr
+        assert token not in checked_output(out.stdout, out.stderr)
