@@ -9,12 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_smart.cli_args import BadArgument, port_number, positive, report_error
+
 
 def _keygen(args: argparse.Namespace) -> int:
     from airflow_provider_smart.auth.keys import generate_private_key, private_key_to_pem, public_jwks
 
     out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadArgument("--out", f"cannot create the folder {str(out)!r} ({exc.strerror or exc})") from None
     key_path = out / "private_key.pem"
     if key_path.exists() and not args.force:
         print(f"{key_path} exists; pass --force to replace it.", file=sys.stderr)
@@ -54,9 +59,15 @@ def _sandbox(args: argparse.Namespace, rest: list[str]) -> int:
 def _load_connection(conn_id: str) -> Any:
     """A connection from env vars, secrets backends or the metadata DB (the CLI runs outside any task,
     where the Task SDK's lookup cannot reach the DB)."""
+    from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
 
-    return Connection.get_connection_from_secrets(conn_id)
+    try:
+        return Connection.get_connection_from_secrets(conn_id)
+    except AirflowNotFoundException:
+        raise BadArgument(
+            "--conn-id", f"no connection {conn_id!r} (in AIRFLOW_CONN_*, a secrets backend or the metadata DB)"
+        ) from None
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -75,11 +86,7 @@ def _test(args: argparse.Namespace) -> int:
     """The connection test Airflow's Test button runs, from the command line, on any Airflow version."""
     from airflow_provider_smart.hooks.smart import SmartHook
 
-    try:
-        connection = _load_connection(args.conn_id)
-    except Exception as exc:
-        print(f"Connection {args.conn_id!r} could not be read: {exc}", file=sys.stderr)
-        return 1
+    connection = _load_connection(args.conn_id)
     ok, message = SmartHook(args.conn_id, connection=connection).test_connection()
     print(f"{'OK' if ok else 'FAILED'}: {message}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
@@ -109,7 +116,7 @@ def _authorize_inputs(args: argparse.Namespace) -> tuple[dict, Any]:
         if key := read_private_key(extra):
             inputs.update(private_key=key, kid=extra.get("kid"), alg=extra.get("alg"))
     if not (inputs["fhir_url"] and inputs["client_id"]):
-        raise SystemExit("authorize needs --conn-id, or --fhir-url and --client-id.")
+        raise BadArgument("--conn-id", "authorize needs --conn-id, or --fhir-url and --client-id")
     inputs["scope"] = inputs["scope"] or DEFAULT_LAUNCH_SCOPE
     return inputs, conn
 
@@ -171,13 +178,19 @@ def _authorize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonblank(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-smart", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     keygen = sub.add_parser("keygen", help="generate a signing key pair, its JWKS and a connection template")
     keygen.add_argument("--alg", default="ES384", choices=["ES384", "RS384", "ES256", "RS256"], help="default ES384")
-    keygen.add_argument("--kid", required=True, help="key id to put in the JWKS and the connection")
+    keygen.add_argument("--kid", required=True, type=_nonblank, help="key id to put in the JWKS and the connection")
     keygen.add_argument("--out", required=True, help="folder for private_key.pem and jwks.json")
     keygen.add_argument("--fhir-url", default="https://fhir.example.org/r4", help="FHIR base URL for the template")
     keygen.add_argument("--client-id", default="my-backend-client", help="client id for the template")
@@ -201,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     authorize.add_argument(
         "--redirect-uri", help="registered loopback redirect URI, e.g. http://127.0.0.1:8765/callback"
     )
-    authorize.add_argument("--port", type=int, default=0, help="loopback port when no --redirect-uri (default: any)")
-    authorize.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the redirect")
+    authorize.add_argument(
+        "--port", type=port_number, default=0, help="loopback port when no --redirect-uri (default: any)"
+    )
+    authorize.add_argument("--timeout", type=positive(float), default=300.0, help="seconds to wait for the redirect")
     authorize.add_argument("--no-browser", action="store_true", help="only print the URL; do not open a browser")
 
     token = sub.add_parser("token", help="acquire a token through an Airflow connection; print scope and expiry")
@@ -228,12 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"keygen": _keygen, "token": _token, "authorize": _authorize, "test": _test}[args.command](args)
     except Exception as exc:  # a CLI prints the error, not a traceback full of internals
-        from airflow_provider_smart.exceptions import SmartError
-
-        if not isinstance(exc, SmartError):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(f"airflow-smart {args.command}", exc)
 
 
 if __name__ == "__main__":

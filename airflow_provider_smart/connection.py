@@ -17,13 +17,13 @@ import requests
 
 from airflow_provider_smart.auth.backend import BackendServicesAuth, ClientSecretAuth, TokenAuth
 from airflow_provider_smart.auth.discovery import normalise_base_url
-from airflow_provider_smart.auth.keys import choose_alg, load_private_key
+from airflow_provider_smart.auth.keys import algs_for_key, choose_alg, load_private_key
 from airflow_provider_smart.auth.tokens import InMemoryTokenStore, StoredToken, TokenStore
+from airflow_provider_smart.connection_fields import AUTH_METHODS, EXTRA_ALIASES, check_extra
 from airflow_provider_smart.exceptions import SmartConfigError
 from airflow_provider_smart.origins import OriginPolicy, insecure_http_refusal
 from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, new_session
 
-AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post", "refresh_token")
 TOKEN_STORES = ("variable", "file:<path>", "memory")
 # SMART v2: read and search every resource type. Used by the client-credentials methods only; a
 # refresh-token connection asks for nothing, so the server keeps the scope granted at authorisation.
@@ -32,12 +32,7 @@ DEFAULT_SCOPE = "system/*.rs"
 _OLD_FORM_SCOPE = "system/*.read"
 # Airflow hides the value of any extra whose name contains a sensitive word ("token", "private_key",
 # "secret", ...): in the UI a new form then shows "***" and saves it literally. Non-secret extras use
-# names free of those words; the names they had before are still read.
-EXTRA_ALIASES = {
-    "key_file": "private_key_path",
-    "oauth_url": "token_url",
-    "rotation_store": "token_store",
-}
+# names free of those words; the names they had before (EXTRA_ALIASES, from the field table) are still read.
 # Tokens are shared by every hook in a process (a sensor and a download in one worker reuse them).
 PROCESS_TOKEN_STORE = InMemoryTokenStore()
 
@@ -88,7 +83,10 @@ def _as_headers(value: Any) -> dict[str, str]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise SmartConfigError('Extra headers must be a JSON object, e.g. {"Epic-Client-ID": "abc"}.') from None
+            raise SmartConfigError(
+                'extra.headers (Extra headers) is not JSON: it must be a JSON object, e.g. {"Epic-Client-ID": "abc"}.',
+                field="headers",
+            ) from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise SmartConfigError("Extra headers must map header names to string values.", field="headers")
     if any(k.lower() == "authorization" for k in value):
@@ -103,16 +101,6 @@ def _as_headers(value: Any) -> dict[str, str]:
                 field="headers",
             )
     return value
-
-
-def _as_flag(value: Any, name: str) -> bool:
-    if value in (None, ""):
-        return False
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise SmartConfigError(f"extra.{name} must be true or false, not {value!r}.", field=name)
 
 
 def _as_verify(value: Any) -> bool | str:
@@ -134,18 +122,6 @@ def _as_verify(value: Any) -> bool | str:
     raise SmartConfigError("Verify TLS must be true, false or a CA bundle path.", field="verify")
 
 
-def _as_timeout(value: Any) -> float:
-    if value in (None, ""):
-        return DEFAULT_TIMEOUT
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        raise SmartConfigError(f"The timeout must be a number of seconds, not {value!r}.", field="timeout") from None
-    if timeout <= 0:
-        raise SmartConfigError("The timeout must be positive.", field="timeout")
-    return timeout
-
-
 def _token_url(value: Any, base: str, insecure: bool) -> str | None:
     if value in (None, ""):
         return None
@@ -163,6 +139,7 @@ def _allowed_hosts(value: Any, base: str, insecure: bool) -> list[str]:
             raise SmartConfigError(
                 "extra.allowed_hosts: an entry contains user info (user@host); remove it.", field="allowed_hosts"
             )
+        _check_host_entry(entry)
         refusal = (
             insecure_http_refusal(entry, base_is_https=base.startswith("https:"), allow_insecure_http=insecure)
             if "://" in entry
@@ -171,6 +148,22 @@ def _allowed_hosts(value: Any, base: str, insecure: bool) -> list[str]:
         if refusal:
             raise SmartConfigError(f"extra.allowed_hosts: {refusal}.", field="allowed_hosts")
     return hosts
+
+
+def _check_host_entry(entry: str) -> None:
+    """``host``, ``host:port``, ``[v6]:port`` or an origin: it must parse, with a port from 1 to 65535."""
+    try:
+        parts = urlsplit(entry if "://" in entry else f"//{entry}")
+        port = parts.port
+    except ValueError as exc:
+        raise SmartConfigError(
+            f"extra.allowed_hosts: {entry!r} is not a host, host:port or origin ({exc}).", field="allowed_hosts"
+        ) from None
+    if not parts.hostname or (port is not None and not 1 <= port <= 65535) or parts.path.strip("/"):
+        raise SmartConfigError(
+            f"extra.allowed_hosts: {entry!r} is not a host, host:port or origin (ports are 1 to 65535, no path).",
+            field="allowed_hosts",
+        )
 
 
 def normalise_extra(extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -242,7 +235,7 @@ def _refresh_token_settings(settings: ConnectionSettings, password: str | None, 
     settings.scope = "" if scope == _OLD_FORM_SCOPE else scope
     settings.private_key = read_private_key(extra)
     if settings.private_key:
-        load_private_key(settings.private_key, field="private_key")
+        algs_for_key(load_private_key(settings.private_key, field="private_key"))
         if not settings.kid:
             raise SmartConfigError("The Key ID (kid) is empty: a private key needs its kid.", field="kid")
     else:
@@ -296,9 +289,9 @@ def settings_from_connection(
     error messages (leave it empty where the id means nothing to a person, e.g. Airflow's Test button).
     """
     where = f"Connection {conn_id!r}: " if conn_id else ""
-    extra = normalise_extra(extra)
     try:
-        insecure = _as_flag(extra.get("allow_insecure_http"), "allow_insecure_http")
+        extra = check_extra(normalise_extra(extra))  # every field's type and range (connection_fields.py)
+        insecure = bool(extra.get("allow_insecure_http"))
         base = normalise_base_url(host, field="host", allow_insecure_http=insecure)
         _check_port(base, port)
         if not login:
@@ -322,7 +315,7 @@ def settings_from_connection(
             allowed_hosts=_allowed_hosts(extra.get("allowed_hosts"), base, insecure),
             headers=_as_headers(extra.get("headers")),
             verify=_as_verify(extra.get("verify")),
-            timeout=_as_timeout(extra.get("timeout")),
+            timeout=DEFAULT_TIMEOUT if extra.get("timeout") in (None, "") else extra["timeout"],
             allow_insecure_http=insecure,
         )
         if method == "refresh_token":
@@ -335,6 +328,7 @@ def settings_from_connection(
                     field="private_key",
                 )
             key = load_private_key(settings.private_key, field="private_key")
+            algs_for_key(key)  # a curve no JWT algorithm signs with (secp256k1) fails now, not at first use
             settings.alg = choose_alg(key, settings.alg) if settings.alg else None
             if not settings.kid:
                 raise SmartConfigError(

@@ -21,10 +21,13 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
+from airflow_provider_smart import log_redaction
+
 if TYPE_CHECKING:
     from requests.sessions import _Settings
 
 log = logging.getLogger(__name__)
+log_redaction.install()  # every session is built here: urllib3's request lines never carry a signature
 
 DEFAULT_TIMEOUT = 60.0  # seconds per connect and per read; requests has no default, and a hung socket hangs a task
 DEFAULT_POOL_SIZE = 10  # requests' own default: connections kept per host

@@ -126,6 +126,16 @@ class SmartConfiguration:
                 raise DiscoveryError(f"{where}: {name} must be a URL string, got {value!r}.", url=where)
             # Relative endpoints SHOULD be evaluated against the FHIR base URL (SMART conformance).
             values[name] = urljoin(fhir_base_url + "/", value.strip())
+            parts = urlsplit(values[name])
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # e.g. file:///etc/passwd: a bad document, not a server we "could not reach"
+                raise DiscoveryError(
+                    f"{where} is not a valid SMART configuration: its {name} {redact_url(values[name])!r} is not "
+                    "an http(s) URL. Ask the server's operators, or set the token endpoint URL (oauth_url) in "
+                    "the connection to skip discovery.",
+                    url=where,
+                    field=name,
+                )
         if "token_endpoint" not in values:
             raise DiscoveryError(
                 f"{where} has no token_endpoint; set token_url in the connection extra to skip discovery.",

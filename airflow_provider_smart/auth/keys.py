@@ -76,7 +76,10 @@ def algs_for_key(key: PrivateKey) -> tuple[str, ...]:
         return RSA_ALGS
     alg = EC_ALGS_BY_CURVE.get(key.curve.name)
     if alg is None:
-        raise SmartConfigError(f"EC curve {key.curve.name} is not usable for JWT signing (use P-384 or P-256).")
+        raise SmartConfigError(
+            f"private_key: its EC curve {key.curve.name} is not usable for JWT signing (use P-384 or P-256).",
+            field="private_key",
+        )
     return (alg,)
 
 

@@ -33,7 +33,7 @@ from airflow_provider_smart.bulk.retry import (
     TransientFailure,
     next_poll_delay,
 )
-from airflow_provider_smart.bulk.storage import LandedFiles
+from airflow_provider_smart.bulk.storage import DestinationLease, LandedFiles
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, redact_url, resolve
 from airflow_provider_smart.exceptions import BulkExportError, ExportThrottledError, ExportTimeoutError
@@ -57,6 +57,11 @@ def _require_http(url: str, what: str) -> None:
         raise BulkExportError(f"The {what} must be an http(s) URL, not {url[:200]!r}.", url=url[:200])
 
 
+# The longest 429 wait kick_off() sleeps in place when the caller set neither a timeout nor a max wait:
+# past it, ExportThrottledError says when the server will take an export (its not_before).
+UNBOUNDED_KICKOFF_MAX_WAIT = 900.0
+
+
 class BulkExportClient:
     """A FHIR Bulk Data client: kick off, poll (or :meth:`wait`), download, cancel.
 
@@ -70,8 +75,9 @@ class BulkExportClient:
         (and a download's headers), however slowly the server drips bytes; None: ``2 * timeout``.
     :param retry: the retry policy (attempts, backoff, ``Retry-After`` cap, sleep).
     :param kickoff_max_wait: the longest server-requested wait (429 ``Retry-After``) :meth:`kick_off`
-        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit). Airflow's
-        deferrable operator sets it, then defers until the server's time.
+        sleeps through; a longer one raises :class:`ExportThrottledError` (None: no limit when a timeout
+        bounds the call, else ``UNBOUNDED_KICKOFF_MAX_WAIT``: a call with no bound at all never sleeps
+        hours in place). Airflow's deferrable operator sets it, then defers until the server's time.
     :param kickoff_timeout: default ``timeout`` of :meth:`kick_off` (None: bounded only by the retry policy).
     :param comma_join_repeats: GET kick-off sends list parameters comma-joined (Cerner rejects repeats).
     :param clock: injectable ``time.monotonic``.
@@ -134,7 +140,10 @@ class BulkExportClient:
         spec = build_kickoff(request, self.fhir_base_url, comma_join_repeats=self.comma_join_repeats)
         data = json.dumps(spec.body).encode() if spec.body is not None else None
         timeout = self.kickoff_timeout if timeout is None else timeout
-        policy = self.retry.bounded(timeout=timeout, max_wait=self.kickoff_max_wait, clock=self.clock)
+        max_wait = self.kickoff_max_wait
+        if timeout is None and max_wait is None:
+            max_wait = UNBOUNDED_KICKOFF_MAX_WAIT  # no bound given: a 429 storm must not sleep hours silently
+        policy = self.retry.bounded(timeout=timeout, max_wait=max_wait, clock=self.clock)
 
         def attempt() -> requests.Response:
             try:
@@ -430,6 +439,7 @@ class BulkExportClient:
         *,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
         **deprecated: Any,
     ) -> DownloadReport:
         """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`).
@@ -446,6 +456,7 @@ class BulkExportClient:
             status_url=manifest.status_url,
             on_file_done=on_file_done,
             ledger=ledger,
+            lease=lease,
         )
 
     def download_batch(
@@ -458,6 +469,7 @@ class BulkExportClient:
         status_url: str | None = None,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
         **deprecated: Any,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
@@ -466,8 +478,9 @@ class BulkExportClient:
         ``ObjectStoragePath`` (see :mod:`~airflow_provider_smart.bulk.storage`). ``status_url``: the
         export's status URL, whose origin may receive the token. ``on_file_done`` is called (in this
         thread) with each finished file's report. ``ledger``: which export each landed file belongs to
-        (a file is skipped only when it holds this export's file). Raises :class:`BulkDownloadError` listing every
-        failed file, after trying them all.
+        (a file is skipped only when it holds this export's file). ``lease``: the destination's lease,
+        checked at every rename (an attempt that lost it renames nothing). Raises :class:`BulkDownloadError`
+        listing every failed file, after trying them all.
         """
         options = deprecated_keywords.download_options("download_batch", options, deprecated)
         if status_url:
@@ -479,6 +492,7 @@ class BulkExportClient:
             requires_access_token=requires_access_token,
             on_file_done=on_file_done,
             ledger=ledger,
+            lease=lease,
         )
         return downloader.run(list(entries))
 

@@ -11,6 +11,7 @@ collected and raised together at the end.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -30,7 +31,15 @@ from airflow_provider_smart.bulk.ndjson import NdjsonScanner
 from airflow_provider_smart.bulk.outcome import ERROR_SEVERITIES, body_text, classify_issue, issues
 from airflow_provider_smart.bulk.plan import check_entry
 from airflow_provider_smart.bulk.retry import TRANSIENT_STATUSES, TransientFailure
-from airflow_provider_smart.bulk.storage import LandedFiles, as_destination, attempt_id, discard, replace, size_of
+from airflow_provider_smart.bulk.storage import (
+    DestinationLease,
+    LandedFiles,
+    as_destination,
+    attempt_id,
+    discard,
+    replace,
+    size_of,
+)
 from airflow_provider_smart.bulk.stream import CorruptBody, IncompleteBody, open_body
 from airflow_provider_smart.bulk.transport import BulkTransport
 from airflow_provider_smart.bulk.urls import is_http_url, origin_of, redact_url, resolve
@@ -149,9 +158,11 @@ class FileDownloader:
         requires_access_token: bool,
         on_file_done: Callable[[FileReport], None] | None = None,
         ledger: LandedFiles | None = None,
+        lease: DestinationLease | None = None,
     ) -> None:
         self.transport = transport
         self.ledger = ledger
+        self.lease = lease
         self.attempt = attempt_id()
         self.destination = as_destination(destination)
         self.options = options
@@ -254,6 +265,7 @@ class FileDownloader:
                 report.skipped, report.lines = True, record.get("lines")
                 report.bytes = record.get("bytes") if record.get("bytes") is not None else size_of(final)
                 report.count_mismatch = bool(record.get("count_mismatch"))
+                report.unverified = record.get("unverified") or None
                 log.info("Skipping %s: already downloaded by an earlier try of this export.", rel)
                 return report
             log.info("Replacing %s: it does not hold this export's file (left by another export or try).", rel)
@@ -264,7 +276,7 @@ class FileDownloader:
         expected = _expected_type(kind, entry.get("type")) if self.options.check_resource_types else None
         started = time.monotonic()
 
-        def attempt() -> tuple[int, int]:
+        def attempt() -> tuple[int, int, str | None]:
             report.attempts += 1
             try:
                 with self._slots:  # held while the body streams in, not while backing off or saving
@@ -278,21 +290,27 @@ class FileDownloader:
         def give_up(failure: TransientFailure, tries: int) -> Exception:
             return BulkDownloadError(f"{failure} (gave up after {tries} attempts)", url=redact_url(url), path=rel)
 
+        digests: list[str | None] = []
+
         def fetch() -> tuple[int, int]:
-            lines, size = self.transport.retry.run(
+            lines, size, digest = self.transport.retry.run(
                 attempt, what=f"Download of {rel}", give_up=give_up, on_failure=lambda: discard(part)
             )
             if self.options.check_counts and count is not None and lines != count and expected is None:
                 lines = self._recount(part)  # the fast count includes blank lines: look again, exactly
+            digests.append(digest)
             return lines, size
 
         lines, size = fetch()
         if self.options.check_counts and count is not None and lines != count:
             lines, size = self._second_opinion(rel, url, count, lines, fetch, part)
             report.count_mismatch = lines != count
-        replace(part, final)
+        proved_by_count = self.options.check_counts and count is not None and lines == count
+        if digests[-1] is not None and not proved_by_count:
+            lines, size, report.unverified = self._unframed(rel, url, (lines, size, digests[-1]), fetch, digests, part)
+        self._land(part, final)
         if self.ledger is not None:
-            self.ledger.record(rel, url, lines, size, report.count_mismatch)
+            self.ledger.record(rel, url, lines, size, report.count_mismatch, unverified=report.unverified)
         report.lines, report.bytes = lines, size
         report.seconds = time.monotonic() - started
         log.info(
@@ -305,19 +323,38 @@ class FileDownloader:
         )
         return report
 
-    def _fetch(self, url: str, part: Any, expected: str | None) -> tuple[int, int]:
-        """One attempt: stream ``url`` into ``part``; returns (lines, bytes written)."""
+    def _land(self, part: Any, final: Any) -> None:
+        """Rename a checked file to its final name, if this attempt still holds the destination's lease."""
+        if self.lease is None:
+            replace(part, final)
+            return
+        try:
+            with self.lease.renaming():
+                replace(part, final)
+        except BulkExportError:
+            discard(part)
+            raise
+
+    def _fetch(self, url: str, part: Any, expected: str | None) -> tuple[int, int, str | None]:
+        """One attempt: stream ``url`` into ``part``; returns (lines, bytes written, digest).
+
+        ``digest`` (SHA-256 of what was written) is None when the framing proved the body whole; it is
+        only computed for a body ended by the connection closing, to compare two copies of it.
+        """
         response = self._open(url)
         scanner = NdjsonScanner(expected)
         started = last_log = time.monotonic()
         body = open_body(
             response, CHUNK_SIZE, min_rate=self.options.min_download_rate, window=self.options.min_rate_window
         )
+        digest = None if body.framed else hashlib.sha256()
         try:
             with part.open("wb") as handle:
                 for chunk in body:
                     write_in_slices(handle, chunk)
                     scanner.feed(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
                     now = time.monotonic()
                     if now - last_log >= PROGRESS_LOG_EVERY:
                         last_log = now
@@ -330,6 +367,8 @@ class FileDownloader:
             # Framing first: a short Content-Length says more than the cut line it leaves behind.
             body.check_complete()
             check_gzip_trailer(response)
+            if body.trailing:
+                log.warning("%s: ignored %d NUL bytes of padding after the gzip data.", redact_url(url), body.trailing)
             lines = scanner.finish()
         except IncompleteBody as exc:
             raise TransientFailure(str(exc)) from None
@@ -339,7 +378,7 @@ class FileDownloader:
             raise not_ndjson(url, response, exc) from None
         except NdjsonCheckError as exc:
             raise BulkDownloadError(f"{redact_url(url)}: {exc}.", url=redact_url(url)) from None
-        except CorruptBody as exc:
+        except (CorruptBody, requests.exceptions.ContentDecodingError) as exc:
             # Bad compressed data is not a network hiccup: fetching it again gets the same bytes.
             raise BulkDownloadError(
                 f"{redact_url(url)}: {exc}; the server sent data that does not decompress. Ask its operators "
@@ -351,7 +390,6 @@ class FileDownloader:
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
             # read straight from http.client (see bulk/stream.py); disk errors are not in this list on purpose
             http.client.HTTPException,
             urllib3.exceptions.HTTPError,  # urllib3's reader (bodies stream.py does not read itself)
@@ -362,7 +400,58 @@ class FileDownloader:
             raise TransientFailure(f"the connection broke mid-file ({type(exc).__name__})") from None
         finally:
             body.close()  # back to the pool if the body was read whole, else closed
-        return lines, scanner.bytes
+        return lines, scanner.bytes, None if digest is None else digest.hexdigest()
+
+    def _unframed(
+        self,
+        rel: str,
+        url: str,
+        first: tuple[int, int, str],
+        fetch: Callable[[], tuple[int, int]],
+        digests: list[str | None],
+        part: Any,
+    ) -> tuple[int, int, str | None]:
+        """Nothing proved the body whole (no framing, no matching ``count``): apply ``unframed_bodies``.
+
+        A body ended by the connection closing can be cut exactly at a line end (or after a gzip member)
+        and still parse; without a manifest ``count`` (Medplum sends none) only a second copy can tell.
+        Returns (lines, bytes, the reason to list it as unverified or None).
+        """
+        policy = self.options.unframed_bodies
+        why = "no Content-Length, not chunked (ended by the connection closing) and no manifest count to check"
+        if policy == "fail":
+            discard(part)
+            raise BulkDownloadError(
+                f"{rel}: nothing proves the body complete ({why}). unframed_bodies='fail' refuses such files; "
+                "set unframed_bodies='refetch' to land them when two copies agree, or 'mark' to land them "
+                "listed as unverified.",
+                url=redact_url(url),
+                path=rel,
+            )
+        lines, size, digest = first
+        if policy in ("refetch", "refetch_and_mark"):
+            seen: set[tuple[int, str | None]] = {(size, digest)}
+            for _ in range(2):  # at most three copies: land as soon as two agree
+                discard(part)
+                lines, size = fetch()
+                if (size, digests[-1]) in seen:
+                    break
+                seen.add((size, digests[-1]))
+                log.warning("%s: a second copy of an unframed body differs from the first; fetching again.", rel)
+            else:
+                discard(part)
+                raise BulkDownloadError(
+                    f"{rel}: three downloads of a body with no framing ({why}) all differ: the server "
+                    "cuts it short. Retry the task later, or ask the server's operators.",
+                    url=redact_url(url),
+                    path=rel,
+                )
+            log.info("%s: two copies of an unframed body agree (%d bytes, SHA-256).", rel, size)
+            if policy == "refetch":
+                return lines, size, None
+            why += "; two copies agreed"
+        log.warning("Landing %s unverified: %s. Listed in the summary's 'unverified'.", rel, why)
+        return lines, size, why
 
     def _second_opinion(
         self, rel: str, url: str, count: int, first: int, fetch: Callable[[], tuple[int, int]], part: Any

@@ -288,6 +288,9 @@ class StatusResult:
         }
 
 
+UNFRAMED_POLICIES = ("refetch", "mark", "refetch_and_mark", "fail")
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
     """How files are downloaded and checked; one object travels from the operator to each file.
@@ -304,6 +307,11 @@ class DownloadOptions:
         attempt is abandoned and the file retried as a transient failure (a server dripping bytes just
         under the read timeout would otherwise hold it for hours); 0 disables the check.
     :param min_rate_window: seconds over which ``min_download_rate`` is averaged.
+    :param unframed_bodies: what to do with a body nothing proves complete: no ``Content-Length``, not
+        chunked (ended by the server closing the connection; a gzip trailer only proves its member whole)
+        and no manifest ``count`` that matches. ``"refetch"`` (default): download it again and land it when
+        two copies agree in length and SHA-256; ``"mark"``: land the first copy, listed in the summary's
+        ``unverified`` with a warning; ``"refetch_and_mark"``: both; ``"fail"``: refuse such files.
     """
 
     max_concurrent_downloads: int = 4
@@ -313,8 +321,13 @@ class DownloadOptions:
     skip_existing: bool = True
     min_download_rate: float = 4096.0  # with the window: reads of CHUNK_SIZE, progress judged per read
     min_rate_window: float = 128.0
+    unframed_bodies: str = "refetch"
 
     def __post_init__(self) -> None:
+        if self.unframed_bodies not in UNFRAMED_POLICIES:
+            raise BulkExportError(
+                f"unframed_bodies must be one of {', '.join(UNFRAMED_POLICIES)}, not {self.unframed_bodies!r}."
+            )
         if self.max_concurrent_downloads < 1:
             raise BulkExportError(
                 f"max_concurrent_downloads must be at least 1, not {self.max_concurrent_downloads!r}."
@@ -345,6 +358,7 @@ class FileReport:
     seconds: float = 0.0
     attempts: int = 0
     count_mismatch: bool = False  # kept although ``lines`` != ``count`` (two copies agreed)
+    unverified: str | None = None  # why nothing proved this file complete (see ``unframed_bodies``)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -381,6 +395,15 @@ class DownloadReport:
             {"path": f.path, "type": f.type, "count": f.count, "lines": f.lines} for f in self.files if f.count_mismatch
         ]
 
+    @property
+    def unverified(self) -> list[dict[str, Any]]:
+        """Files landed although nothing proved them complete (``unframed_bodies="mark"``)."""
+        return [
+            {"path": f.path, "type": f.type, "url": redact_url(f.url), "reason": f.unverified}
+            for f in self.files
+            if f.unverified
+        ]
+
     def totals(self) -> dict[str, Any]:
         skipped = sum(1 for f in self.files if f.skipped)
         return {
@@ -392,6 +415,7 @@ class DownloadReport:
             "error_issues": self.error_issue_count,
             "warnings": self.warning_count,
             "count_mismatches": sum(1 for f in self.files if f.count_mismatch),
+            "unverified": sum(1 for f in self.files if f.unverified),
             "seconds": round(self.seconds, 3),
         }
 
@@ -402,4 +426,5 @@ class DownloadReport:
             "error_issues": list(self.error_issues),
             "warnings": list(self.warnings),
             "count_mismatches": self.count_mismatches,
+            "unverified": self.unverified,
         }

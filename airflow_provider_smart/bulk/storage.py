@@ -20,17 +20,23 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from airflow_provider_smart.exceptions import BulkExportError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the lease is written and read back as on object stores
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
 
 def as_destination(destination: Any) -> Any:
-    """A ``Path`` for a plain path or a ``file://`` URI; a pathlib-like object is used as it is."""
+    """A ``Path`` for a plain path or a ``file:`` URI; a pathlib-like object is used as it is."""
     if isinstance(destination, str):
-        if destination.startswith("file://"):
-            return Path(destination[len("file://") :])
+        if destination[:5].lower() == "file:":
+            return _file_uri_path(destination)
         if "://" in destination:
             raise BulkExportError(
                 f"destination {destination!r} is a URI: pass an ObjectStoragePath (or another pathlib-like "
@@ -50,6 +56,23 @@ def is_local_path(path: Any) -> bool:
     (``fs``); it is looked up on the class, since reading it on the object would reach the connection.
     """
     return isinstance(path, Path) and not hasattr(type(path), "fs")
+
+
+def _file_uri_path(uri: str) -> Path:
+    """The local directory a ``file:`` URI names (RFC 8089): ``file:///abs``, ``file://localhost/abs`` or
+    ``file:/abs``. Anything else (another host, a relative ``file:path``) is refused: it would otherwise
+    land under the worker's working directory, where nobody would look for it."""
+    parts = urlsplit(uri)
+    host = (parts.netloc or "").lower()
+    path = unquote(parts.path)
+    if host not in ("", "localhost") or not path.startswith("/") or parts.query or parts.fragment:
+        raise BulkExportError(
+            f"destination {uri!r} is not a local file URI this worker can write: use file:///absolute/path "
+            "(or file://localhost/absolute/path), or a plain absolute path. A relative file:path or another "
+            "host's file://host/path would land somewhere nobody looks.",
+            destination=uri,
+        )
+    return Path(path)
 
 
 def attempt_id() -> str:
@@ -98,10 +121,45 @@ def replace(part: Any, final: Any) -> None:
 def discard(path: Any) -> None:
     """Delete a temporary file; cleanup never hides the error that made it necessary."""
     try:
-        if path.exists():
-            path.unlink()
+        path.unlink()  # not exists() first: that follows a symbolic link, and misses a dangling one
+    except FileNotFoundError:
+        pass
     except Exception:
         log.debug("Could not delete the partial file %s.", path, exc_info=True)
+
+
+PARTIAL = re.compile(r"\..+\.part")  # what replace() renames from: never a file a reader should trust
+KIND_DIRS = ("deleted", "error")
+
+
+def sweep_partials(destination: Any) -> int:
+    """Delete the temporary files (``.<name>.<attempt>.part``) a dead attempt left; returns how many.
+
+    Call it only while holding the destination's lease: then no live attempt is writing any of them.
+    Symbolic links are removed, never followed; nothing outside the destination is touched.
+    """
+    removed = 0
+    for directory in (destination, *(destination / kind for kind in KIND_DIRS)):
+        iterdir = getattr(directory, "iterdir", None)
+        try:
+            if iterdir is None or not directory.exists() or _is_link(directory):
+                continue
+            entries = list(iterdir())
+        except (OSError, NotImplementedError):
+            continue
+        for path in entries:
+            if PARTIAL.fullmatch(path.name):
+                discard(path)
+                removed += 1
+    return removed
+
+
+def _is_link(path: Any) -> bool:
+    is_symlink = getattr(path, "is_symlink", None)
+    try:
+        return bool(is_symlink()) if callable(is_symlink) else False
+    except OSError:
+        return False
 
 
 def size_of(path: Any) -> int | None:
@@ -122,9 +180,13 @@ def read_json(path: Any) -> dict[str, Any] | None:
 def write_json_atomically(path: Any, data: dict[str, Any]) -> None:
     """Readers see the old content or the new, never half of it."""
     partial = path.parent / f".{path.name}.part"
-    with partial.open("w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    replace(partial, path)
+    try:
+        with partial.open("w") as handle:
+            json.dump(data, handle, indent=2, default=str)
+        replace(partial, path)
+    except BaseException:
+        discard(partial)  # a full disk leaves no half-written temporary file behind
+        raise
 
 
 def url_key(url: str) -> str:
@@ -166,7 +228,16 @@ class LandedFiles:
             return record
         return None
 
-    def record(self, rel: str, url: str, lines: int | None, size: int | None, count_mismatch: bool) -> None:
+    def record(
+        self,
+        rel: str,
+        url: str,
+        lines: int | None,
+        size: int | None,
+        count_mismatch: bool,
+        *,
+        unverified: str | None = None,
+    ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         data = {
             "path": rel,
@@ -176,6 +247,7 @@ class LandedFiles:
             "lines": lines,
             "bytes": size,
             "count_mismatch": count_mismatch,
+            "unverified": unverified,
         }
         with self._record_path(rel).open("w") as handle:
             json.dump(data, handle)
@@ -219,9 +291,14 @@ LEASE_HEARTBEAT = 30.0
 class DestinationLease:
     """An exclusive lease on a destination: owner, host, pid, heartbeat; a stale one is taken over.
 
-    Local disks create the lease file exclusively (``O_EXCL``); object stores have no such primitive,
-    so there the lease is written and read back (last writer wins a race, which the heartbeat narrows).
-    Taking the lease also proves the destination writable, before anything is started on the server.
+    On a local disk every look at the lease and every change to it happens under an exclusive ``flock``
+    of the destination directory (no extra file is left beside ``manifest.json``): read, decide, write is
+    one step, so two attempts racing for a free or stale lease never both win. Object stores have no such
+    primitive, so there the lease is written and read back (last writer wins a race, which the heartbeat
+    narrows). The heartbeat and :meth:`renaming` check ownership first: an attempt frozen past its lease
+    (a stopped VM, a long GC pause) that wakes up after another took over never writes over the new
+    owner's lease or renames a file into its destination. Taking the lease also proves the destination
+    writable, before anything is started on the server.
     """
 
     def __init__(self, destination: Any, owner: str, *, stale_after: float = LEASE_STALE_AFTER) -> None:
@@ -230,32 +307,52 @@ class DestinationLease:
         self.owner = owner
         self.stale_after = stale_after
         self.me = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt_id()}
+        self.lost: str | None = None  # why this attempt no longer holds the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()  # flock is per open file: threads of one attempt queue here
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive across processes on a local disk (``flock`` of the directory); a no-op elsewhere."""
+        if not is_local_path(self.destination) or fcntl is None:
+            yield
+            return
+        with self._thread_lock:
+            fd = os.open(self.destination, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def _body(self) -> dict[str, Any]:
         return {**self.me, "heartbeat": time.time()}
 
-    def _write(self, exclusive: bool) -> None:
-        data = json.dumps(self._body()).encode()
-        if exclusive and is_local_path(self.path):
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            return
+    def _write(self) -> None:
         partial = self.destination / f".{LEASE_FILE}.{self.me['attempt']}.part"
-        with partial.open("wb") as handle:
-            handle.write(data)
-        replace(partial, self.path)
-
-    def _held_by_other(self) -> dict[str, Any] | None:
         try:
-            current = read_json(self.path)
+            with partial.open("wb") as handle:
+                handle.write(json.dumps(self._body()).encode())
+            replace(partial, self.path)
+        except BaseException:
+            discard(partial)
+            raise
+
+    def _current(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.path)
         except (OSError, ValueError):
             return None
+
+    def _held_by_other(self) -> dict[str, Any] | None:
+        current = self._current()
         if not current or current.get("attempt") == self.me["attempt"]:
             return None
-        age = time.time() - float(current.get("heartbeat") or 0)
+        try:
+            age = time.time() - float(current.get("heartbeat") or 0)
+        except (TypeError, ValueError):
+            age = float("inf")
         if age > self.stale_after:
             log.warning(
                 "Taking over the lease on %s from %s (host %s, pid %s): no heartbeat for %.0f s.",
@@ -269,20 +366,14 @@ class DestinationLease:
         return {**current, "age": age}
 
     def acquire(self) -> None:
-        from airflow_provider_smart.exceptions import BulkExportError
-
         try:
             self.destination.mkdir(parents=True, exist_ok=True)
-            if is_local_path(self.path):
-                try:
-                    self._write(exclusive=True)
-                    return self._start_heartbeat()
-                except FileExistsError:
-                    pass
-            other = self._held_by_other()
-            if other is None:
-                self._write(exclusive=False)
-                other = self._held_by_other()  # read back: did another attempt write at the same time?
+            with self._locked():
+                other = self._held_by_other()
+                if other is None:
+                    self._write()
+                    if not is_local_path(self.destination):
+                        other = self._held_by_other()  # read back: did another attempt write at the same time?
         except OSError as exc:
             raise BulkExportError(
                 f"Cannot write to the destination {self.destination} ({type(exc).__name__}: {exc}); nothing "
@@ -299,11 +390,34 @@ class DestinationLease:
             )
         self._start_heartbeat()
 
+    def _still_mine(self) -> bool:
+        current = self._current()
+        if current is not None and current.get("attempt") == self.me["attempt"]:
+            return True
+        holder = (current or {}).get("owner") or "nobody"
+        self.lost = f"the lease on {self.destination} was taken over by {holder} (this attempt stalled past it)"
+        return False
+
+    @contextlib.contextmanager
+    def renaming(self) -> Iterator[None]:
+        """Hold the lock while a file is renamed into the destination, after checking it is still ours."""
+        with self._locked():
+            if self.lost or not self._still_mine():
+                raise BulkExportError(
+                    f"Not writing into {self.destination}: {self.lost}. Another attempt owns it now; this one "
+                    "stops without touching its files.",
+                    destination=str(self.destination),
+                )
+            yield
+
     def _start_heartbeat(self) -> None:
         def beat() -> None:
             while not self._stop.wait(LEASE_HEARTBEAT):
-                with contextlib.suppress(Exception):
-                    self._write(exclusive=False)
+                with contextlib.suppress(Exception), self._locked():
+                    if not self._still_mine():
+                        log.error("Stopping: %s.", self.lost)
+                        return
+                    self._write()
 
         self._thread = threading.Thread(target=beat, daemon=True, name="smart-lease-heartbeat")
         self._thread.start()
@@ -313,10 +427,11 @@ class DestinationLease:
         if self._thread is not None:
             self._thread.join(5)
         try:
-            current = read_json(self.path)
-            if current and current.get("attempt") == self.me["attempt"]:
-                self.path.unlink()
-        except (OSError, ValueError):
+            with self._locked():
+                current = self._current()
+                if current and current.get("attempt") == self.me["attempt"]:
+                    self.path.unlink()
+        except OSError:
             log.debug("Could not release the lease %s", self.path, exc_info=True)
 
     @contextlib.contextmanager

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import http.client
 import io
+import select
 import ssl
 import threading
 import zlib
@@ -64,8 +65,24 @@ class CorruptBody(Exception):
     """The gzip data does not decompress: the same bytes would come again, so not worth a retry."""
 
 
+GZIP_CODINGS = ("gzip", "x-gzip")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _codings(response: requests.Response) -> list[str]:
+    """The body's content codings in the order they were applied, ``identity`` left out."""
+    header = response.headers.get("Content-Encoding", "")
+    return [c for c in (part.strip().lower() for part in header.split(",")) if c and c != "identity"]
+
+
 def _encoding(response: requests.Response) -> str:
-    return response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+    return ", ".join(_codings(response)) or "identity"
+
+
+def _decodable(coding: str) -> bool:
+    from urllib3.response import HTTPResponse
+
+    return coding in GZIP_CODINGS or coding in HTTPResponse.CONTENT_DECODERS
 
 
 def _declared_length(response: requests.Response) -> int | None:
@@ -107,12 +124,16 @@ class BodyReader:
         self.received = 0
         self.decoded = 0
         self.declared = _declared_length(response)
-        self.encoding = _encoding(response)
+        codings = _codings(response)
+        self.encoding = ", ".join(codings) or "identity"
+        self.undecodable = [c for c in codings if not _decodable(c)]
+        self.layers = len(codings)  # gzip mode: gzip layers to undo (a server may gzip twice)
+        self.trailing = 0  # gzip mode: bytes after the last member that are not gzip data (ignored)
         fp = getattr(response.raw, "_fp", None)
         self._fp: http.client.HTTPResponse | None = fp if isinstance(fp, http.client.HTTPResponse) else None
-        if self._fp is not None and self.encoding == "identity":
+        if self._fp is not None and not codings:
             self.mode = "identity"
-        elif self._fp is not None and self.encoding in ("gzip", "x-gzip"):
+        elif self._fp is not None and codings and all(c in GZIP_CODINGS for c in codings):
             self.mode = "gzip"
         else:
             self.mode = "fallback"  # urllib3 reads and decodes; it also releases the connection itself
@@ -122,6 +143,9 @@ class BodyReader:
 
     # -- reading --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Chunk]:
+        if self.undecodable:
+            # urllib3 would pass such a body through still encoded, to be saved as if it were NDJSON
+            raise CorruptBody(f"the body's Content-Encoding {', '.join(self.undecodable)!r} is not one we can decode")
         if self.min_rate > 0 and self.mode != "fallback":
             threading.Thread(target=self._guard, name="smart-download-rate", daemon=True).start()
         if self.mode == "identity":
@@ -155,39 +179,73 @@ class BodyReader:
             view.release()
 
     def _gzip(self) -> Iterator[Chunk]:
+        """The body inflated through ``layers`` gzip decoders (``Content-Encoding: gzip, gzip`` is two)."""
+        ended: list[bool] = []
+        chunks: Iterator[Any] = self._compressed()
+        for _ in range(self.layers):
+            chunks = self._inflate(chunks, ended)
+        for out in chunks:
+            self.decoded += len(out)
+            yield out
+        # Every layer ended on a verified trailer. An empty body is an empty file only when framed
+        # (Content-Length 0, or chunked): a connection closed before any byte is a cut, not a file.
+        framed = self.declared is not None or bool(getattr(self._fp, "chunked", False))
+        self._gzip_eof = all(ended) or (self.received == 0 and framed)
+
+    def _compressed(self) -> Iterator[memoryview]:
         fp = self._fp
         assert fp is not None
         buffer = bytearray(min(self.chunk_size, GZIP_READ_SIZE))
         view = memoryview(buffer)
         source: http.client.HTTPResponse | TlsRecordReader = TlsRecordReader.over(fp, len(buffer)) or fp
-        inflate = inflate_module()
-        inflater = inflate.decompressobj(wbits=31)
         try:
-            while True:
-                n = self._readinto(source, view)
-                if not n:
-                    self._ended = True
-                    # An empty body is an empty file only when framed (Content-Length 0, or chunked): a
-                    # connection closed before any byte is a cut, not a file.
-                    framed = self.declared is not None or bool(getattr(fp, "chunked", False))
-                    self._gzip_eof = inflater.eof or (self.received == 0 and framed)
-                    return
+            while n := self._readinto(source, view):
                 self.received += n
-                data: Any = view[:n]
-                while data:
-                    if inflater.eof:  # another gzip member follows (RFC 1952 allows concatenation)
-                        inflater = inflate.decompressobj(wbits=31)
-                    try:
-                        out = inflater.decompress(data, GZIP_MAX_OUT)
-                    except inflate.error as exc:
-                        raise CorruptBody(f"the gzip body is corrupt ({exc})") from None
-                    data = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
-                    if out:
-                        self.decoded += len(out)
-                        yield out
-                # What one read's input leaves for later is only ever unconsumed_tail, drained above.
+                yield view[:n]
+            self._ended = True
         finally:
             view.release()
+
+    def _inflate(self, chunks: Iterator[Any], ended: list[bool]) -> Iterator[bytes]:
+        """One gzip layer: members one after another (RFC 1952 allows concatenation), each trailer
+        (CRC-32 and length) verified by zlib. NUL padding after the last member (tape-era writers, some
+        object stores) is counted in ``trailing`` and ignored; any other bytes there are refused as
+        corrupt: they may be a member whose header was damaged, and dropping them would lose data
+        silently (gzip(1) ignores them with a warning). Appends to ``ended`` whether the layer's input
+        ended on a member's end."""
+        inflate = inflate_module()
+        inflater = inflate.decompressobj(wbits=31)
+        started = False  # a member is under way (its header or data seen)
+        pending = b""  # the start of a next member split across reads (less than its magic)
+        garbage = False
+        for chunk in chunks:
+            data: Any = pending + bytes(chunk) if pending else chunk
+            pending = b""
+            while data and not garbage:
+                if inflater.eof:
+                    if len(data) < len(GZIP_MAGIC) and GZIP_MAGIC.startswith(bytes(data)):
+                        pending = bytes(data)  # maybe another member: decide with the next read
+                        break
+                    if bytes(data[: len(GZIP_MAGIC)]) != GZIP_MAGIC:
+                        garbage = True
+                        break
+                    inflater = inflate.decompressobj(wbits=31)
+                started = True
+                try:
+                    out = inflater.decompress(data, GZIP_MAX_OUT)
+                except inflate.error as exc:
+                    raise CorruptBody(f"the gzip body is corrupt ({exc})") from None
+                data = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
+                if out:
+                    yield out
+            if garbage:
+                if bytes(data).strip(b"\0"):
+                    raise CorruptBody(
+                        "bytes after the end of the gzip data are not gzip (a damaged member, or something "
+                        "appended by a proxy); refusing the file rather than dropping them"
+                    )
+                self.trailing += len(data)
+        ended.append(started and inflater.eof and not pending)  # a next member cut in its magic: incomplete
 
     def _readinto(self, fp: http.client.HTTPResponse | TlsRecordReader, view: memoryview) -> int:
         try:
@@ -245,6 +303,16 @@ class BodyReader:
             raise IncompleteBody(f"the body ended after {received} of {self.declared} bytes")
 
     @property
+    def framed(self) -> bool:
+        """The wire framing says where the body ends (``Content-Length`` or chunked), so a cut shows.
+
+        A body ended by the server closing the connection can be cut anywhere, even exactly at a line
+        end, or after a gzip member when more members were to follow: nothing in it proves it whole.
+        """
+        chunked = "chunked" in self.response.headers.get("Transfer-Encoding", "").lower()
+        return chunked or self.declared is not None
+
+    @property
     def complete(self) -> bool:
         try:
             self.check_complete()
@@ -261,7 +329,7 @@ class BodyReader:
             close()  # a reader left half-way releases its buffer now, not when collected
         response = self.response
         fp = self._fp
-        if self.mode != "fallback" and fp is not None and fp.isclosed() and self.complete:
+        if self.mode != "fallback" and fp is not None and fp.isclosed() and self.complete and self._nothing_follows():
             # http.client has read the body to its end and closed its reader: the connection is clean.
             # Tell requests the content is consumed, so that close() does not shut the socket.
             response._content_consumed = True  # type: ignore[attr-defined]
@@ -269,6 +337,24 @@ class BodyReader:
             if callable(release):
                 release()
         response.close()
+
+    def _nothing_follows(self) -> bool:
+        """No byte waits after the body: anything there (a stray pipelined response) would be read as the
+        next request's answer on this connection, so such a connection is closed, not pooled.
+
+        urllib3 checks the socket before reusing a connection, but bytes the TLS layer already decrypted
+        (the rest of the record the body ended in) are invisible to that check: ``pending()`` sees them.
+        """
+        sock = getattr(getattr(self.response.raw, "_connection", None), "sock", None)
+        if sock is None:
+            return True
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+                return False
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable  # bytes, or the server's close: either way the connection is not clean
 
     def __enter__(self) -> BodyReader:
         return self

@@ -34,9 +34,10 @@ from airflow_provider_smart.bulk.storage import (
     as_destination,
     attempt_id,
     read_json,
+    sweep_partials,
     write_json_atomically,
 )
-from airflow_provider_smart.bulk.urls import redact_url
+from airflow_provider_smart.bulk.urls import origin_of, redact_url
 from airflow_provider_smart.exceptions import BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -76,6 +77,9 @@ class ExportWorkflow:
     :param run_id: the run that owns the destination (Airflow's run id): a destination holding another
         run's export is refused, so a daily run into a non-templated destination fails loudly instead
         of returning yesterday's files.
+    :param connection: what identifies the credentials (Airflow's connection id): part of the export's
+        identity with the FHIR server's base URL, so an export another connection or server started in
+        this destination is never adopted, its summary never reused, its status URL never sent our token.
     """
 
     def __init__(
@@ -87,11 +91,15 @@ class ExportWorkflow:
         options: DownloadOptions | None = None,
         delete_on_success: bool = True,
         run_id: str | None = None,
+        connection: str | None = None,
     ) -> None:
         self.client = client
         self.destination = as_destination(destination)
         self.identity = identity
-        self.fingerprint = fingerprint(identity)
+        self.server = client.fhir_base_url
+        self.connection = connection
+        self.fingerprint = fingerprint({**identity, "server": self.server, "connection": connection})
+        self._legacy_fingerprint = fingerprint(identity)  # records written before server and connection counted
         self.options = options or DownloadOptions()
         self.delete_on_success = delete_on_success
         self.state_path = self.destination / STATE_FILE
@@ -123,21 +131,35 @@ class ExportWorkflow:
             return None
         summary = manifest.get("summary") or {}
         self._refuse_other_run(summary, "the completed export")
-        if summary.get("fingerprint") != self.fingerprint:
+        if not self._same_export(summary):
             raise BulkExportError(
                 f"{self.destination} already holds a completed export with other parameters "
                 f"(transactionTime {summary.get('transaction_time')}). Use a fresh destination per run, "
                 "e.g. destination='.../{{ ds }}/' or '.../{{ run_id }}/', or empty this one.",
                 destination=str(self.destination),
             )
+        self._tidy_completed(summary)
         return summary
+
+    def _tidy_completed(self, summary: dict[str, Any]) -> None:
+        """Finish the cleanup a try that died right after writing ``manifest.json`` did not get to: its
+        per-file records, a stale ``.smart-export.json``, temporary files. Beside a manifest.json only the
+        files it lists remain. Best effort: the export is landed whatever happens here."""
+        try:
+            LandedFiles(self.destination, str(summary.get("status_url") or ""), None).clear()
+            removed = sweep_partials(self.destination)
+            if removed:
+                log.info("Removed %d temporary file(s) left beside %s.", removed, self.manifest_path)
+            self._forget_kickoff()
+        except OSError:
+            log.debug("Could not tidy %s", self.destination, exc_info=True)
 
     def export_in_flight(self) -> str | None:
         """The status URL of this export if an earlier attempt kicked it off."""
         state = read_json(self.state_path)
         if state is None:
             return None
-        if state.get("fingerprint") != self.fingerprint:
+        if not self._same_export(state):
             raise BulkExportError(
                 f"{self.destination} holds files of another export in progress "
                 f"({redact_url(str(state.get('status_url')))}, kicked off {state.get('kicked_off_at')}). Use a "
@@ -156,6 +178,29 @@ class ExportWorkflow:
             self._record_kickoff(str(state["status_url"]))
         return str(state["status_url"])
 
+    def _same_export(self, recorded: dict[str, Any]) -> bool:
+        """``recorded`` (``.smart-export.json`` or a summary) is this export: same parameters, server and
+        connection. A record from before those counted is accepted only for a status URL on our server."""
+        found = recorded.get("fingerprint")
+        if found == self.fingerprint:
+            return True
+        legacy = "server" not in recorded and found == self._legacy_fingerprint
+        status_url = recorded.get("status_url")
+        return legacy and isinstance(status_url, str) and origin_of(status_url) == origin_of(self.server)
+
+    def _trusted_record(self, status_url: str) -> bool:
+        """A status URL read back from the destination (it may be a shared bucket) gets our token only if
+        the connection's origin policy allows its origin; recording it there is no reason to trust it."""
+        if self.client.transport.trusts(status_url):
+            return True
+        log.warning(
+            "Not re-attaching to the export recorded in %s: its status URL %s is not on an origin this "
+            "connection may send its token to (the FHIR server's, or allowed_hosts). Starting a new export.",
+            self.state_path,
+            redact_url(status_url),
+        )
+        return False
+
     def _record_kickoff(self, status_url: str) -> None:
         self.destination.mkdir(parents=True, exist_ok=True)
         state = {
@@ -164,6 +209,8 @@ class ExportWorkflow:
             "kicked_off_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "request": self.identity,
             "run_id": self.run_id,
+            "server": self.server,
+            "connection": self.connection,
         }
         write_json_atomically(self.state_path, state)
 
@@ -183,6 +230,9 @@ class ExportWorkflow:
 
     def _start(self, request: ExportRequest) -> StartedExport:
         status_url = self.export_in_flight()
+        if status_url and not self._trusted_record(status_url):
+            self._forget_kickoff()
+            status_url = None
         if status_url:
             log.info("Re-attaching to the export an earlier try started: %s", redact_url(status_url))
             try:
@@ -205,12 +255,17 @@ class ExportWorkflow:
         of the manifest must be on disk exactly once, as this export's file.
         """
         check_transaction_time(manifest)
-        with self.lease().held():
+        lease = self.lease()
+        with lease.held():
             started = time.monotonic()
+            swept = sweep_partials(self.destination)
+            if swept:
+                log.warning("Removed %d temporary file(s) a dead attempt left in %s.", swept, self.destination)
             ledger = self._ledger(status_url, manifest)
-            report = self.client.download(manifest, self.destination, self.options, ledger=ledger)
+            report = self.client.download(manifest, self.destination, self.options, ledger=ledger, lease=lease)
             self._verify_landed(status_url, manifest, ledger)
-            summary = self._record_completion(status_url, manifest, report)
+            with lease.renaming():
+                summary = self._record_completion(status_url, manifest, report)
             ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
@@ -307,6 +362,7 @@ class ExportWorkflow:
             "destination": str(self.destination),
             "fingerprint": self.fingerprint,
             "run_id": self.run_id,
+            "server": self.server,
             "output": [_summary_entry(f) for f in files if f["kind"] == "output"],
             "deleted": [_summary_entry(f) for f in files if f["kind"] == "deleted"],
             "error": [_summary_entry(f) for f in files if f["kind"] == "error"],
@@ -318,6 +374,8 @@ class ExportWorkflow:
             "count_mismatches": [
                 {**m, "path": _relative(m["path"], self.destination)} for m in report.count_mismatches
             ],
+            # files nothing proved complete, landed under unframed_bodies="mark" (or "refetch_and_mark")
+            "unverified": [{**u, "path": _relative(u["path"], self.destination)} for u in report.unverified],
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_smart.compat import BaseOperator, conf
+from airflow_provider_smart.hooks.secrets import scrub, scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 from airflow_provider_smart.operators._lineage_assets import emit_asset_events, openlineage_facets
 
@@ -40,6 +41,7 @@ class _ExportTaskMixin:
     check_resource_types: bool
     delete_on_success: bool
     strict_counts: bool = False
+    unframed_bodies: str = "refetch"
     fail_on_error_issues: bool = False
     min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
@@ -73,6 +75,7 @@ class _ExportTaskMixin:
             max_concurrent_downloads=self.max_concurrent_downloads,
             check_resource_types=self.check_resource_types,
             strict_counts=self.strict_counts,
+            unframed_bodies=self.unframed_bodies,
             min_download_rate=self.min_download_rate,
         )
         return ExportWorkflow(
@@ -82,6 +85,7 @@ class _ExportTaskMixin:
             options=options,
             delete_on_success=self.delete_on_success,
             run_id=run_id,
+            connection=self.smart_conn_id,
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
@@ -139,6 +143,10 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param unframed_bodies: a file body nothing proves complete (no Content-Length, not chunked, no
+        manifest ``count`` that matches): ``"refetch"`` (default) lands it when a second copy agrees in
+        length and SHA-256, ``"mark"`` lands it listed in the summary's ``unverified`` with a warning,
+        ``"refetch_and_mark"`` does both, ``"fail"`` refuses it.
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
@@ -188,6 +196,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         transient_retries: int = 5,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        unframed_bodies: str = "refetch",
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
@@ -228,6 +237,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.transient_retries = transient_retries
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.unframed_bodies = unframed_bodies
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
@@ -268,6 +278,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return request.to_dict()
 
     # --- execution --------------------------------------------------------------------------------
+    @scrubs_failures
     def execute(self, context: Context) -> dict[str, Any]:
         export_request = self._export_request(context)
         workflow = self.workflow(export_request, context.get("run_id")) if self.destination else None
@@ -387,6 +398,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
             kwargs={"export_request": export_request, "end_time": end_time},
         )
 
+    @scrubs_failures
     def execute_complete(
         self,
         context: Context,
@@ -421,6 +433,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         return self._finish(context, workflow.land(status_url, manifest))
 
     def _finish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        summary = scrub(summary)  # a token the server echoed never reaches XCom, asset extra or lineage
         self._check_error_issues(summary)
         if self.since == "auto" and not summary.get("transaction_time"):
             self.log.warning(
@@ -464,6 +477,10 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
     :param strict_counts: fail a file whose line count differs from the manifest's ``count`` even when a
         second download gives the same count (by default it is kept with a warning and listed in the
         summary's ``count_mismatches``: some servers' counts ignore the export's filters).
+    :param unframed_bodies: a file body nothing proves complete (no Content-Length, not chunked, no
+        manifest ``count`` that matches): ``"refetch"`` (default) lands it when a second copy agrees in
+        length and SHA-256, ``"mark"`` lands it listed in the summary's ``unverified`` with a warning,
+        ``"refetch_and_mark"`` does both, ``"fail"`` refuses it.
     :param fail_on_error_issues: fail the task (after saving every file) when the export's error files
         report fatal/error issues. By default they are logged at error level and listed in the summary
         (``error_issues``, ``error_issue_count``), and the task succeeds.
@@ -482,6 +499,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         max_concurrent_downloads: int = 4,
         check_resource_types: bool = False,
         strict_counts: bool = False,
+        unframed_bodies: str = "refetch",
         min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE,
         fail_on_error_issues: bool = False,
         delete_on_success: bool = True,
@@ -498,11 +516,13 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
         self.max_concurrent_downloads = max_concurrent_downloads
         self.check_resource_types = check_resource_types
         self.strict_counts = strict_counts
+        self.unframed_bodies = unframed_bodies
         self.min_download_rate = min_download_rate
         self.fail_on_error_issues = fail_on_error_issues
         self.delete_on_success = delete_on_success
         self.scope = scope
 
+    @scrubs_failures
     def execute(self, context: Context) -> dict[str, Any]:
         if self.batch:
             status_url = self.batch["status_url"]
@@ -516,7 +536,7 @@ class SmartBulkExportDownloadOperator(_ExportTaskMixin, BaseOperator):
             return totals
         assert self.status_url
         workflow = self.workflow({"status_url": self.status_url}, context.get("run_id"))
-        summary = workflow.completed_summary() or workflow.land_completed(self.status_url)
+        summary = scrub(workflow.completed_summary() or workflow.land_completed(self.status_url))
         self._check_error_issues(summary)
         emit_asset_events(context, self.outlets, summary)
         return summary

@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_smart.compat import BaseSensorOperator, PokeReturnValue, conf
+from airflow_provider_smart.hooks.secrets import scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
         self.log.info("Export %s in progress: %s", self.status_url, result.progress or "no progress reported")
         return PokeReturnValue(is_done=False)
 
+    @scrubs_failures
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
@@ -104,6 +106,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
             method_name="execute_complete",
         )
 
+    @scrubs_failures
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the trigger: plan the batches on success, re-raise the trigger's error otherwise."""
         from airflow_provider_smart.triggers.bulk_export import raise_for_event

@@ -72,6 +72,7 @@ class ExportJob:
     directory: Path
     polls_needed: int
     fail_diagnostics: str | None = None
+    echo: str | None = None  # the caller's token, echoed back (SmartSandbox.echo_token_next_export)
     polls: int = 0
     pages_polled: set[int] = field(default_factory=set)
     files: dict[str, OutputFile] = field(default_factory=dict)
@@ -226,6 +227,11 @@ class BulkServer:
         directory = sb.data_dir / job_id
         directory.mkdir(parents=True)
         url = f"{sb.origin}{request.path}" + (f"?{request.query}" if request.query else "")
+        echo = token.value if sb._take_pending("echo") else None
+        fail = sb._take_pending("fail")
+        if echo is not None:
+            url += ("&" if "?" in url else "?") + f"access_token={echo}"
+            fail = None if fail is None else f"{fail} (request had Authorization: Bearer {echo})"
         job = ExportJob(
             id=job_id,
             level=level,
@@ -236,7 +242,8 @@ class BulkServer:
             transaction_ms=transaction_ms,
             directory=directory,
             polls_needed=sb.status_polls_before_ready,
-            fail_diagnostics=sb._take_pending("fail"),
+            fail_diagnostics=fail,
+            echo=echo,
         )
         with self._lock:
             self.jobs[job_id] = job
@@ -379,6 +386,8 @@ class BulkServer:
         malform = sb._take_pending("malform")
         severity = sb._take_pending("error_file")
         messages = [("warning", "processing", w) for w in job.params.warnings]
+        if job.echo is not None:
+            messages.append(("error", "security", f"Observation/1 refused for Authorization: Bearer {job.echo}"))
         if severity is not None:
             messages += [
                 (severity, "processing", "Observation/obs-0001-001 could not be exported (injected)"),

@@ -14,12 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from airflow_provider_smart import log_redaction
 from airflow_provider_smart.testing.common import Request, Response, outcome_response
 
 if TYPE_CHECKING:
     from airflow_provider_smart.testing.sandbox import SmartSandbox
 
 log = logging.getLogger(__name__)
+log.addFilter(log_redaction.RedactingFilter())  # the access log: pre-signed URLs and query tokens stay out
 
 _MAX_BODY = 10 * 1024 * 1024
 

@@ -426,6 +426,12 @@ class SmartSandbox:
         """The next kicked-off job fails: after its 202 polls its status answers 500 (code processing)."""
         self._set_pending("fail", diagnostics)
 
+    def echo_token_next_export(self) -> None:
+        """The next kicked-off job echoes the caller's access token back, as careless servers do: in the
+        manifest's ``request`` URL, its type names, an ``error`` file's diagnostics, and its failure
+        message if :meth:`fail_next_export` was also called."""
+        self._set_pending("echo", True)
+
     def malform_next_manifest(self, kind: str = "not_json") -> None:
         """The next manifest built is broken: not_json | no_output | bad_url | path_traversal."""
         if kind not in ("not_json", "no_output", "bad_url", "path_traversal"):

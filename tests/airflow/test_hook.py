@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -75,3 +76,20 @@ def test_tokens_and_keys_are_registered_with_the_secret_masker(smart_conn: Any, 
     assert redact(token.access_token) == "***"
     assert "BEGIN PRIVATE KEY" not in str(redact(es384.pem))
     assert token.access_token not in repr(hook.auth) and token.access_token not in repr(token)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"timeout": float("nan")}, "timeout"), ({"scope": ["system/*.rs"]}, "scope"), ({"alg": 384}, "alg")],
+)
+def test_an_airflow_conn_env_var_with_a_bad_field_names_it(monkeypatch, extra, field) -> None:
+    """AIRFLOW_CONN_* JSON carries typed values the form never does; they are checked the same way."""
+    from airflow_provider_smart.exceptions import SmartConfigError
+    from airflow_provider_smart.hooks.smart import SmartHook
+
+    extra = {"kid": "k", **extra}
+    value = {"conn_type": "smart", "host": "https://fhir.example.org/r4", "login": "c", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_SMART_BAD", json.dumps(value))
+    with pytest.raises(SmartConfigError) as err:
+        _ = SmartHook("smart_bad").settings
+    assert err.value.context.get("field") == field and "smart_bad" in str(err.value)

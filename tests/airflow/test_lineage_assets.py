@@ -163,3 +163,43 @@ def test_openlineage_events_name_the_fhir_export_and_the_destination(
     assert stats["rowCount"] == 10 and stats["fileCount"] == 1 and stats["size"] > 0  # 10 patients
     for token in sandbox.issued_tokens():
         assert token not in json.dumps(events)
+
+
+def test_an_echoed_token_reaches_no_xcom_asset_extra_or_lineage(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server echoing the caller's token (request URL, an error file's diagnostics): masked everywhere."""
+    sandbox.echo_token_next_export()
+    module = _load_dags(monkeypatch, tmp_path)
+    run = module.export_dag.test()
+    assert run.state == "success"
+    summary = _xcom(run, "export")
+    [(_, _, extra)] = _asset_events(run.run_id)
+    tokens = sandbox.issued_tokens()
+    assert tokens
+    for leaked in (summary, extra, asset_event_extra(summary)):
+        assert not any(token in json.dumps(leaked) for token in tokens)
+    assert "Bearer ***" in json.dumps(summary["error_issues"]) and "access_token=***" in summary["request"]
+
+
+def test_an_echoed_token_never_reaches_a_failure_message(smart_conn: Any, sandbox: Any, tmp_path: Path) -> None:
+    from airflow_provider_smart.exceptions import BulkExportError
+    from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
+
+    class TaskInstance:
+        def xcom_push(self, key: str, value: Any) -> None:
+            pass
+
+        def xcom_pull(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    sandbox.fail_next_export("export failed")
+    sandbox.echo_token_next_export()
+    op = SmartBulkExportOperator(
+        task_id="export", destination=str(tmp_path), deferrable=False, poll_interval=1, cancel_on_kill=False
+    )
+    with pytest.raises(BulkExportError) as err:
+        op.execute({"ti": TaskInstance(), "run_id": "manual__1"})  # type: ignore[arg-type]
+    tokens = sandbox.issued_tokens()
+    assert tokens and "Bearer ***" in str(err.value)
+    assert not any(token in str(err.value) or token in json.dumps(err.value.to_dict()) for token in tokens)

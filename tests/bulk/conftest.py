@@ -164,6 +164,14 @@ def hostile() -> Iterator[Any]:
 
 
 @pytest.fixture
+def another_hostile() -> Iterator[Any]:
+    """A second scripted server (another FHIR server, or an attacker's), on its own origin."""
+    server = load_hostile().HostileBulkServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def plain_client(fake_time: FakeTime) -> Callable[..., Any]:
     """``plain_client(server, **RetryPolicy kwargs)``: a token-free client of a hostile server on a fake clock."""
     from airflow_provider_smart.bulk import BulkExportClient, RetryPolicy

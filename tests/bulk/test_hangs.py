@@ -262,3 +262,13 @@ def test_a_corrupt_gzip_file_is_reported_as_corrupt_and_not_retried(
         client.download_batch(entries, tmp_path, requires_access_token=False)
     assert len(server.hits) == 1
     assert not list(tmp_path.glob("*.ndjson")) and not list(tmp_path.glob(".*part"))
+
+
+def test_kick_off_with_no_bound_never_sleeps_hours_in_place(hostile_server: Any, fake_time: Any) -> None:
+    """Library defaults are bounded: no timeout, no max wait, a 429 storm of one-hour Retry-Afters."""
+    server = hostile_server(lambda h: h.reply(429, "one export at a time", {"Retry-After": "3600"}))
+    client = client_for(server.url, fake=fake_time)
+    with pytest.raises(ExportThrottledError) as info:
+        client.kick_off(ExportRequest())
+    assert sum(fake_time.sleeps) == 0  # before: 5 x 3600 s of sleep, one warning each
+    assert info.value.not_before == pytest.approx(time.time() + 3600, abs=5)
