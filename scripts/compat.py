@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("versions", nargs="*", help=f"default: all ({', '.join(SUPPORTED)})")
     parser.add_argument("--fast", action="store_true", help="the fast suite (-m 'not slow')")
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-x tests/airflow'")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     versions = [{"lowest": SUPPORTED[0], "highest": SUPPORTED[-1]}.get(v, v) for v in args.versions] or SUPPORTED
     unknown = [v for v in versions if v not in SUPPORTED]
     if unknown:
