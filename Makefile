@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick lint typecheck clean compat compat-fast \
-	dist wheel-check
+.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick conformance lint typecheck clean \
+	compat compat-fast dist wheel-check
 
 # .venv runs the highest supported Airflow, pinned as in compat/ (one pin file per supported minor).
 HIGHEST_PINS := compat/3.3.txt
@@ -66,6 +66,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/run_all.py --quick
+
+# The SQL on FHIR v2 suite against the view engine; the report, in the spec's format, is a build artefact.
+conformance: $(STAMP)
+	$(PY) -m airflow_provider_smart.views.conformance tests/views/sql-on-fhir-v2/tests \
+		--report build/conformance/sql-on-fhir-v2-test-report.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -190,6 +190,39 @@ class TruncatedFileError(NdjsonCheckError):
     kind = "smart.bulk_export.content.truncated"
 
 
+class TablesError(SmartError):
+    """Landed export files could not be turned into tables: no completed export where one was named, a table
+    whose history does not fit the export (a skipped incremental run), an output that refused the write.
+
+    The tables keep their previous version; the message says what to do.
+    """
+
+    kind = "smart.tables"
+
+
+class ViewDefinitionError(SmartError, ValueError):
+    """A SQL on FHIR ViewDefinition the spec says must be rejected, or one this engine cannot run.
+
+    ``context["path"]`` is the JSON path of the offending part (``select[0].column[1].path``), and the
+    message says what is wrong with it.
+    """
+
+    kind = "smart.view.definition"
+
+    @property
+    def path(self) -> str:
+        return str(self.context.get("path") or "$")
+
+
+class ViewRunError(SmartError):
+    """A view could not be run over the data: a resource broke a rule only the data can show (a column
+    without ``collection: true`` met several values, a ``where`` that gave a non-boolean), or DuckDB
+    failed reading the files. ``context["view"]`` names the view.
+    """
+
+    kind = "smart.view.run"
+
+
 _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     SmartError,
     SmartConfigError,
@@ -204,6 +237,9 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     NdjsonCheckError,
     NotNdjsonError,
     TruncatedFileError,
+    TablesError,
+    ViewDefinitionError,
+    ViewRunError,
 )
 
 

@@ -41,6 +41,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_smart.operators.token",
                     "airflow_provider_smart.operators.bulk_export",
+                    "airflow_provider_smart.operators.views",
                 ],
             }
         ],

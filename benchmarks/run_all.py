@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import MB, REPO, WORK, Keys, log, median, table, verdict
 
-FIGURES = ("download", "tokens", "polls", "import")
+FIGURES = ("download", "tokens", "polls", "import", "views", "merge")
 KEEP = {"results.json", "report.txt"}
 
 
@@ -341,6 +341,64 @@ def section_import(i: dict[str, Any]) -> list[str]:
     return out
 
 
+def section_views(v: dict[str, Any]) -> list[str]:
+    t, m = v["throughput"], v["memory"]
+    body = [
+        [name, r["rows"], r["engine_rows_per_s"], r["hand_rows_per_s"],
+         _range(r["ratio"], r["ratio_min"], r["ratio_max"]), verdict(r["ratio"] >= 0.5)]
+        for name, r in t["rows"].items()
+    ]  # fmt: skip
+    sizes = sorted(m.values(), key=lambda r: r["bytes"])
+    growth = sizes[-1]["peak_rss_mb"] - sizes[0]["peak_rss_mb"]
+    peak_ok = all(r["peak_rss_mb"] <= 512 for r in sizes)
+    v["targets"] = {name: r["ratio"] >= 0.5 for name, r in t["rows"].items()} | {"rss": peak_ok}
+    return [
+        f"FIGURE 6 - SQL on FHIR views: engine vs hand-written DuckDB SQL ({t['threads']} thread(s), "
+        f"{t['bytes'] / MB:.0f} MB of generated Observations, CPU time, median of {v['settings']['reps']})",
+        table(["view", "rows", "engine rows/s", "hand-written rows/s", "ratio (min-max)", ">= 0.5"], body),
+        table(
+            ["export", "files", "rows", "peak RSS MB", "wall s"],
+            [[f"{r['bytes'] / MB:.0f} MB", r["files"], r["rows"], r["peak_rss_mb"], r["wall_s"]] for r in sizes],
+        ),
+        f"  peak RSS <= 512 MB: {verdict(peak_ok)}; growth {growth:+.0f} MB for "
+        f"{sizes[-1]['bytes'] / sizes[0]['bytes']:.1f} x the data",
+    ]
+
+
+def section_merge(m: dict[str, Any]) -> list[str]:
+    rows = m["rows_by"]
+    rewrite = rows.get("delta_rewrite", {}).get("median_s")
+    labels = {
+        "delta_merge": "Delta, ours (one MERGE transaction)",
+        "delta_rewrite": "Delta, whole table rebuilt and overwritten",
+        "parquet_version": "Parquet, ours (new version folder)",
+        "duckdb_file": "DuckDB file, ours (DELETE + INSERT, file replaced)",
+    }
+    body = [
+        [
+            labels.get(name, name),
+            r["median_s"],
+            f"{min(r['seconds']):.2f}-{max(r['seconds']):.2f}",
+            _ratio(r["median_s"], rewrite) if rewrite else "-",
+            r["median_cpu_s"],
+            r["max_peak_rss_mb"],
+            verdict(r["ok"]),
+        ]
+        for name, r in rows.items()
+    ]
+    return [
+        f"FIGURE 7 - incremental merge: a 1 % change set into a {m['rows']:,}-row table (median of {m['reps']}, "
+        "interleaved, each on a fresh copy)",
+        f"  change set: {m['changed']:,} resources replaced ({m['updated_rows']:,} updated rows, {m['deleted']:,} "
+        "deleted), spread over the whole key range",
+        table(
+            ["variant", "commit s", "min-max", "x rebuild", "process CPU s", "peak RSS MB", "result"],
+            body,
+        ),
+        "  commit s: the commit call inside the child; CPU and peak RSS: the whole child (interpreter and imports).",
+    ]
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -374,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
             _run(results, errors, "polls", lambda: _polls(keys, args.quick))
         if "import" in args.figures:
             _run(results, errors, "import", lambda: _import(args.quick))
+        if "views" in args.figures:
+            _run(results, errors, "views", lambda: _views(args.quick))
+        if "merge" in args.figures:
+            _run(results, errors, "merge", lambda: _merge(args.quick))
 
         env = results["environment"]
         header = (
@@ -386,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             ("tokens", section_tokens),
             ("polls", section_polls),
             ("import", section_import),
+            ("views", section_views),
+            ("merge", section_merge),
             ("download", section_many),
         ]
         for name, render in renderers:
@@ -445,6 +509,18 @@ def _import(quick: bool) -> dict[str, Any]:
     from fig_import import run_import_figure
 
     return run_import_figure(runs=2 if quick else 5, importtime=not quick)
+
+
+def _views(quick: bool) -> dict[str, Any]:
+    from fig_views import FULL, QUICK, run_views_figure
+
+    return run_views_figure(QUICK if quick else FULL)
+
+
+def _merge(quick: bool) -> dict[str, Any]:
+    from fig_merge import FULL, QUICK, run_merge_figure
+
+    return run_merge_figure(QUICK if quick else FULL)
 
 
 if __name__ == "__main__":

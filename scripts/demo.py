@@ -1,4 +1,5 @@
-"""The main job end to end, offline: keys, sandbox server, connection, the daily export DAG twice.
+"""The main job end to end, offline: keys, sandbox server, connection, the daily export DAG twice, then the
+daily tables DAG twice (export, SQL on FHIR views, Delta tables: full, then incremental) and a few rows.
 
 Run with ``make demo``. Everything lives under ``.demo/`` at the repository root, recreated each time.
 """
@@ -127,6 +128,32 @@ def describe(folder: Path) -> None:
             )
 
 
+def show_tables(root: Path) -> None:
+    """Each Delta table's version and rows, and a few rows of two of them (read with DuckDB)."""
+    from deltalake import DeltaTable
+
+    from airflow_provider_smart.tables.reading import duckdb_over_tables
+
+    names = sorted(p.name for p in (root / "delta").iterdir())
+    tables = [{"table": n, "outputs": {"delta": {"location": str(root / "delta" / n)}}} for n in names]
+    con, _ = duckdb_over_tables(tables)
+    for name in names:
+        history = DeltaTable(str(root / "delta" / name)).history(1)[0]
+        rows = con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+        print(
+            f"  {name:<22} Delta version {history['version']:<3} {rows:>6} rows  (last commit: {history['operation']})"
+        )
+    for query in (
+        "SELECT id, gender, birth_date, family, given, city FROM patient_demographics ORDER BY id LIMIT 3",
+        "SELECT id, patient_id, status, code, effective, value, unit FROM observation_flat "
+        "ORDER BY status = 'amended' DESC, id LIMIT 4",
+    ):
+        print(f"  {query.split(' FROM ')[1].split()[0]}:")
+        relation = con.sql(query)
+        for row in relation.fetchall():
+            print("    " + " | ".join(str(v) for v in row))
+
+
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
@@ -136,6 +163,7 @@ def main() -> int:
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags_examples"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         SMART_EXPORT_ROOT=str(WORK / "exports"),
+        SMART_TABLES_ROOT=str(WORK / "tables"),
     )
 
     step("1. Generate a signing key pair (airflow-smart keygen)")
@@ -158,12 +186,22 @@ def main() -> int:
             runs = sorted((WORK / "exports" / "daily").iterdir())
             describe(runs[-1])
             time.sleep(1.1)  # distinct logical dates, so each run gets its own folder
+
+        for attempt, label in (
+            (1, "full: every table built"),
+            (2, "incremental: changed rows replaced, deleted rows gone"),
+        ):
+            step(f"5.{attempt} airflow dags test smart_daily_tables ({label})")
+            run([str(BIN / "airflow"), "dags", "test", "smart_daily_tables"], env, quiet=True)
+            show_tables(WORK / "tables")
+            time.sleep(1.1)
     finally:
         sandbox.send_signal(signal.SIGINT)
         sandbox.wait(timeout=30)
 
     step("Done")
     print(f"Exports are under {WORK / 'exports' / 'daily'}; each run folder has its NDJSON files and manifest.json.")
+    print(f"Tables are under {WORK / 'tables' / 'delta'} (Delta; read them with deltalake, DuckDB, Spark...).")
     return 0
 
 

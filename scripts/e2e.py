@@ -3,8 +3,10 @@
 PostgreSQL (metadata DB), Redis (Celery broker), moto (an S3 API), the SMART/Bulk sandbox, and Airflow as
 separate processes: api-server, scheduler, dag-processor, triggerer and two Celery workers. Through the
 REST API it triggers ``smart_group_export_mapped`` into ``s3://``, checks what landed and how, then runs
-it again and SIGKILLs a worker mid-download. Everything it starts it stops, also on failure or a signal.
-Exits non-zero when any check fails.
+it again and SIGKILLs a worker mid-download. After each export the mapped view conversions (on both workers)
+and one commit turn the files into Delta tables in the bucket, and ``smart_tables_consumer`` reads them
+back with DuckDB; a third, incremental run (``since``) must update and delete rows. Everything it starts
+it stops, also on failure or a signal. Exits non-zero when any check fails.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from e2e.services import Airflow, ensure_installed, start_moto, start_postgres, 
 
 DAG_ID = "smart_group_export_mapped"
 CONSUMER = "smart_group_export_consumer"
+TABLES_CONSUMER = "smart_tables_consumer"
 BUCKET = "e2e-fhir"
 PATIENTS, OBS_PER_PATIENT = 2000, 10  # cohort-a (even patients): 13 files of <= 1000 resources
 EXPECTED = {"Patient": PATIENTS // 2, "Observation": PATIENTS // 2 * OBS_PER_PATIENT, "Condition": PATIENTS // 2 * 2}
@@ -72,10 +75,10 @@ def wait_for_run(
     return wait_until(done, timeout, f"run {run_id}", interval=0.5)
 
 
-def trigger(api: AirflowAPI, label: str, export_root: str, offset: int) -> str:
+def trigger(api: AirflowAPI, label: str, export_root: str, offset: int, since: str = "") -> str:
     logical = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=offset)
     run_id = f"e2e_{label}_{logical:%Y%m%dT%H%M%S}"
-    api.trigger(DAG_ID, run_id, logical.isoformat(), {"export_root": export_root})
+    api.trigger(DAG_ID, run_id, logical.isoformat(), {"export_root": export_root, "since": since})
     print(f"triggered {DAG_ID} run {run_id} with export_root={export_root}")
     return run_id
 
@@ -108,7 +111,72 @@ def verify_run(ctx: dict[str, Any], run_id: str, seen: dict[str, set[str]], stat
     )
     c.consumer_ran(checks, api, summary)
     c.lineage_emitted(checks, ctx["root"], sandbox.origin, summary)
+    workers = ctx["workers"] if ctx.get("both_workers", True) else None
+    commit = c.tables_hold_export(checks, api, DAG_ID, run_id, summary, ctx["delta_options"], workers)
+    expected_rows = {"patient_demographics": EXPECTED["Patient"], "observation_flat": EXPECTED["Observation"]}
+    wait_for_consumer(ctx, commit)
+    c.tables_consumer_read(checks, api, commit, expected_rows)
+    c.tables_lineage_emitted(checks, ctx["root"], BUCKET)
+    ctx["last_summary"] = summary
     return summary
+
+
+def wait_for_consumer(ctx: dict[str, Any], commit: dict[str, Any]) -> None:
+    api = ctx["api"]
+
+    def read() -> bool:
+        for r in api.runs(TABLES_CONSUMER):
+            if r["state"] == "failed":
+                return True
+            if r["state"] != "success":
+                continue
+            result = api.xcom(TABLES_CONSUMER, r["dag_run_id"], "query_tables", "return_value") or {}
+            if (result.get("export") or {}).get("observation_flat") == commit.get("export"):
+                return True
+        return False
+
+    wait_until(read, 300, "the asset-triggered tables consumer run", interval=2)
+
+
+def incremental_run(ctx: dict[str, Any], export_root: str) -> None:
+    """Third run: an incremental export (since the last one) after the server changed and deleted resources."""
+    api, checks, sandbox = ctx["api"], ctx["checks"], ctx["sandbox"]
+    touched = sandbox.touch("Observation", 30)
+    deleted = ["obs-0002-010", "obs-0004-010", "obs-0006-009"]  # one of them also touched
+    in_cohort = sorted(  # cohort-a holds the even patients
+        f"Observation/{t}" for t in touched if int(t.split("-")[1]) % 2 == 0 and t not in deleted
+    )
+    for rid in deleted:
+        sandbox.delete_resource("Observation", rid)
+    since = ctx["last_summary"]["transaction_time"]
+    run_id = trigger(api, "incremental", export_root, offset=5, since=since)
+    seen: dict[str, set[str]] = {}
+    state = wait_for_run(ctx, run_id, seen, 900)
+    checks.check(f"run {run_id} succeeded", state == "success", f"state {state}")
+    commit = api.xcom(DAG_ID, run_id, "tables_commit", "return_value") or {"tables": {}}
+    flat = c.delta_table(
+        commit["tables"].get("observation_flat", {}).get("outputs", {}).get("delta", {}).get("location", ""),
+        ctx["delta_options"],
+    ).to_pylist()
+    ids = {r["id"] for r in flat}
+    amended = sorted(r["id"] for r in flat if r["status"] == "amended")
+    checks.check(
+        "the incremental run replaced the changed observations' rows and removed the deleted ones",
+        commit.get("incremental") is True
+        and commit.get("since") == since
+        and len(flat) == EXPECTED["Observation"] - len(deleted)
+        and not ids & {f"Observation/{d}" for d in deleted}
+        and amended == in_cohort,
+        f"incremental={commit.get('incremental')} since={commit.get('since')}; {len(flat)} rows "
+        f"(expected {EXPECTED['Observation'] - len(deleted)}); amended {len(amended)} of {len(in_cohort)} changed",
+    )
+    wait_for_consumer(ctx, commit)
+    c.tables_consumer_read(
+        checks,
+        api,
+        commit,
+        {"patient_demographics": EXPECTED["Patient"], "observation_flat": EXPECTED["Observation"] - len(deleted)},
+    )
 
 
 def kill_run(ctx: dict[str, Any], export_root: str) -> None:
@@ -223,7 +291,7 @@ def main() -> int:
             password=aws_secret,
             extra=json.dumps({"endpoint_url": f"http://127.0.0.1:{moto_port}", "region_name": "us-east-1"}),
         )
-        for dag_id in (DAG_ID, CONSUMER):
+        for dag_id in (DAG_ID, CONSUMER, TABLES_CONSUMER):
             api.wait_for_dag(dag_id)
             api.unpause(dag_id)
 
@@ -243,6 +311,13 @@ def main() -> int:
             "logs": logs,
             "workers": list(airflow.workers),
             "secrets": [pem, *key_lines, aws_secret, *airflow.secrets],
+            "delta_options": {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
+                "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": aws_secret,
+                "AWS_REGION": "us-east-1",
+                "AWS_ALLOW_HTTP": "true",
+            },
             "fhir_auth": BackendServicesAuth(
                 client_id=CLIENT_ID, private_key=pem, kid=KID, scope="system/*.rs", fhir_base_url=sandbox.url
             ),
@@ -259,6 +334,9 @@ def main() -> int:
 
         step("Run 2: SIGKILL a Celery worker while mapped downloads run; the retries must finish the job")
         kill_run(ctx, export_root)
+
+        step("Run 3: an incremental export (since run 2) after changes and deletions; the tables follow")
+        incremental_run(ctx, export_root)
     except Exception as exc:
         checks.check("the e2e run completed without an error", False, f"{type(exc).__name__}: {exc}")
         print(f"logs of every process: {logs}", file=sys.stderr)

@@ -135,6 +135,7 @@ def no_secrets_in_logs(
 
 def asset_event_and_consumer(checks: Checks, api: AirflowAPI, run_id: str, summary: dict[str, Any]) -> None:
     events = api.asset_events(source_dag_id="smart_group_export_mapped", source_run_id=run_id)
+    events = [e for e in events if e["source_task_id"] == "finish"]  # the tables commit emits its own
     extra = events[0]["extra"] if len(events) == 1 else {}
     counts = Counter()
     for entry in summary["output"]:
@@ -183,4 +184,83 @@ def lineage_emitted(checks: Checks, root: Path, sandbox_origin: str, summary: di
         "OpenLineage COMPLETE event of the finish task: FHIR export in, S3 destination out",
         ok,
         f"{len(found)} event(s) for the finish task; output statistics {shown}",
+    )
+
+
+# -- tables (SQL on FHIR views into Delta) ----------------------------------------------------------------
+TABLE_OF_TYPE = {"Patient": "patient_demographics", "Observation": "observation_flat", "Condition": "condition_flat"}
+
+
+def delta_table(location: str, storage_options: dict[str, str]) -> Any:
+    from deltalake import DeltaTable
+
+    return DeltaTable(location, storage_options=storage_options).to_pyarrow_table()
+
+
+def tables_hold_export(
+    checks: Checks,
+    api: AirflowAPI,
+    dag_id: str,
+    run_id: str,
+    summary: dict[str, Any],
+    storage_options: dict[str, str],
+    workers: list[str] | None,
+) -> dict[str, Any]:
+    """The commit wrote one Delta table per view into the bucket, one row per resource of the NDJSON."""
+    commit = api.xcom(dag_id, run_id, "tables_commit", "return_value") or {"tables": {}}
+    bucket, prefix = split_s3(summary["destination"])
+    root = f"s3://{bucket}/{prefix.rsplit('/', 2)[0]}/tables/delta/"
+    ndjson: Counter[str] = Counter()
+    for entry in summary["output"]:
+        ndjson[entry["type"]] += entry["lines"]
+    rows, where = {}, set()
+    for view in TABLE_OF_TYPE.values():
+        location = commit["tables"].get(view, {}).get("outputs", {}).get("delta", {}).get("location", "")
+        where.add(location.startswith(root) and location.endswith(view))
+        rows[view] = delta_table(location, storage_options).num_rows if location else None
+    expected = {TABLE_OF_TYPE[t]: n for t, n in ndjson.items()}
+    checks.check(
+        "each Delta table in the bucket holds one row per resource of the export's NDJSON",
+        rows == expected and where == {True} and commit.get("incremental") is False,
+        f"Delta rows {rows}; NDJSON resources {expected}; tables under {root}",
+    )
+    if workers:
+        tis = [t for t in api.task_instances(dag_id, run_id) if t["task_id"] == "tables_convert"]
+        hosts = Counter(t.get("hostname") for t in tis)
+        checks.check(
+            f"the {len(tis)} mapped view conversions ran on both Celery workers",
+            set(workers) <= set(hosts),
+            ", ".join(f"{h}: {n}" for h, n in sorted(hosts.items(), key=lambda kv: str(kv[0]))),
+        )
+    return commit
+
+
+def tables_consumer_read(checks: Checks, api: AirflowAPI, commit: dict[str, Any], rows: dict[str, int]) -> None:
+    """The asset-triggered consumer read this commit's tables back with DuckDB and counted the same rows."""
+    runs = [r for r in api.runs("smart_tables_consumer") if r["state"] == "success"]
+    seen = []
+    for r in runs:
+        result = api.xcom("smart_tables_consumer", r["dag_run_id"], "query_tables", "return_value") or {}
+        if (result.get("export") or {}).get("observation_flat") == commit.get("export"):
+            seen.append(result)
+    counts = seen[-1]["counts"] if seen else None
+    checks.check(
+        "the tables consumer DAG (asset-triggered) read the Delta tables from S3 with DuckDB: same row counts",
+        bool(seen) and all(counts.get(k) == v for k, v in rows.items()),
+        f"{len(runs)} consumer run(s); read {counts}; expected {rows}",
+    )
+
+
+def tables_lineage_emitted(checks: Checks, root: Path, bucket: str) -> None:
+    found = []
+    for path in glob.glob(str(root / "openlineage" / "event*")):
+        event = json.loads(Path(path).read_text())
+        if event.get("eventType") == "COMPLETE" and event["job"]["name"] == "smart_group_export_mapped.tables_commit":
+            found.append(event)
+    outputs = [o for e in found for o in e.get("outputs") or []]
+    with_schema = [o["name"] for o in outputs if (o.get("facets", {}).get("schema") or {}).get("fields")]
+    checks.check(
+        "OpenLineage COMPLETE event of the tables commit: one output per Delta table, each with a schema facet",
+        len(with_schema) >= 4 and all(o["namespace"] == f"s3://{bucket}" for o in outputs),
+        f"{len(found)} event(s); outputs with schemas: {sorted(with_schema)[:4]}",
     )

@@ -34,8 +34,8 @@ def test_example_dags_parse_without_errors_or_warnings() -> None:
     lines = out.stdout.splitlines()
     assert "ERRORS={}" in lines
     assert (
-        "DAGS=['smart_daily_export', 'smart_group_export_consumer', 'smart_group_export_mapped', 'smart_token_check']"
-        in lines
+        "DAGS=['smart_daily_export', 'smart_daily_tables', 'smart_group_export_consumer', 'smart_group_export_mapped', "
+        "'smart_tables_consumer', 'smart_token_check']" in lines
     )
 
 
@@ -73,6 +73,12 @@ def test_mapped_group_export_dag(airflow_db: str, sandbox: Any, es384: Any, tmp_
     manifest = json.loads((dest / "manifest.json").read_text())
     files = sorted(p.name for p in dest.glob("*.ndjson"))
     assert files == sorted(Path(e["path"]).name for e in manifest["summary"]["output"])
+    # ...and the files became one Delta table per bundled view (4 mapped shares, one commit).
+    from deltalake import DeltaTable
+
+    patients = sum(e["lines"] for e in manifest["summary"]["output"] if e["type"] == "Patient")
+    table = DeltaTable(str(tmp_path / "tables" / "delta" / "patient_demographics"))
+    assert table.to_pyarrow_table().num_rows == patients > 0
     assert {e["type"] for e in manifest["summary"]["output"]} == {"Patient", "Observation", "Condition"}
     patients = [json.loads(line) for line in (dest / "Patient.1.ndjson").read_text().splitlines()]
     assert {p["id"] for p in patients} == {f"pat-{i:04d}" for i in range(2, 11, 2)}  # cohort-a: even patients

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "airflow_provider_smart"
 # The library: everything here must work with Airflow not installed at all.
-LIBRARY = ("auth", "bulk", "testing", "connection", "sessions", "origins", "exceptions")
+LIBRARY = ("auth", "bulk", "tables", "testing", "views", "connection", "sessions", "origins", "exceptions")
 # Harnesses that start Airflow itself (for the UI and API checks): Airflow is their subject.
 AIRFLOW_HARNESSES = {"airflow_provider_smart.testing.airflow_server"}
 
