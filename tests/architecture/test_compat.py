@@ -16,7 +16,7 @@ import pytest
 from tests.architecture.test_layers import PACKAGE, imported_modules, module_name
 
 COMPAT_MODULES = {"airflow_provider_smart.compat", "airflow_provider_smart.version_compat"}
-EXAMPLE_DAGS = PACKAGE.parent / "dags_examples"
+EXAMPLE_DAGS = (PACKAGE.parent / "dags_examples", PACKAGE.parent / "tests" / "dags")
 # Paths that exist on some supported Airflow versions only (2.11 and 3.0 to 3.3).
 VERSION_SPECIFIC = (
     "airflow.sdk",
@@ -58,7 +58,7 @@ def test_only_the_compat_module_imports_version_specific_airflow_paths() -> None
 def test_example_dags_run_on_every_supported_airflow() -> None:
     offenders = {
         path.name: found
-        for path in sorted(EXAMPLE_DAGS.glob("*.py"))
+        for path in sorted(p for folder in EXAMPLE_DAGS for p in folder.glob("*.py"))
         if (found := version_specific_imports(imported_modules(path)))
     }
     assert offenders == {}, "import these from airflow.providers.common.compat.sdk instead"
