@@ -92,6 +92,31 @@ def _test(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cancel_export(args: argparse.Namespace) -> int:
+    """List this connection's exports in flight, or cancel (DELETE) one or all of them: the way out when a
+    single-slot server (Epic, Cerner) is held by a stale export."""
+    from airflow_provider_smart.hooks.smart import SmartHook
+
+    hook = SmartHook(args.conn_id, connection=_load_connection(args.conn_id))
+    registry = hook.inflight_registry()
+    records = registry.records()
+    targets = [r["status_url"] for r in records] if args.all else [args.status_url] if args.status_url else []
+    if not targets:
+        if not records:
+            print(f"No export of connection {args.conn_id!r} is recorded in flight.")
+        for r in records:
+            print(f"{r['status_url']}  kicked off {r.get('kicked_off_at')}  into {r.get('destination') or '?'}")
+        if records:
+            print("Cancel one with --status-url URL, or all with --all.")
+        return 0
+    client = hook.get_bulk_client()
+    for url in targets:
+        gone = not client.cancel(url)
+        registry.remove(url)
+        print(f"{'already gone' if gone else 'cancelled'}: {url}")
+    return 0
+
+
 DEFAULT_LAUNCH_SCOPE = "openid fhirUser offline_access user/*.rs"
 
 
@@ -231,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
         "3.3.1/3.3.2 without a port); refresh tokens are never rotated",
     )
     test.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
+
+    cancel = sub.add_parser(
+        "cancel-export",
+        help="list a connection's exports in flight, or cancel (DELETE) one: frees a single-slot server "
+        "(Epic, Cerner) held by a stale export",
+    )
+    cancel.add_argument("--conn-id", default="smart_default", help="the smart connection id (default smart_default)")
+    which = cancel.add_mutually_exclusive_group()
+    which.add_argument("--status-url", help="the export's status URL (listed without this option)")
+    which.add_argument("--all", action="store_true", help="cancel every recorded export of this connection")
     return parser
 
 
@@ -241,7 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         return _sandbox(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
     try:
-        return {"keygen": _keygen, "token": _token, "authorize": _authorize, "test": _test}[args.command](args)
+        commands = {
+            "keygen": _keygen,
+            "token": _token,
+            "authorize": _authorize,
+            "test": _test,
+            "cancel-export": _cancel_export,
+        }
+        return commands[args.command](args)
     except Exception as exc:  # a CLI prints the error, not a traceback full of internals
         return report_error(f"airflow-smart {args.command}", exc)
 

@@ -58,6 +58,7 @@ class ConnectionSettings:
     refresh_token: str | None = field(default=None, repr=False)
     token_store: str = "variable"
     allow_insecure_http: bool = False  # plain http off loopback / downgrades: for test servers only
+    vendor: str = "auto"  # a bulk.vendors profile name, or auto (detected from /metadata)
 
     @property
     def secrets(self) -> list[str]:
@@ -130,6 +131,14 @@ def _token_url(value: Any, base: str, insecure: bool) -> str | None:
     if refusal:
         raise SmartConfigError(f"extra.oauth_url: {refusal}.", field="oauth_url")
     return url
+
+
+def _vendor(value: Any) -> str:
+    from airflow_provider_smart.bulk.vendors import AUTO, profile_named
+
+    name = str(value or AUTO).strip().lower() or AUTO
+    profile = profile_named(name)  # an unknown name is refused here, naming the field
+    return profile.name if profile is not None else AUTO
 
 
 def _allowed_hosts(value: Any, base: str, insecure: bool) -> list[str]:
@@ -317,6 +326,7 @@ def settings_from_connection(
             verify=_as_verify(extra.get("verify")),
             timeout=DEFAULT_TIMEOUT if extra.get("timeout") in (None, "") else extra["timeout"],
             allow_insecure_http=insecure,
+            vendor=_vendor(extra.get("vendor")),
         )
         if method == "refresh_token":
             _refresh_token_settings(settings, password, extra)

@@ -248,6 +248,18 @@ EXTRA_FIELDS = (
         form_format="json",
     ),
     FieldRule(
+        "vendor",
+        "Server vendor",
+        "auto (default): detected from the server's /metadata and SMART configuration. Or name the profile "
+        "whose workarounds to apply: epic, cerner, hapi, ecw, athena, medplum, microsoft, generic (the spec "
+        "as written). See the README's Vendors table.",
+        "``auto`` (default): the vendor profile is detected from the server's ``/metadata`` and SMART "
+        "configuration; or ``epic``, ``cerner``, ``hapi``, ``ecw``, ``athena``, ``medplum``, ``microsoft``, "
+        "``generic`` (see Vendors)",
+        default="auto",
+        extra_schema={"enum": ["auto", "generic", "epic", "cerner", "hapi", "ecw", "athena", "medplum", "microsoft"]},
+    ),
+    FieldRule(
         "verify",
         "Verify TLS",
         "true (default), false, or the path of a CA bundle.",

@@ -156,6 +156,21 @@ class ExportThrottledError(BulkExportError):
         return float(self.context.get("not_before") or 0.0)
 
 
+class ExportWindowError(BulkExportError):
+    """The server refused the kick-off because the same export ran too recently (Epic's request window).
+
+    ``context["not_before"]`` is the epoch time after which it may run again at the latest (None when
+    the window is unknown).
+    """
+
+    kind = "smart.bulk_export.window"
+
+    @property
+    def not_before(self) -> float | None:
+        value = self.context.get("not_before")
+        return float(value) if value is not None else None
+
+
 class BulkDownloadError(BulkExportError):
     """An output file could not be fetched, or failed its checks; ``context["url"]`` names it.
 
@@ -233,6 +248,7 @@ _ERROR_CLASSES: tuple[type[SmartError], ...] = (
     BulkExportError,
     ExportTimeoutError,
     ExportThrottledError,
+    ExportWindowError,
     BulkDownloadError,
     NdjsonCheckError,
     NotNdjsonError,

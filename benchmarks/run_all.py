@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run_all.py            # the full run (a few minutes)
     .venv/bin/python benchmarks/run_all.py --quick    # small sizes, one repetition: a smoke run (< 60 s)
     .venv/bin/python benchmarks/run_all.py --only download,import
+    .venv/bin/python benchmarks/run_all.py --only triggerer   # figure 8 alone (about 4 minutes)
 
 Offline: every server is a local sandbox on 127.0.0.1. Temporary data lives in ``benchmarks/.work/``
 and is deleted at the end, except ``results.json`` (every number, machine-readable) and ``report.txt``
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import MB, REPO, WORK, Keys, log, median, table, verdict
 
-FIGURES = ("download", "tokens", "polls", "import", "views", "merge")
+FIGURES = ("download", "tokens", "polls", "triggerer", "import", "views", "merge")
 KEEP = {"results.json", "report.txt"}
 
 
@@ -304,6 +305,54 @@ def section_polls(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def section_triggerer(rows: list[dict[str, Any]]) -> list[str]:
+    body = []
+    for r in rows:
+        c, t = r["case"], r["targets"]
+        body.append(
+            [
+                c["triggers"],
+                f"{c['latency']:g}/{c['retry_after']}/{c['duration']:g}",
+                f"{r['polls']}/{c['triggers'] * r['ideal_polls']}",
+                r["pace"],
+                r["overshoot_s"],
+                f"{r['worst_stall_ms']:.0f} (idle {r['idle_stall_ms']:.0f})",
+                r["full_gc_ms"],
+                r["peak_rss_mb"],
+                r["kb_per_export"],
+                r["most_threads"],
+                r["server"]["token_requests"],
+                r["server"]["early_polls"],
+                verdict(all(t.values())),
+            ]
+        )
+    return [
+        "FIGURE 8 - triggerer capacity: N bulk-export triggers of one connection in one event loop, against a local "
+        "async server",
+        table(
+            [
+                "N",
+                "L/R/end s",
+                "polls / server pace",
+                "pace",
+                "overshoot s",
+                "worst stall ms",
+                "full GC ms",
+                "peak RSS MB",
+                "KB/export",
+                "threads",
+                "tokens",
+                "early",
+                "",
+            ],
+            body,
+        ),
+        "  targets: pace >= 0.95, overshoot <= 1 s, stall <= 100 ms (50 ms ticker), 1 token request, <= 200 MB RSS at\n"
+        "  N = 1,000, no poll before the server's Retry-After. 'idle': the ticker alone just before (the machine's\n"
+        "  noise); full GC: the longest generation-2 collection (Airflow's start-up heap frozen: benchmarks/README).",
+    ]
+
+
 def section_import(i: dict[str, Any]) -> list[str]:
     out = [
         f"FIGURE 5 - import time of airflow_provider_smart.operators.bulk_export (median of {i['runs']} fresh "
@@ -430,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(results, errors, "tokens", lambda: _tokens(keys, args.quick))
         if "polls" in args.figures:
             _run(results, errors, "polls", lambda: _polls(keys, args.quick))
+        if "triggerer" in args.figures:
+            _run(results, errors, "triggerer", lambda: _triggerer(keys, args.quick))
         if "import" in args.figures:
             _run(results, errors, "import", lambda: _import(args.quick))
         if "views" in args.figures:
@@ -447,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             ("download", section_rss),
             ("tokens", section_tokens),
             ("polls", section_polls),
+            ("triggerer", section_triggerer),
             ("import", section_import),
             ("views", section_views),
             ("merge", section_merge),
@@ -503,6 +555,12 @@ def _polls(keys: Keys, quick: bool) -> list[dict[str, Any]]:
     from fig_protocol import POLL_FULL, POLL_QUICK, run_poll_figure
 
     return run_poll_figure(keys, POLL_QUICK if quick else POLL_FULL)
+
+
+def _triggerer(keys: Keys, quick: bool) -> list[dict[str, Any]]:
+    from fig_triggerer import TRIGGERER_FULL, TRIGGERER_QUICK, run_triggerer_figure
+
+    return run_triggerer_figure(keys, TRIGGERER_QUICK if quick else TRIGGERER_FULL)
 
 
 def _import(quick: bool) -> dict[str, Any]:

@@ -5,8 +5,9 @@ separate processes: api-server, scheduler, dag-processor, triggerer and two Cele
 REST API it triggers ``smart_group_export_mapped`` into ``s3://``, checks what landed and how, then runs
 it again and SIGKILLs a worker mid-download. After each export the mapped view conversions (on both workers)
 and one commit turn the files into Delta tables in the bucket, and ``smart_tables_consumer`` reads them
-back with DuckDB; a third, incremental run (``since``) must update and delete rows. Everything it starts
-it stops, also on failure or a signal. Exits non-zero when any check fails.
+back with DuckDB; a third, incremental run (``since``) must update and delete rows; last, 50 deferred export
+waits share the triggerer with a ``DateTimeSensorAsync``, which must fire on time. Everything it starts it
+stops, also on failure or a signal. Exits non-zero when any check fails.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from e2e.services import Airflow, ensure_installed, start_moto, start_postgres, 
 DAG_ID = "smart_group_export_mapped"
 CONSUMER = "smart_group_export_consumer"
 TABLES_CONSUMER = "smart_tables_consumer"
+LOAD_DAG, CLOCK_DAG = "smart_e2e_many_waits", "smart_e2e_datetime_sensor"  # scripts/e2e/dags
+LOAD_EXPORTS = 50  # deferred export waits in the triggerer at once
+CLOCK_DELAY, CLOCK_TOLERANCE = 45, 30  # the DateTimeSensorAsync's target: this far ahead; resumed within
 BUCKET = "e2e-fhir"
 PATIENTS, OBS_PER_PATIENT = 2000, 10  # cohort-a (even patients): 13 files of <= 1000 resources
 EXPECTED = {"Patient": PATIENTS // 2, "Observation": PATIENTS // 2 * OBS_PER_PATIENT, "Condition": PATIENTS // 2 * 2}
@@ -230,6 +234,82 @@ def kill_run(ctx: dict[str, Any], export_root: str) -> None:
     verify_run(ctx, run_id, seen, state)
 
 
+def triggerer_load(ctx: dict[str, Any]) -> None:
+    """Run 4: 50 deferred export waits in the triggerer at once, a DateTimeSensorAsync beside them on time."""
+    import requests
+
+    from airflow_provider_smart.bulk import BulkExportClient, ExportRequest
+
+    api, checks, sandbox = ctx["api"], ctx["checks"], ctx["sandbox"]
+    ctx["airflow"].start_worker("e2e-worker-3", 8)  # replaces the worker run 2 killed: the waits defer sooner
+    session = requests.Session()
+    session.auth = ctx["fhir_auth"]
+    client = BulkExportClient(session, sandbox.url)
+    usual, sandbox.status_polls_before_ready = sandbox.status_polls_before_ready, 10**6  # they wait until told
+    try:
+        request = ExportRequest(level="group", group_id="cohort-a", resource_types=["Patient"])
+        urls = [client.kick_off(request) for _ in range(LOAD_EXPORTS)]
+    finally:
+        sandbox.status_polls_before_ready = usual
+    now = datetime.now(UTC).replace(microsecond=0)
+    load_run = f"e2e_load_{now:%Y%m%dT%H%M%S}"
+    api.trigger(LOAD_DAG, load_run, now.isoformat(), {"status_urls": urls})
+    print(f"{LOAD_EXPORTS} exports kicked off, waited on by {LOAD_DAG} run {load_run}")
+    seen = {"most": 0, "at_target": -1}
+
+    def deferred_waits() -> int:
+        ctx["procs"].assert_alive(skip=ctx["killed"])
+        waits = [t for t in api.task_instances(LOAD_DAG, load_run) if t["task_id"] == "wait"]
+        deferred = sum(1 for t in waits if t["state"] == "deferred")
+        seen["most"] = max(seen["most"], deferred)
+        return deferred
+
+    wait_until(lambda: deferred_waits() >= LOAD_EXPORTS, 900, f"{LOAD_EXPORTS} deferred waits", interval=2)
+    checks.check(
+        f"{LOAD_EXPORTS} deferred export waits in the triggerer at once", seen["most"] >= LOAD_EXPORTS, str(seen)
+    )
+    # Now, with every wait deferred and polling, a DAG of another kind defers beside them.
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock_run, target = f"e2e_clock_{now:%Y%m%dT%H%M%S}", now + timedelta(seconds=CLOCK_DELAY)
+    api.trigger(CLOCK_DAG, clock_run, now.isoformat(), {"target_time": target.isoformat()})
+    print(f"{CLOCK_DAG} run {clock_run} defers until {target:%H:%M:%S}")
+
+    def clock_done() -> str | None:
+        deferred = deferred_waits()
+        if seen["at_target"] < 0 and datetime.now(UTC) >= target:
+            seen["at_target"] = deferred
+        state = api.run(CLOCK_DAG, clock_run)["state"]
+        return state if state in ("success", "failed") else None
+
+    clock_state = wait_until(clock_done, CLOCK_DELAY + 300, f"run {clock_run}", interval=1)
+    [ti] = api.task_instances(CLOCK_DAG, clock_run)
+    ended = datetime.fromisoformat(ti["end_date"]) if ti.get("end_date") else None
+    late = (ended - target).total_seconds() if ended else None
+    checks.check(
+        "the DateTimeSensorAsync deferring beside them fired on time",
+        clock_state == "success"
+        and late is not None
+        and 0 <= late <= CLOCK_TOLERANCE
+        and seen["at_target"] >= LOAD_EXPORTS,
+        f"state {clock_state}; ended {late} s after its target time (resumed on a Celery worker; tolerance "
+        f"{CLOCK_TOLERANCE} s); {seen['at_target']} export waits deferred at its target time",
+    )
+    finished = sandbox.finish_exports()
+    load_state = wait_until(
+        lambda: (lambda s: s if s in ("success", "failed") else None)(api.run(LOAD_DAG, load_run)["state"]),
+        300,
+        f"run {load_run}",
+        interval=1,
+    )
+    checks.check(
+        f"the {LOAD_EXPORTS} waits completed once their exports did",
+        load_state == "success",
+        f"run {load_state}; {finished} exports finished by the sandbox",
+    )
+    for url in urls:
+        client.cancel(url)
+
+
 def main() -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="smart-e2e-"))
@@ -291,7 +371,7 @@ def main() -> int:
             password=aws_secret,
             extra=json.dumps({"endpoint_url": f"http://127.0.0.1:{moto_port}", "region_name": "us-east-1"}),
         )
-        for dag_id in (DAG_ID, CONSUMER, TABLES_CONSUMER):
+        for dag_id in (DAG_ID, CONSUMER, TABLES_CONSUMER, LOAD_DAG, CLOCK_DAG):
             api.wait_for_dag(dag_id)
             api.unpause(dag_id)
 
@@ -337,6 +417,8 @@ def main() -> int:
 
         step("Run 3: an incremental export (since run 2) after changes and deletions; the tables follow")
         incremental_run(ctx, export_root)
+        step(f"Run 4: {LOAD_EXPORTS} deferred export waits in the triggerer at once, a DateTimeSensorAsync beside them")
+        triggerer_load(ctx)
     except Exception as exc:
         checks.check("the e2e run completed without an error", False, f"{type(exc).__name__}: {exc}")
         print(f"logs of every process: {logs}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import email.utils
 import logging
 import os
 import threading
@@ -51,10 +52,39 @@ from airflow_provider_smart.sessions import DEFAULT_TIMEOUT, new_session
 
 log = logging.getLogger(__name__)
 
-TOKEN_REQUEST_ATTEMPTS = 3  # transport errors and 5xx from the token endpoint are retried (new assertion each)
+TOKEN_REQUEST_ATTEMPTS = 6  # transport errors, 429 and 5xx from the token endpoint are retried (new assertion each)
+TOKEN_RETRY_BACKOFF = 0.5  # first pause; doubles each try; the whole mint stays within the timeout
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """A token endpoint's ``Retry-After``: delta-seconds or an HTTP-date; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when is not None and when.tzinfo is not None else None
+
+
 DEFAULT_EXPIRY_SKEW = 60.0
 STORE_WRITE_ATTEMPTS = 3  # a refused token-store write is retried at once, then kept in memory...
 STORE_RETRY_INTERVAL = 10.0  # ...and retried at most this often while the process keeps using it
+
+
+_MINT_LOCKS: dict[str, threading.Lock] = {}
+_MINT_LOCKS_GUARD = threading.Lock()
+
+
+def mint_lock(store_key: str) -> threading.Lock:
+    """The one lock of a token (its store key) in this process: every auth object of one connection and
+    scope shares it, so however many hooks, tasks' threads or triggers ask at once, one mints and the
+    others find its token in the store. (A lock per auth object let N hooks mint N tokens.)"""
+    with _MINT_LOCKS_GUARD:
+        return _MINT_LOCKS.setdefault(store_key, threading.Lock())
 
 
 def describe_store_failure(exc: BaseException) -> str:
@@ -118,7 +148,7 @@ class TokenAuth(AuthBase):
         # Token requests never go through a session that carries this auth.
         self._http = session or new_session(timeout=timeout)
         self._on_new_token = on_new_token
-        self._lock = threading.Lock()
+        self._lock = mint_lock(self.store_key)
         self._unsaved: StoredToken | None = None  # a token the store refused; this process's only copy
         self._unsaved_precious = False  # ...and it carries a rotated refresh token
         self._unsaved_message = ""
@@ -187,20 +217,34 @@ class TokenAuth(AuthBase):
         # token endpoint cannot hold the caller longer than the timeout it chose.
         deadline = Deadline(self.timeout)
         for attempt in range(1, TOKEN_REQUEST_ATTEMPTS + 1):
+            pause = TOKEN_RETRY_BACKOFF * 2 ** (attempt - 1)
             try:
                 # A new form each attempt: a JWT assertion is single-use (fresh jti on retries).
                 response = request_token(
                     self._http, token_url, self._grant_form(current), self.client_auth, self.timeout, deadline=deadline
                 )
             except SmartTransportError:
-                if attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt:
+                if attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= pause:
                     raise
+                why = "no answer"
             else:
-                last = attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= 0.5 * attempt
-                if response.status_code < 500 or last:
+                # 429 (Medplum limits /oauth2 per IP, without Retry-After) and 5xx (503 overloaded) say "not
+                # now": back off exponentially, or as long as Retry-After asks, within the deadline.
+                retryable = response.status_code == 429 or response.status_code >= 500
+                asked = _retry_after_seconds(response.headers.get("Retry-After"))
+                if asked is not None:
+                    pause = asked
+                if not retryable or attempt == TOKEN_REQUEST_ATTEMPTS or deadline.remaining() <= pause:
                     break
-            log.warning("Token endpoint %s failed (attempt %d); retrying.", redact_url(token_url), attempt)
-            time.sleep(0.5 * attempt)
+                why = f"HTTP {response.status_code}"
+            log.warning(
+                "Token endpoint %s answered %s (attempt %d); retrying in %.1f s.",
+                redact_url(token_url),
+                why,
+                attempt,
+                pause,
+            )
+            time.sleep(pause)
         self.token_requests += 1
         token = self._keep_from_previous(parse_token_response(response, token_url), current)
         if self._on_new_token is not None:
@@ -240,8 +284,11 @@ class TokenAuth(AuthBase):
             self._save(token, current)
             return token
 
-    def _fresh(self, token: StoredToken) -> bool:
+    def is_fresh(self, token: StoredToken) -> bool:
+        """More than this auth's renewal margin left on ``token`` (no I/O: callers on an event loop use it)."""
         return token.is_fresh(self.expiry_skew, fraction=self._renew_fraction)
+
+    _fresh = is_fresh
 
     def invalidate(self, access_token: str | None = None) -> None:
         """Mark the cached token expired (only if it is still ``access_token``, so concurrent 401s mint once).
@@ -340,6 +387,11 @@ class TokenAuth(AuthBase):
     def unsaved(self) -> bool:
         """True while a token the store refused is held only in this process's memory."""
         return self._unsaved is not None
+
+    @property
+    def unsaved_refresh_token(self) -> bool:
+        """True while a rotated refresh token the store refused is held only in this process's memory."""
+        return self._unsaved is not None and self._unsaved_precious
 
     def ensure_saved(self) -> None:
         """Retry writing a token the store refused; raise :class:`TokenStoreError` if it still cannot.

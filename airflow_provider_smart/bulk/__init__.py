@@ -30,12 +30,14 @@ if TYPE_CHECKING:
     from airflow_provider_smart.bulk.ndjson import NdjsonScanner
     from airflow_provider_smart.bulk.plan import batch, plan_batches, plan_files, safe_type_name
     from airflow_provider_smart.bulk.retry import RetryPolicy, backoff_delay, next_poll_delay, parse_retry_after
+    from airflow_provider_smart.bulk.vendors import VendorProfile, detect_profile, profile_named
     from airflow_provider_smart.bulk.workflow import ExportWorkflow
     from airflow_provider_smart.exceptions import (
         BulkDownloadError,
         BulkExportError,
         ExportThrottledError,
         ExportTimeoutError,
+        ExportWindowError,
     )
 
 _EXPORTS = {
@@ -59,8 +61,11 @@ _EXPORTS = {
     "next_poll_delay": "retry",
     "parse_retry_after": "retry",
     "ExportWorkflow": "workflow",
+    "VendorProfile": "vendors",
+    "detect_profile": "vendors",
+    "profile_named": "vendors",
 }
-_ERRORS = ("BulkDownloadError", "BulkExportError", "ExportThrottledError", "ExportTimeoutError")
+_ERRORS = ("BulkDownloadError", "BulkExportError", "ExportThrottledError", "ExportTimeoutError", "ExportWindowError")
 
 __all__ = [
     "BulkDownloadError",
@@ -72,6 +77,7 @@ __all__ = [
     "ExportRequest",
     "ExportThrottledError",
     "ExportTimeoutError",
+    "ExportWindowError",
     "ExportWorkflow",
     "FileReport",
     "KickoffRequest",
@@ -79,13 +85,16 @@ __all__ = [
     "NdjsonScanner",
     "RetryPolicy",
     "StatusResult",
+    "VendorProfile",
     "backoff_delay",
     "batch",
     "build_kickoff",
+    "detect_profile",
     "next_poll_delay",
     "parse_retry_after",
     "plan_batches",
     "plan_files",
+    "profile_named",
     "safe_type_name",
 ]
 

@@ -232,7 +232,8 @@ class FileDownloader:
         listed = []
         for i, exc in failures:
             entry = entries[i]
-            listed.append({"url": redact_url(entry["url"]), "path": entry["path"], "error": str(exc)})
+            status = exc.status if isinstance(exc, BulkExportError) else None
+            listed.append({"url": redact_url(entry["url"]), "path": entry["path"], "error": str(exc), "status": status})
         lines = [f"  - {f['path']} ({f['url']}): {f['error']}" for f in listed[:20]]
         if len(listed) > 20:
             lines.append(f"  ... and {len(listed) - 20} more")

@@ -41,7 +41,8 @@ class ExportRequest:
     """What to export. ``method="auto"`` uses POST when ``patients`` is given (``patient`` is POST-only).
 
     ``since``/``until`` take FHIR instants (``2024-01-01T00:00:00Z``) or ``datetime`` objects (naive ones
-    are taken as UTC). List fields also accept a comma-separated string.
+    are taken as UTC). List fields also accept a comma-separated string. ``extra_parameters``: parameters
+    outside the spec, sent as given (Microsoft's ``_container``, ``_maxCount``, ``includeHistory``).
     """
 
     level: Literal["system", "patient", "group"] | str = "system"
@@ -58,6 +59,7 @@ class ExportRequest:
     allow_partial_manifests: bool | None = None
     method: Literal["auto", "GET", "POST"] | str = "auto"
     lenient: bool = False
+    extra_parameters: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.resource_types = as_list(self.resource_types)
@@ -71,6 +73,8 @@ class ExportRequest:
         for key in ("since", "until"):
             if isinstance(data[key], datetime):
                 data[key] = data[key].isoformat()
+        if not data["extra_parameters"]:
+            del data["extra_parameters"]  # absent when unused: an export's identity stays what it was
         return data
 
 

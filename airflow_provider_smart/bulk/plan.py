@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow_provider_smart.bulk.models import MANIFEST_LISTS, TYPE_NAME, ExportManifest
 from airflow_provider_smart.bulk.storage import url_key
-from airflow_provider_smart.bulk.urls import redact_url
+from airflow_provider_smart.bulk.urls import file_identity, redact_url
 from airflow_provider_smart.exceptions import BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -65,10 +65,11 @@ def plan_files(manifest: ExportManifest) -> list[dict[str, Any]]:
     seen: set[str] = set()
     unique = []
     for kind, f in manifest.files:
-        if f.url in seen:
+        identity = file_identity(f.url)  # a re-signed URL is still the same file
+        if identity in seen:
             log.warning("The manifest lists %s twice: downloading it once.", redact_url(f.url))
             continue
-        seen.add(f.url)
+        seen.add(identity)
         unique.append((kind, f))
     names = {f.url: safe_type_name(f.type) for _, f in unique}
     numbers: dict[str, int] = {}
@@ -76,7 +77,8 @@ def plan_files(manifest: ExportManifest) -> list[dict[str, Any]]:
     for kind, f in unique:
         by_name.setdefault((kind, names[f.url]), []).append(f.url)
     for urls in by_name.values():
-        numbers.update({url: n for n, url in enumerate(sorted(urls, key=_natural_order), 1)})
+        ordered = sorted(urls, key=lambda url: _natural_order(file_identity(url)))
+        numbers.update({url: n for n, url in enumerate(ordered, 1)})
     return [
         {
             "kind": kind,

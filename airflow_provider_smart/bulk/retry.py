@@ -12,10 +12,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from airflow_provider_smart.exceptions import ExportThrottledError, ExportTimeoutError
 
@@ -107,6 +107,13 @@ def next_poll_delay(
     return min(max(delay, min_poll_interval), max_poll_interval)
 
 
+@dataclass(frozen=True)
+class Sleep:
+    """What a sans-IO exchange yields when it wants to wait: its driver sleeps (or awaits) ``seconds``."""
+
+    seconds: float
+
+
 class TransientFailure(Exception):
     """Raised by one attempt of a retried operation: "not now", worth another try after a pause."""
 
@@ -176,10 +183,15 @@ class RetryPolicy:
             return min(retry_after, self.max_retry_after)
         return backoff_delay(failures, self.backoff_base, self.backoff_max)
 
-    def pause(self, delay: float, *, server_asked: bool, what: str) -> None:
-        """Sleep ``delay`` seconds within this policy's bounds (see ``deadline`` and ``max_wait``)."""
+    def plan_pause(self, delay: float, *, server_asked: bool, what: str) -> tuple[float, Exception | None]:
+        """The pause :meth:`pause` takes, without taking it: ``(seconds to sleep, error to raise after)``.
+
+        Over ``max_wait``: no sleep, :class:`ExportThrottledError`. Past the ``deadline``: sleep until it,
+        then :class:`ExportTimeoutError` if the server asked for the wait (or no time is left), else
+        return for one last try at the deadline.
+        """
         if self.max_wait is not None and delay > self.max_wait:
-            raise ExportThrottledError(
+            return 0.0, ExportThrottledError(
                 f"{what}: the server asked to wait {delay:.0f} s before trying again, longer than the "
                 f"{self.max_wait:.0f} s this process waits in place.",
                 retry_after=delay,
@@ -187,17 +199,24 @@ class RetryPolicy:
             )
         remaining = self.remaining()
         if remaining is not None and delay > remaining:
-            self.sleep(max(0.0, remaining))
             if server_asked or remaining <= 0:
-                raise ExportTimeoutError(
+                return max(0.0, remaining), ExportTimeoutError(
                     f"{what}: the server asked to wait {delay:.0f} s but the caller's timeout ends in "
                     f"{max(0.0, remaining):.0f} s; gave up at the timeout instead of asking early."
                     if server_asked
                     else f"{what}: the caller's timeout passed.",
                     retry_after=delay,
                 )
-            return
-        self.sleep(delay)
+            return max(0.0, remaining), None
+        return delay, None
+
+    def pause(self, delay: float, *, server_asked: bool, what: str) -> None:
+        """Sleep ``delay`` seconds within this policy's bounds (see ``deadline`` and ``max_wait``)."""
+        seconds, error = self.plan_pause(delay, server_asked=server_asked, what=what)
+        if seconds > 0 or error is None:
+            self.sleep(seconds)
+        if error is not None:
+            raise error
 
     def run(
         self,
@@ -207,23 +226,58 @@ class RetryPolicy:
         give_up: Callable[[TransientFailure, int], Exception],
         on_failure: Callable[[], None] | None = None,
     ) -> T:
-        """Call ``attempt`` until it returns, retrying on :class:`TransientFailure`.
+        """Call ``attempt`` until it returns, retrying on :class:`TransientFailure` (see :meth:`retrying`).
 
-        ``on_failure`` cleans up after each failed attempt; after ``attempts`` retries the exception
-        from ``give_up(last_failure, tries)`` is raised. ``what`` names the operation in log lines.
-        Pauses respect ``deadline`` (:class:`ExportTimeoutError`) and ``max_wait``
-        (:class:`ExportThrottledError`).
+        ``on_failure`` cleans up after each failed attempt. Pauses are slept with ``sleep``.
+        """
+
+        def one() -> Generator[Any, Any, T]:
+            try:
+                return attempt()
+            except TransientFailure:
+                if on_failure is not None:
+                    on_failure()
+                raise
+            yield  # pragma: no cover - makes this a generator; the attempt itself does no I/O here
+
+        exchange = self.retrying(one, what=what, give_up=give_up)
+        try:
+            action = next(exchange)
+            while True:
+                assert isinstance(action, Sleep)
+                self.sleep(action.seconds)
+                action = next(exchange)
+        except StopIteration as done:
+            return done.value
+
+    def retrying(
+        self,
+        attempt: Callable[[], Generator[Any, Any, T]],
+        *,
+        what: str,
+        give_up: Callable[[TransientFailure, int], Exception],
+    ) -> Generator[Any, Any, T]:
+        """The retry loop, sans I/O: run the ``attempt`` exchange until it returns, retrying on
+        :class:`TransientFailure` after yielding a :class:`Sleep` (the driver sleeps or awaits it).
+
+        After ``attempts`` retries the exception from ``give_up(last_failure, tries)`` is raised.
+        ``what`` names the operation in log lines. Pauses respect ``deadline``
+        (:class:`ExportTimeoutError`) and ``max_wait`` (:class:`ExportThrottledError`).
         """
         failures = 0
         while True:
             try:
-                return attempt()
+                return (yield from attempt())
             except TransientFailure as failure:
-                if on_failure is not None:
-                    on_failure()
                 failures += 1
                 if failures > self.attempts:
                     raise give_up(failure, failures) from None
                 delay = self.delay(failures, failure.retry_after)
                 log.warning("%s failed (%s); retry %d of %d in %.1f s.", what, failure, failures, self.attempts, delay)
-                self.pause(delay, server_asked=failure.retry_after is not None, what=f"{what} failed ({failure})")
+                seconds, error = self.plan_pause(
+                    delay, server_asked=failure.retry_after is not None, what=f"{what} failed ({failure})"
+                )
+                if seconds > 0 or error is None:
+                    yield Sleep(seconds)
+                if error is not None:
+                    raise error from None

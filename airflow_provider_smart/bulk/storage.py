@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from airflow_provider_smart.bulk.urls import file_identity
 from airflow_provider_smart.exceptions import BulkExportError
 
 try:
@@ -190,8 +191,12 @@ def write_json_atomically(path: Any, data: dict[str, Any]) -> None:
 
 
 def url_key(url: str) -> str:
-    """A stable, non-secret name for a file URL (pre-signed URLs are capabilities: never in XCom)."""
-    return hashlib.sha256(url.encode()).hexdigest()[:24]
+    """A stable, non-secret name for a file URL (pre-signed URLs are capabilities: never in XCom).
+
+    Made from the URL's :func:`~airflow_provider_smart.bulk.urls.file_identity`: a file keeps its key
+    when the server signs its URL anew.
+    """
+    return hashlib.sha256(file_identity(url).encode()).hexdigest()[:24]
 
 
 RECORDS_DIR = ".smart-files"

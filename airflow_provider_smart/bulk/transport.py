@@ -97,10 +97,22 @@ class BulkTransport:
         self.retry.sleep(seconds)
 
     def request(
-        self, method: str, url: str, *, session: requests.Session | None = None, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        *,
+        session: requests.Session | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
     ) -> requests.Response:
         """One request on the right session for ``url`` (or ``session``), with this transport's
-        timeout, ending within ``request_deadline`` (else :class:`~airflow_provider_smart.sessions.DeadlineExceeded`,
-        a ``requests.Timeout``)."""
+        timeout, ending within ``request_deadline`` or ``deadline`` if sooner (else
+        :class:`~airflow_provider_smart.sessions.DeadlineExceeded`, a ``requests.Timeout``)."""
         kwargs.setdefault("timeout", self.timeout)
-        return request_within(session or self.session_for(url), self.request_deadline, method, url, **kwargs)
+        return request_within(session or self.session_for(url), self.bound(deadline), method, url, **kwargs)
+
+    def bound(self, deadline: float | None) -> float | None:
+        """The overall bound of one request: ``request_deadline``, or the caller's ``deadline`` if sooner."""
+        if deadline is None or self.request_deadline is None:
+            return self.request_deadline if deadline is None else deadline
+        return min(deadline, self.request_deadline)

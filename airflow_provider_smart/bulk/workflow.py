@@ -16,10 +16,12 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_smart.bulk.client import BulkExportClient
+from airflow_provider_smart.bulk.inflight import InFlightRegistry, claim_slot
 from airflow_provider_smart.bulk.models import (
     DownloadOptions,
     DownloadReport,
@@ -28,6 +30,12 @@ from airflow_provider_smart.bulk.models import (
     StatusResult,
 )
 from airflow_provider_smart.bulk.plan import plan_files
+from airflow_provider_smart.bulk.requested import (
+    deletion_warning,
+    drop_unrequested,
+    ignored_parameters,
+    requested_types,
+)
 from airflow_provider_smart.bulk.storage import (
     DestinationLease,
     LandedFiles,
@@ -38,7 +46,7 @@ from airflow_provider_smart.bulk.storage import (
     write_json_atomically,
 )
 from airflow_provider_smart.bulk.urls import origin_of, redact_url
-from airflow_provider_smart.exceptions import BulkExportError
+from airflow_provider_smart.exceptions import BulkDownloadError, BulkExportError
 
 log = logging.getLogger("airflow_provider_smart.bulk")
 
@@ -46,7 +54,9 @@ STATE_FILE = ".smart-export.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE_FIELDS = ("type", "url", "path", "count", "lines", "bytes")
 MAX_LISTED_ERROR_ISSUES = 10  # in the error message
-MAX_SUMMARY_ISSUES = 100  # in the summary (XCom, manifest.json); the totals count them all
+MAX_SUMMARY_ISSUES = 100
+MAX_LINK_REFRESHES = 3  # manifest re-reads for fresh file links within one landing
+EXPIRED_LINK_STATUSES = (401, 403, 404, 410)  # in the summary (XCom, manifest.json); the totals count them all
 # A FHIR instant: date, time to the second (fractions optional) and a zone.
 INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
@@ -80,6 +90,9 @@ class ExportWorkflow:
     :param connection: what identifies the credentials (Airflow's connection id): part of the export's
         identity with the FHIR server's base URL, so an export another connection or server started in
         this destination is never adopted, its summary never reused, its status URL never sent our token.
+    :param registry: where this connection's exports in flight are recorded (whatever the destination):
+        before a kick-off to a single-slot server (Epic, Cerner, athena) the workflow re-attaches to ours,
+        or says which export holds the slot (see :mod:`~airflow_provider_smart.bulk.inflight`).
     """
 
     def __init__(
@@ -92,8 +105,10 @@ class ExportWorkflow:
         delete_on_success: bool = True,
         run_id: str | None = None,
         connection: str | None = None,
+        registry: InFlightRegistry | None = None,
     ) -> None:
         self.client = client
+        self.registry = registry
         self.destination = as_destination(destination)
         self.identity = identity
         self.server = client.fhir_base_url
@@ -240,12 +255,28 @@ class ExportWorkflow:
             except BulkExportError as exc:
                 # Gone (404/410) or failed for good: a retry is a request to try again, so start afresh.
                 log.warning("That export cannot be resumed (%s); starting a new one.", exc)
+                if self.registry is not None:
+                    self.registry.remove(status_url)
                 removed = LandedFiles(self.destination, "", None).sweep_other_exports()
                 if removed:
                     log.warning("Removed %d file(s) the abandoned export had landed here.", removed)
                 self._forget_kickoff()
+        if self.registry is not None and self.client.vendor.single_slot:
+            found = claim_slot(self.registry, self.client, self.fingerprint, request)
+            if found is not None:
+                self._record_kickoff(found[0])
+                return StartedExport(found[0], found[1], reattached=True)
         status_url = self.client.kick_off(request)
         self._record_kickoff(status_url)
+        if self.registry is not None:
+            self.registry.add(
+                status_url,
+                fingerprint=self.fingerprint,
+                level=request.level,
+                group_id=request.group_id,
+                destination=str(self.destination),
+                run_id=self.run_id,
+            )
         return StartedExport(status_url)
 
     def land(self, status_url: str, manifest: ExportManifest) -> dict[str, Any]:
@@ -255,6 +286,8 @@ class ExportWorkflow:
         of the manifest must be on disk exactly once, as this export's file.
         """
         check_transaction_time(manifest)
+        asked = self.identity if "resource_types" in self.identity else None  # a request, not a status URL
+        manifest, unrequested = drop_unrequested(manifest, requested_types(asked))
         lease = self.lease()
         with lease.held():
             started = time.monotonic()
@@ -262,16 +295,72 @@ class ExportWorkflow:
             if swept:
                 log.warning("Removed %d temporary file(s) a dead attempt left in %s.", swept, self.destination)
             ledger = self._ledger(status_url, manifest)
-            report = self.client.download(manifest, self.destination, self.options, ledger=ledger, lease=lease)
+            manifest, report = self._download(status_url, manifest, ledger, requested_types(asked), lease)
             self._verify_landed(status_url, manifest, ledger)
+            checks: dict[str, Any] = {
+                "unrequested_types": unrequested,
+                "server_ignored": ignored_parameters(asked, self.client.vendor, unrequested, report, self.destination),
+                "vendor": self.client.vendor.name,
+            }
+            if warning := deletion_warning(asked, self.client.vendor):
+                log.warning(warning)
+                checks["deletions_not_reported"] = True
             with lease.renaming():
-                summary = self._record_completion(status_url, manifest, report)
+                summary = self._record_completion(status_url, manifest, report, checks)
             ledger.clear()  # manifest.json now says which export every file belongs to
         log.info("Downloaded in %.1f s.", time.monotonic() - started)
         log.info("Bulk export landed in %s:\n%s", self.destination, summary_table(summary))
         if self.delete_on_success:
             self._delete_landed(status_url)
+        if self.registry is not None:
+            self.registry.remove(status_url)  # landed: nothing left to re-attach to
         return summary
+
+    def _download(
+        self,
+        status_url: str,
+        manifest: ExportManifest,
+        ledger: LandedFiles,
+        types: list[str],
+        lease: DestinationLease,
+    ) -> tuple[ExportManifest, DownloadReport]:
+        """Download the manifest's files, reading the manifest again when links expire (see :meth:`_refreshing`)."""
+
+        def download(current: ExportManifest) -> DownloadReport:
+            return self.client.download(current, self.destination, self.options, ledger=ledger, lease=lease)
+
+        def reread() -> ExportManifest:
+            return drop_unrequested(self._completed_manifest(status_url), types)[0]
+
+        return self._refreshing(manifest, download, reread)
+
+    @staticmethod
+    def _refreshing(
+        manifest: ExportManifest,
+        download: Callable[[ExportManifest], DownloadReport],
+        reread: Callable[[], ExportManifest],
+    ) -> tuple[ExportManifest, DownloadReport]:
+        """``download(manifest)``; when links expire (401/403/404/410 on a file), ``reread()`` the manifest for
+        fresh links and carry on: files already landed are kept (a file's identity ignores its URL's
+        signature), the rest are fetched from the new links."""
+        for refresh in range(MAX_LINK_REFRESHES + 1):
+            try:
+                return manifest, download(manifest)
+            except BulkDownloadError as exc:
+                failures = exc.context.get("failures") or []
+                expired = [f for f in failures if f.get("status") in EXPIRED_LINK_STATUSES]
+                if not expired or refresh == MAX_LINK_REFRESHES:
+                    raise
+                log.warning(
+                    "%d file link(s) were refused (HTTP %s): they may have expired. Reading the export's manifest "
+                    "again for fresh links (%d of %d).",
+                    len(expired),
+                    ", ".join(sorted({str(f["status"]) for f in expired})),
+                    refresh + 1,
+                    MAX_LINK_REFRESHES,
+                )
+                manifest = reread()
+        raise AssertionError("unreachable")
 
     def _ledger(self, status_url: str, manifest: ExportManifest) -> LandedFiles:
         ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)
@@ -298,7 +387,9 @@ class ExportWorkflow:
         """DELETE the export once its files are ours; the data is safe, so a refusal is only a warning."""
         try:
             if not self.client.cancel(status_url):
-                log.warning("The export %s was already gone when deleting it after landing.", redact_url(status_url))
+                # HAPI reaps finished jobs by itself: a 404 there is expected, elsewhere worth a look.
+                say = log.info if self.client.vendor.delete_may_404 else log.warning
+                say("The export %s was already gone when deleting it after landing.", redact_url(status_url))
         except BulkExportError as exc:
             log.warning(
                 "Every file landed, but deleting the export on the server failed (%s). The data is safe; the "
@@ -313,8 +404,27 @@ class ExportWorkflow:
     def land_batch(self, status_url: str, paths: list[str], keys: list[str] | None = None) -> DownloadReport:
         """Download one batch of a complete export: the files whose URL ``keys`` it lists (older batches
         without keys name planned ``paths``). Files are found by key whatever order this read of the
-        manifest lists them in; several batches may run at once (no lease: they write disjoint files)."""
+        manifest lists them in; several batches may run at once (no lease: they write disjoint files).
+        Expired links are renewed from the manifest, as :meth:`land` does."""
         manifest = self._completed_manifest(status_url)
+        ledger = LandedFiles(self.destination, status_url, manifest.transaction_time)
+
+        def download(current: ExportManifest) -> DownloadReport:
+            return self.client.download_batch(
+                self._batch_entries(status_url, current, paths, keys),
+                self.destination,
+                self.options,
+                requires_access_token=current.requires_access_token,
+                status_url=status_url,
+                ledger=ledger,
+            )
+
+        return self._refreshing(manifest, download, lambda: self._completed_manifest(status_url))[1]
+
+    @staticmethod
+    def _batch_entries(
+        status_url: str, manifest: ExportManifest, paths: list[str], keys: list[str] | None
+    ) -> list[dict[str, Any]]:
         planned = plan_files(manifest)
         if keys is not None:
             wanted, field = set(keys), "key"
@@ -333,14 +443,7 @@ class ExportWorkflow:
                 "the sensor planned; re-run the sensor to plan again.",
                 status_url=status_url,
             )
-        return self.client.download_batch(
-            entries,
-            self.destination,
-            self.options,
-            requires_access_token=manifest.requires_access_token,
-            status_url=status_url,
-            ledger=LandedFiles(self.destination, status_url, manifest.transaction_time),
-        )
+        return entries
 
     def _completed_manifest(self, status_url: str) -> ExportManifest:
         result = self.client.poll(status_url)
@@ -351,8 +454,17 @@ class ExportWorkflow:
             )
         return result.manifest
 
-    def _record_completion(self, status_url: str, manifest: ExportManifest, report: DownloadReport) -> dict[str, Any]:
-        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary."""
+    def _record_completion(
+        self,
+        status_url: str,
+        manifest: ExportManifest,
+        report: DownloadReport,
+        checks: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write ``manifest.json`` (the server's manifest plus our summary) and return the summary.
+
+        ``checks``: what was asked against what came (``unrequested_types``, ``server_ignored``...).
+        """
         files = [f.to_dict() for f in report.files]
         summary = {
             "status_url": status_url,
@@ -376,6 +488,7 @@ class ExportWorkflow:
             ],
             # files nothing proved complete, landed under unframed_bodies="mark" (or "refetch_and_mark")
             "unverified": [{**u, "path": _relative(u["path"], self.destination)} for u in report.unverified],
+            **(checks or {}),
         }
         write_json_atomically(self.manifest_path, {"manifest": manifest.raw, "summary": summary})
         self._forget_kickoff()

@@ -17,8 +17,13 @@ if TYPE_CHECKING:
     from airflow_provider_smart.auth.discovery import SmartConfiguration
     from airflow_provider_smart.auth.tokens import StoredToken
     from airflow_provider_smart.bulk import BulkExportClient
+    from airflow_provider_smart.bulk.inflight import InFlightRegistry
+    from airflow_provider_smart.bulk.vendors import VendorProfile
     from airflow_provider_smart.connection import ConnectionSettings
     from airflow_provider_smart.origins import OriginPolicy
+
+
+ConnectionFields = tuple["str | None", "str | None", "str | None", dict[str, Any], "int | None"]
 
 
 class SmartHook(BaseHook):
@@ -79,13 +84,21 @@ class SmartHook(BaseHook):
         """Fill :attr:`settings` without blocking an event loop (for triggers): the async connection API,
         then validation (which imports ``requests`` and the crypto libraries) in a thread."""
         if self._settings is None:
-            from airflow_provider_smart.compat import get_async_connection, get_async_extra_dejson
+            fields = await self.aconnection_fields()
+            self._settings = await asyncio.to_thread(self.settings_from_fields, fields)
+        return self._settings
 
-            conn = await get_async_connection(self.smart_conn_id, hook=self)
-            extra = await get_async_extra_dejson(conn)
-            self._settings = await asyncio.to_thread(
-                self._validate, conn.host, conn.login, conn.password, extra, conn.port
-            )
+    async def aconnection_fields(self) -> ConnectionFields:
+        """The connection's raw fields ``(host, login, password, extra, port)``, fetched the async way."""
+        from airflow_provider_smart.compat import get_async_connection, get_async_extra_dejson
+
+        conn = await get_async_connection(self.smart_conn_id, hook=self)
+        extra = await get_async_extra_dejson(conn)
+        return conn.host, conn.login, conn.password, extra, conn.port
+
+    def settings_from_fields(self, fields: ConnectionFields) -> ConnectionSettings:
+        """Validate raw connection fields (blocking: call it in a thread from an event loop) and keep them."""
+        self._settings = self._validate(*fields)
         return self._settings
 
     def _validate(
@@ -137,22 +150,57 @@ class SmartHook(BaseHook):
         *,
         max_concurrent_downloads: int = 4,
         transient_retries: int | None = None,
-        comma_join_repeats: bool = False,
+        comma_join_repeats: bool | None = None,
+        vendor: str | None = None,
     ) -> BulkExportClient:
-        """A Bulk Data client over this connection's session (pool sized for the parallel downloads)."""
+        """A Bulk Data client over this connection's session (pool sized for the parallel downloads).
+
+        ``vendor``: the vendor profile to apply (default: the connection's ``vendor`` extra; ``auto``
+        detects it from the server's ``/metadata`` and SMART configuration, see :meth:`vendor_profile`).
+        """
         from airflow_provider_smart.bulk import BulkExportClient, RetryPolicy
         from airflow_provider_smart.sessions import DEFAULT_POOL_SIZE
 
         retry = RetryPolicy() if transient_retries is None else RetryPolicy(attempts=transient_retries)
+        session = self.get_conn(pool_size=max(DEFAULT_POOL_SIZE, max_concurrent_downloads + 2))
         return BulkExportClient(
-            self.get_conn(pool_size=max(DEFAULT_POOL_SIZE, max_concurrent_downloads + 2)),
+            session,
             self.fhir_base_url,
             origins=self.origins,
             allowed_hosts=self.settings.allowed_hosts,
             timeout=self.settings.timeout,
             retry=retry,
             comma_join_repeats=comma_join_repeats,
+            profile=self.vendor_profile(vendor, session=session),
         )
+
+    def vendor_profile(self, vendor: str | None = None, *, session: requests.Session | None = None) -> VendorProfile:
+        """The vendor profile of this connection's server: named (``vendor`` or the connection's extra), or
+        detected from ``/metadata`` and the SMART configuration when that is ``auto``."""
+        from airflow_provider_smart.bulk.vendors import profile_named, resolve_profile
+
+        name = vendor or self.settings.vendor
+        if profile_named(name) is not None:
+            return resolve_profile(name)
+        try:
+            smart = self.smart_configuration.raw
+        except Exception:
+            smart = None
+        return resolve_profile(
+            name,
+            session=session or self.get_conn(),
+            fhir_base_url=self.fhir_base_url,
+            smart_configuration=smart,
+            timeout=self.settings.timeout,
+        )
+
+    def inflight_registry(self) -> InFlightRegistry:
+        """Where this connection's exports in flight are recorded (Airflow Variables), for single-slot servers
+        and ``airflow-smart cancel-export``."""
+        from airflow_provider_smart.bulk.inflight import InFlightRegistry
+        from airflow_provider_smart.hooks.token_stores import AirflowVariableRecords
+
+        return InFlightRegistry(AirflowVariableRecords(), self.fhir_base_url, self.settings.client_id)
 
     def ensure_tokens_saved(self) -> None:
         """Raise ``TokenStoreError`` if a rotated refresh token could not be saved in the token store.

@@ -19,6 +19,7 @@ naming the store to use instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Protocol
 
@@ -140,6 +141,30 @@ class AirflowVariableTokenStore:
 
     def __repr__(self) -> str:
         return f"AirflowVariableTokenStore(prefix={self.prefix!r})"
+
+
+class AirflowVariableRecords:
+    """JSON records in Airflow Variables, reached like the token store's (Task SDK in a task, metadata DB
+    elsewhere): where :class:`~airflow_provider_smart.bulk.inflight.InFlightRegistry` keeps a connection's
+    exports in flight, so every worker, the triggerer and the CLI see the same ones."""
+
+    where = "Airflow Variables"
+
+    def __init__(self) -> None:
+        self._store = AirflowVariableTokenStore()
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._store._call("get", name)
+        except SmartConfigError:
+            return None  # no Variables here (a bare library process): nothing recorded
+
+    def set(self, name: str, value: dict[str, Any]) -> None:
+        self._store._call("set", name, value)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(SmartConfigError):
+            self._store._call("delete", name)
 
 
 def airflow_token_store(spec: str) -> TokenStore | None:

@@ -45,7 +45,7 @@ class _ExportTaskMixin:
     fail_on_error_issues: bool = False
     min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE
     transient_retries: int | None = None
-    comma_join_repeats: bool = False
+    comma_join_repeats: bool | None = None
     _smart_export_summary: dict[str, Any] | None = None  # kept by emit_asset_events for the lineage below
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -86,6 +86,7 @@ class _ExportTaskMixin:
             delete_on_success=self.delete_on_success,
             run_id=run_id,
             connection=self.smart_conn_id,
+            registry=self.hook.inflight_registry(),
         )
 
     def _check_error_issues(self, summary: dict[str, Any]) -> None:
@@ -121,8 +122,12 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
     :param include_associated_data: ``includeAssociatedData`` values.
     :param output_format: ``_outputFormat``.
     :param kickoff_method: ``"auto"`` (POST when ``patients`` are given, else GET), ``"GET"`` or ``"POST"``.
-    :param comma_join_repeats: send list parameters as one comma-joined value (Cerner rejects repeats).
+    :param comma_join_repeats: None (default): list parameters in the spec's form (``_type=A,B``) or as the
+        connection's vendor profile wants them; False: repeat them (``_type=A&_type=B``); True: comma-join
+        ``_typeFilter`` queries too.
     :param lenient: ``Prefer: handling=lenient``: let the server ignore parameters it does not support.
+    :param extra_parameters: kick-off parameters outside the spec, sent as given, e.g.
+        ``{"_container": "exports"}`` for Microsoft's FHIR server.
     :param destination: a local path or any ``ObjectStoragePath`` URI (``s3://conn@bucket/x``...).
         Template it per run (``.../{{ ds }}/``): a destination holding another export is refused.
     :param wait_for_completion: False: only kick off and return ``{"status_url": ...}`` (then use
@@ -184,8 +189,9 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         include_associated_data: str | Sequence[str] | None = None,
         output_format: str = "application/fhir+ndjson",
         kickoff_method: str = "auto",
-        comma_join_repeats: bool = False,
+        comma_join_repeats: bool | None = None,
         lenient: bool = False,
+        extra_parameters: dict[str, str] | None = None,
         destination: str | None = None,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -227,6 +233,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
         self.kickoff_method = kickoff_method
         self.comma_join_repeats = comma_join_repeats
         self.lenient = lenient
+        self.extra_parameters = dict(extra_parameters or {})
         self.destination = destination
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
@@ -274,6 +281,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
             output_format=self.output_format,
             method=self.kickoff_method,
             lenient=self.lenient,
+            extra_parameters=self.extra_parameters,
         )
         return request.to_dict()
 
@@ -393,6 +401,7 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
                 max_poll_interval=self.max_poll_interval,
                 scope=self.scope,
                 not_before=not_before,
+                vendor=self.client.vendor.name,
             ),
             method_name="execute_complete",
             kwargs={"export_request": export_request, "end_time": end_time},

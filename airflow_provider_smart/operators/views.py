@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator
-
+from airflow_provider_smart.compat import BaseOperator
 from airflow_provider_smart.operators._lineage_tables import emit_table_events, tables_lineage
 
 if TYPE_CHECKING:

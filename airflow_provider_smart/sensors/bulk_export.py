@@ -102,6 +102,7 @@ class SmartBulkExportSensor(BaseSensorOperator):
                 scope=self.scope,
                 # the trigger's first poll keeps the pace the server set on this one
                 not_before=next_poll_time(self._last_retry_after, poll_interval, self.max_poll_interval),
+                vendor=self.client.vendor.name,
             ),
             method_name="execute_complete",
         )

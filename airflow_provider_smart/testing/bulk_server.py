@@ -84,6 +84,8 @@ class ExportJob:
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     pages: list[bytes] | None = None  # the serialized manifest pages, once complete
+    client_id: str = ""
+    cache_key: str | None = None  # identical requests share a job when the server reuses jobs (HAPI)
 
 
 class _FileSeries:
@@ -181,10 +183,62 @@ class BulkServer:
 
     def kickoff(self, request: Request, level: str, group_id: str | None, token: AccessToken) -> Response:
         try:
-            raw = read_parameters(request) if request.method == "POST" else read_query(request)
-            return self._start_job(request, level, group_id, token, raw)
+            refusal = self._vendor_refusal(request, level, group_id, token)
+            if refusal is not None:
+                return refusal
+            raw = self._read_params(request)
+            key = json.dumps([token.client_id, level, group_id, sorted(raw.items())])
+            cached = self._cached_job(request, key)
+            if cached is not None:
+                return cached
+            return self._start_job(request, level, group_id, token, raw, key)
         except KickoffError as exc:
             return outcome_response(exc.status, exc.code, exc.diagnostics)
+
+    def _read_params(self, request: Request) -> dict[str, list[str]]:
+        quirks = self.sb.quirks
+        if request.method == "POST":
+            raw = read_query(request) if quirks.ignore_post_body else read_parameters(request)
+            return quirks.drop_ignored(raw)
+        read = quirks.query(request)
+        if isinstance(read, str):
+            raise KickoffError(400, "not-supported", read)
+        return read
+
+    def _vendor_refusal(
+        self, request: Request, level: str, group_id: str | None, token: AccessToken
+    ) -> Response | None:
+        """What a vendor's server answers before reading the request (see ``VendorQuirks``)."""
+        quirks = self.sb.quirks
+        if quirks.required_header and not request.header(quirks.required_header):
+            return outcome_response(400, "required", f"the {quirks.required_header} header is required")
+        if quirks.forbidden_scopes & set(token.scope_text.split()):
+            return outcome_response(403, "forbidden", "Forbidden")
+        if quirks.single_slot:
+            with self._lock:
+                running = [j for j in self.jobs.values() if j.client_id == token.client_id]
+            if running:
+                return outcome_response(
+                    429,
+                    "throttled",
+                    "Only one bulk export request for a client application and tenant combination may be "
+                    "in-progress at a single time.",
+                    headers={"Retry-After": "60"},
+                )
+        refusal = quirks.window_refusal(token.client_id, level, group_id)
+        if refusal is not None:
+            return outcome_response(400, "processing", refusal)
+        return None
+
+    def _cached_job(self, request: Request, key: str) -> Response | None:
+        """HAPI: an identical request gets the existing job unless ``Cache-Control: no-cache``."""
+        if not self.sb.quirks.reuse_jobs or "no-cache" in request.header("cache-control").lower():
+            return None
+        with self._lock:
+            for job in self.jobs.values():
+                if job.cache_key == key:
+                    return Response(202, b"", {"Content-Location": f"{self.sb.url}/bulkstatus/{job.id}"})
+        return None
 
     @staticmethod
     def params_of(request: Request) -> dict[str, list[str]]:
@@ -195,7 +249,13 @@ class BulkServer:
             return {}
 
     def _start_job(
-        self, request: Request, level: str, group_id: str | None, token: AccessToken, raw: dict[str, list[str]]
+        self,
+        request: Request,
+        level: str,
+        group_id: str | None,
+        token: AccessToken,
+        raw: dict[str, list[str]],
+        cache_key: str | None = None,
     ) -> Response:
         sb = self.sb
         if request.header("accept") != FHIR_JSON:
@@ -244,6 +304,8 @@ class BulkServer:
             polls_needed=sb.status_polls_before_ready,
             fail_diagnostics=fail,
             echo=echo,
+            client_id=token.client_id,
+            cache_key=cache_key,
         )
         with self._lock:
             self.jobs[job_id] = job
@@ -279,7 +341,7 @@ class BulkServer:
                 job.outputs.extend(series.close())
                 seen += sb._dataset.count(rtype)
                 job.progress = seen / total
-            if params.since_ms is not None:
+            if params.since_ms is not None and sb.quirks.report_deletions:
                 series = _FileSeries(job, "deleted", "Bundle", sb.resources_per_file, sb.gzip)
                 for line in self._deleted_lines(job, snapshot, params.since_ms, until):
                     series.add(line)
@@ -378,7 +440,31 @@ class BulkServer:
             if first:
                 return self._in_progress("100% complete, preparing the next manifest page")
         expires = email.utils.formatdate(time.time() + 3600, usegmt=True)
-        return Response(200, job.pages[page - 1], {"Content-Type": JSON, "Expires": expires})
+        body = self._resign(job, job.pages[page - 1]) if self.sb.quirks.resign_urls else job.pages[page - 1]
+        return Response(200, body, {"Content-Type": JSON, "Expires": expires})
+
+    def _resign(self, job: ExportJob, page: bytes) -> bytes:
+        """Every read of the manifest hands out freshly signed file URLs (Medplum, S3-backed servers)."""
+        manifest = json.loads(page)
+        expires = int(time.time()) + 3600
+        for kind in ("output", "deleted", "error"):
+            for entry in manifest.get(kind) or []:
+                name = entry["url"].rsplit("/", 1)[-1]
+                nonce = uuid.uuid4().hex[:8]
+                signature = self._sign(job.id, f"{name}/{self.sb.sign_epoch}/{nonce}", expires)
+                entry["url"] = f"{entry['url']}?Expires={expires}&Nonce={nonce}&Signature={signature}"
+        return json.dumps(manifest, indent=1).encode()
+
+    def signed_url_problem(self, request: Request, job_id: str, name: str) -> str | None:
+        """Why a pre-signed file URL is refused (None: valid)."""
+        query = dict(request.query_params)
+        expires, nonce = query.get("Expires", ""), query.get("Nonce", "")
+        if not expires.isdigit():
+            return "Request is missing its signature"
+        wanted = self._sign(job_id, f"{name}/{self.sb.sign_epoch}/{nonce}", int(expires))
+        if not hmac.compare_digest(query.get("Signature", ""), wanted) or int(expires) < time.time():
+            return "Request has expired"
+        return None
 
     def _complete(self, job: ExportJob) -> None:
         """Build the manifest pages once; consumes pending test hooks; then applies churn."""
@@ -453,6 +539,14 @@ class BulkServer:
         job.done.wait(30)
         shutil.rmtree(job.directory, ignore_errors=True)
 
+    def finish_all(self) -> int:
+        """Let every export still waiting for polls complete at its next poll; how many there were."""
+        with self._lock:
+            waiting = [job for job in self.jobs.values() if job.polls <= job.polls_needed]
+            for job in waiting:
+                job.polls_needed = 0
+        return len(waiting)
+
     def discard_all(self) -> None:
         with self._lock:
             jobs = list(self.jobs.values())
@@ -470,6 +564,8 @@ class BulkServer:
         found = self._find(job_id, name)
         if found is None:
             return outcome_response(404, "not-found", f"no such export file {name!r}")
+        if self.sb.quirks.resign_urls and (problem := self.signed_url_problem(request, job_id, name)):
+            return _s3_error(403, "AccessDenied", problem)
         if self.sb.redirect_files:
             expires = int(time.time()) + 600
             target = f"{self.sb.presigned_origin}/presigned/{job_id}/{name}"

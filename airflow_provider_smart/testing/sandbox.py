@@ -35,6 +35,7 @@ from airflow_provider_smart.testing.metadata import (
     search_bundle,
     smart_configuration,
 )
+from airflow_provider_smart.testing.vendor_quirks import VENDOR_QUIRKS, VendorQuirks
 
 _GROUP_EXPORT = re.compile(r"/fhir/Group/([^/]+)/\$export")
 _PATIENT_READ = re.compile(r"/fhir/Patient/([^/$]+)")
@@ -69,10 +70,14 @@ class SmartSandbox:
         churn_per_export: int = 0,
         data_dir: str | Path | None = None,
         app_launch: bool | None = None,
+        quirks: VendorQuirks | str | None = None,
     ) -> None:
         """``app_launch``: advertise App Launch in discovery and accept its grants; ``None`` (default) does so
-        once a client with ``redirect_uris`` is registered, so a Backend Services sandbox looks backend-only."""
+        once a client with ``redirect_uris`` is registered, so a Backend Services sandbox looks backend-only.
+        ``quirks``: behave as a vendor is documented to (a :class:`VendorQuirks` or a preset's name)."""
         self.host, self._requested_port = host, port
+        self.quirks = VENDOR_QUIRKS[quirks].copy() if isinstance(quirks, str) else (quirks or VendorQuirks())
+        self.sign_epoch = 0  # bumped by expire_signed_urls(): every pre-signed URL issued so far fails
         self.resources_per_file = resources_per_file
         self.status_polls_before_ready = status_polls_before_ready
         self.retry_after = retry_after
@@ -418,6 +423,11 @@ class SmartSandbox:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def finish_exports(self) -> int:
+        """Complete, at their next poll, the exports still waiting out ``status_polls_before_ready``
+        (kicked off while it was set high, to keep them waiting); returns how many."""
+        return self._bulk.finish_all()
+
     @staticmethod
     def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, Any]:
         return operation_outcome(code, diagnostics, severity)
@@ -437,6 +447,11 @@ class SmartSandbox:
         if kind not in ("not_json", "no_output", "bad_url", "path_traversal"):
             raise ValueError(f"unknown manifest malformation {kind!r}")
         self._set_pending("malform", kind)
+
+    def expire_signed_urls(self) -> None:
+        """Every pre-signed file URL issued so far answers 403, as an expired S3 link does (``resign_urls``)."""
+        with self._lock:
+            self.sign_epoch += 1
 
     def add_error_file(self, severity: str = "error") -> None:
         """The next manifest's ``error`` array lists an NDJSON file of OperationOutcomes of ``severity``."""
@@ -565,6 +580,8 @@ class SmartSandbox:
 
     def _metadata(self, request: Request) -> Response:
         statement = capability_statement(self.url, self.token_url, self._launch_endpoints())
+        statement["software"] = {"name": self.quirks.software_name}
+        statement["publisher"] = self.quirks.publisher
         return json_response(200, statement, content_type=FHIR_JSON)
 
     def _launch_endpoints(self) -> LaunchEndpoints | None:

@@ -5,27 +5,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_provider_smart.compat import BaseTrigger, TriggerEvent
 
-if TYPE_CHECKING:
-    from airflow_provider_smart.bulk import BulkExportClient
-
 DEFAULT_MAX_POLL_INTERVAL = 600.0  # the same cap as the operator's and the client's
-IN_THREAD_WAIT = 5.0  # longest retry pause a status call may sleep in its thread; longer ones are slept here
 
 
 class SmartBulkExportTrigger(BaseTrigger):
     """Poll a Bulk Data status URL until the export completes, fails or ``end_time`` passes.
 
     Its serialised arguments are plain JSON and hold nothing secret: the auth is rebuilt from the
-    connection id (fetched the async way) every time the trigger starts, so a triggerer restart or a
+    connection id (fetched the async way) when the trigger starts, so a triggerer restart or a
     move to another triggerer just resumes polling. Polls read only the status (code, headers,
     progress), never the manifest pages: the operator reads the manifest once, after completion.
-    Everything blocking (building the session, importing ``requests``, each HTTP call) runs in a
-    thread, so the triggerer's event loop, shared with other DAGs, never waits on it; waits the
-    server asks for (``Retry-After``, a 429 block) are slept on the event loop, never in that thread.
+
+    Polls run on the event loop, no thread per poll: the Bulk Data protocol
+    (:mod:`~airflow_provider_smart.bulk.protocol`, the same as the sync client's) over ``httpx``
+    (:mod:`~airflow_provider_smart.bulk.aio`), with one connection pool, one auth and one token per
+    connection shared by all its triggers (:mod:`~airflow_provider_smart.triggers.shared`). Only what
+    blocks runs in a thread, once per connection: validating the connection and minting a token.
+    Waits the server asks for (``Retry-After``, a 429 block) are slept on the event loop.
 
     Pacing: no poll before ``not_before`` (the time the last poll before deferring, or a 429, allowed);
     nothing runs past ``end_time``. When the server's next allowed poll lies after ``end_time`` the
@@ -47,6 +47,8 @@ class SmartBulkExportTrigger(BaseTrigger):
     :param not_before: epoch seconds before which the server does not want the next request.
     :param kickoff_pending: the server throttled the kick-off: just wait until ``not_before`` and
         yield ``kickoff_due`` (the operator then kicks off again), or ``timeout`` if ``end_time`` is first.
+    :param vendor: the vendor profile the operator used (``bulk.vendors``; None: the spec's behaviour), so
+        the polls here send its headers and keep its cadence without detecting it again.
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class SmartBulkExportTrigger(BaseTrigger):
         scope: str | None = None,
         not_before: float | None = None,
         kickoff_pending: bool = False,
+        vendor: str | None = None,
     ) -> None:
         super().__init__()
+        self.vendor = vendor
         self.status_url = status_url
         self.smart_conn_id = smart_conn_id
         self.end_time = end_time
@@ -83,16 +87,9 @@ class SmartBulkExportTrigger(BaseTrigger):
                 "scope": self.scope,
                 "not_before": self.not_before,
                 "kickoff_pending": self.kickoff_pending,
+                "vendor": self.vendor,
             },
         )
-
-    async def _client(self) -> BulkExportClient:
-        from airflow_provider_smart.hooks.smart import SmartHook
-
-        hook = SmartHook(self.smart_conn_id, scope=self.scope)
-        await hook.aresolve_settings()
-        # requests, PyJWT and cryptography are imported and the session built here: off the event loop.
-        return await asyncio.to_thread(hook.get_bulk_client)
 
     async def _wait_until(self, when: float) -> bool:
         """Sleep until ``when`` (epoch), but not past ``end_time``; False if ``end_time`` came first."""
@@ -112,58 +109,71 @@ class SmartBulkExportTrigger(BaseTrigger):
                 yield TriggerEvent({**timeout, "message": "The server did not accept a kick-off before the timeout."})
             return
         try:
-            from airflow_provider_smart.bulk.retry import next_poll_delay
-            from airflow_provider_smart.exceptions import ExportThrottledError, ExportTimeoutError
-
             if self.not_before is not None and not await self._wait_until(self.not_before):
                 yield TriggerEvent(timeout)
                 return
-            client = await self._client()
-            started = time.monotonic()
-            while True:
-                try:
-                    result = await asyncio.to_thread(
-                        client.status,
-                        self.status_url,
-                        timeout=max(0.0, self.end_time - time.time()),
-                        max_wait=IN_THREAD_WAIT,
-                    )
-                except ExportThrottledError as exc:  # e.g. a 429 with a 5-minute block: wait here, not in a thread
-                    self.log.info("Export %s: %s Waiting until then.", self.status_url, exc)
-                    if not await self._wait_until(exc.not_before):
-                        yield TriggerEvent({**timeout, "message": f"{timeout['message']} {exc}"})
-                        return
-                    continue
-                except ExportTimeoutError as exc:
-                    yield TriggerEvent({**timeout, "message": f"{timeout['message']} {exc}"})
-                    return
-                event["polls"] += 1
-                if result.complete:
-                    yield TriggerEvent({**event, "status": "success", "message": "Export complete."})
-                    return
-                event["progress"] = result.progress
-                timeout["progress"], timeout["polls"] = result.progress, event["polls"]
-                self.log.info(
-                    "Export %s in progress (%s) after %.0f s.",
-                    self.status_url,
-                    result.progress or "no progress reported",
-                    time.monotonic() - started,
-                )
-                delay = next_poll_delay(result.retry_after, event["polls"], self.poll_interval, self.max_poll_interval)
-                remaining = self.end_time - time.time()
-                if remaining <= 0:
-                    yield TriggerEvent(timeout)
-                    return
-                if delay > remaining and result.retry_after is not None:
-                    await asyncio.sleep(remaining)  # the server wants us back after the timeout: no early poll
-                    yield TriggerEvent(timeout)
-                    return
-                await asyncio.sleep(min(delay, remaining))
+            result = await self._wait(event)
         except Exception as exc:  # triggers report errors as events; the operator raises them
             from airflow_provider_smart.exceptions import SmartError
 
             error = exc.to_dict() if isinstance(exc, SmartError) else None
-            yield TriggerEvent({**event, "status": "error", "message": str(exc), "error": error})
+            result = {**event, "status": "error", "message": str(exc), "error": error}
+        yield TriggerEvent(result)
+
+    async def _wait(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Poll on the event loop (no thread per poll) until the export ends or ``end_time``; the event."""
+        from airflow_provider_smart.bulk.protocol import Server, WaitState, adrive, wait_exchange
+        from airflow_provider_smart.bulk.retry import RetryPolicy
+        from airflow_provider_smart.bulk.vendors import bound_profile
+        from airflow_provider_smart.exceptions import ExportTimeoutError, SmartError
+        from airflow_provider_smart.triggers.shared import shared_connection
+
+        async with shared_connection(self.smart_conn_id, self.scope) as shared:
+            assert shared.transport is not None
+            state = WaitState()
+            exchange = wait_exchange(
+                self.status_url,
+                Server(shared.hook.origins, bound_profile(self.vendor, shared.hook.settings.client_id)),
+                RetryPolicy().bounded(timeout=self.end_time - time.time()),
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                read_manifest=False,
+                state=state,
+                progress_log=self.log,
+            )
+            try:
+                await adrive(exchange, shared.transport.send)
+                result = {**event, "status": "success", "message": "Export complete."}
+            except ExportTimeoutError as exc:
+                why = "" if "polls" in exc.context else f" {exc}"
+                result = {
+                    **event,
+                    "status": "timeout",
+                    "message": f"The export did not finish before the timeout.{why}",
+                }
+            except SmartError as exc:  # reported after the token check below: neither may hide the other
+                result = {**event, "status": "error", "message": str(exc), "error": exc.to_dict()}
+            result.update(polls=state.polls, progress=state.progress)
+            await self._ensure_tokens_saved(shared.auth, result)
+        return result
+
+    async def _ensure_tokens_saved(self, auth: Any, result: dict[str, Any]) -> None:
+        """A rotated refresh token the store refused must not end with this trigger unsaid: retry the
+        write (in a thread) and, if it still fails, report the :class:`TokenStoreError` instead of the
+        export's event (the token stays in this triggerer's memory and the write is retried; the task's
+        error says what to fix, and what the export was doing)."""
+        from airflow_provider_smart.exceptions import TokenStoreError
+
+        if not auth.unsaved_refresh_token:
+            return
+        try:
+            await asyncio.to_thread(auth.ensure_saved)
+        except TokenStoreError as exc:
+            raise TokenStoreError(
+                f"{exc.message} The export itself: {result['status']} ({result['message']}), status URL "
+                f"{self.status_url}.",
+                **exc.context,
+            ) from None
 
 
 def next_poll_time(retry_after: float | None, poll_interval: float, max_poll_interval: float) -> float:

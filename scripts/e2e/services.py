@@ -171,7 +171,7 @@ class Airflow:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
         env.update(
             AIRFLOW_HOME=str(home),
-            AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags_examples"),
+            AIRFLOW__CORE__DAGS_FOLDER=str(self.dags_folder()),
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://{db}",
@@ -203,6 +203,14 @@ class Airflow:
         )
         (self.root / "openlineage").mkdir()
         self.env = env
+
+    def dags_folder(self) -> Path:
+        """The example DAGs and the e2e-only ones (scripts/e2e/dags), copied side by side."""
+        folder = self.root / "dags"
+        folder.mkdir(exist_ok=True)
+        for source in [*(REPO / "dags_examples").glob("*.py"), *(Path(__file__).parent / "dags").glob("*.py")]:
+            shutil.copy2(source, folder / source.name)
+        return folder
 
     def airflow(self, *args: str) -> list[str]:
         return [str(BIN / "airflow"), *args]

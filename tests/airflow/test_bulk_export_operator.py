@@ -184,3 +184,20 @@ def test_export_to_an_object_storage_destination(
     lines = (root / "Patient.1.ndjson").read_text().splitlines()
     assert len(lines) == summary["output"][[e["type"] for e in summary["output"]].index("Patient")]["count"]
     assert json.loads((root / "manifest.json").read_text())["summary"]["destination"].startswith("memory://")
+
+
+def test_with_defaults_a_server_keeping_the_first_repeated_type_lands_all_four_types(
+    airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    """The issue's finding on Medplum 5: a four-type export returned Patient alone, and the run succeeded.
+    With the connection's defaults (vendor auto) the vendor is detected and every type lands; pre-signed links
+    that change on every poll do not matter."""
+    from airflow_provider_smart.testing.vendor_quirks import VENDOR_QUIRKS
+
+    sandbox.quirks = VENDOR_QUIRKS["medplum"].copy(forbidden_scopes=frozenset())
+    four = ["Patient", "Observation", "Condition", "Encounter"]
+    run, summary = run_export(monkeypatch, tmp_path / "export", resource_types=four)
+    assert run.state == "success", capfd.readouterr().out[-3000:]
+    assert sorted(e["type"] for e in summary["output"]) == sorted(four)
+    assert summary["vendor"] == "medplum" and summary["unrequested_types"] == []
+    assert all(e["lines"] == e["count"] for e in summary["output"])

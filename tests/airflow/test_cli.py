@@ -188,3 +188,58 @@ def test_rotation_persists_in_airflow_variables_across_task_processes(airflow_db
             assert connection["extra"]["refresh_token"] not in checked_output(out.stdout, out.stderr)
         failures = [e for e in sb.token_log if e.get("error")]
         assert failures == []  # no refresh ever used a burnt token
+
+
+def test_cancel_export_lists_and_cancels_a_stale_export_holding_a_single_slot(airflow_db: str, tmp_path: Path) -> None:
+    """The documented way out when Epic/Cerner hold one export per client and a stale one blocks the slot."""
+    from airflow_provider_smart.auth.keys import generate_private_key, private_key_to_pem, public_jwks
+    from airflow_provider_smart.bulk.inflight import InFlightRegistry
+    from airflow_provider_smart.hooks.token_stores import AirflowVariableRecords
+    from airflow_provider_smart.testing import SmartSandbox
+
+    key = generate_private_key("ES384")
+    (tmp_path / "key.pem").write_text(private_key_to_pem(key))
+    with SmartSandbox(patients=2, quirks="cerner") as sb:
+        sb.register_client("cx", jwks=public_jwks(key, kid="k1", alg="ES384"), scopes="system/*.rs")
+        extra = {"key_file": str(tmp_path / "key.pem"), "kid": "k1", "scope": "system/*.rs", "vendor": "cerner"}
+        connection = {"conn_type": "smart", "host": sb.url, "login": "cx", "extra": extra}
+        env = {**os.environ, "AIRFLOW_CONN_SMART_CX": json.dumps(connection)}
+        stale = requests.get(
+            f"{sb.url}/$export",
+            headers={
+                "Accept": "application/fhir+json",
+                "Prefer": "respond-async",
+                "Authorization": f"Bearer {sb_token(sb, key)}",
+            },
+            timeout=30,
+        ).headers["Content-Location"]
+        registry = InFlightRegistry(AirflowVariableRecords(), sb.url, "cx")
+        registry.add(stale, fingerprint="f", level="system", group_id=None, destination="/data/yesterday")
+
+        def cli(*args: str) -> str:
+            out = subprocess.run(
+                [*CLI, "cancel-export", "--conn-id", "smart_cx", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert out.returncode == 0, out.stderr[-3000:]
+            return out.stdout
+
+        assert stale in cli() and "/data/yesterday" in cli()
+        assert f"cancelled: {stale}" in cli("--status-url", stale)
+        assert [r["method"] for r in sb.requests_log if r["route"] == "delete"] == ["DELETE"]
+        assert stale.rsplit("/", 1)[-1] not in sb._bulk.jobs  # the server's slot is free
+        assert registry.records() == []
+        assert "No export of connection 'smart_cx'" in cli()
+
+
+def sb_token(sb: Any, key: Any) -> str:
+    from airflow_provider_smart.auth import BackendServicesAuth
+    from airflow_provider_smart.auth.keys import private_key_to_pem
+
+    auth = BackendServicesAuth(
+        client_id="cx", private_key=private_key_to_pem(key), kid="k1", fhir_base_url=sb.url, scope="system/*.rs"
+    )
+    return auth.get_token().access_token

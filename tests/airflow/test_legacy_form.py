@@ -41,12 +41,18 @@ def test_every_declared_field_becomes_a_widget_of_the_right_kind() -> None:
 
 def test_a_new_declared_field_reaches_the_legacy_form(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wtforms")
-    import airflow_provider_smart.get_provider_info as info
+    import copy
+    import importlib
 
-    extended = {**CONN_FIELDS, "vendor": {"label": "Vendor", "schema": {"type": ["string", "null"], "enum": ["a"]}}}
-    monkeypatch.setattr(info, "CONN_FIELDS", extended)
+    info = importlib.import_module("airflow_provider_smart.get_provider_info")  # the module, not the function
+
+    declared = info.get_provider_info()
+    extended = copy.deepcopy(declared)
+    vendor = {"label": "Vendor", "schema": {"type": ["string", "null"], "enum": ["a"]}}
+    extended["connection-types"][0]["conn-fields"]["new_field"] = vendor
+    monkeypatch.setattr(info, "get_provider_info", lambda: extended)
     widgets = connection_form_widgets()
-    assert list(widgets)[-1] == "vendor" and widgets["vendor"].kwargs["label"] == "Vendor"
+    assert list(widgets)[-1] == "new_field" and widgets["new_field"].kwargs["label"] == "Vendor"
 
 
 def _shown_form() -> dict[str, Any]:

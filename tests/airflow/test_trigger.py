@@ -41,6 +41,20 @@ def test_trigger_polls_until_complete(smart_conn: Any, sandbox: Any, kick_off: A
     assert event["polls"] == 2  # one 202 (Retry-After: 1), then the manifest
 
 
+def test_trigger_polls_with_the_vendor_profile_the_operator_used(smart_conn: Any, sandbox: Any, kick_off: Any) -> None:
+    """The vendor profile rides through the deferral: the triggerer's polls send Epic-Client-ID and keep
+    Epic's cadence (at most a poll a minute, although the sandbox asks for one a second)."""
+    status_url = kick_off()
+    trigger = SmartBulkExportTrigger(
+        status_url=status_url, smart_conn_id="smart_default", end_time=time.time() + 3, poll_interval=1, vendor="epic"
+    )
+    assert SmartBulkExportTrigger(**trigger.serialize()[1]).vendor == "epic"
+    [event] = events(trigger)
+    assert event["status"] == "timeout" and event["polls"] == 1  # the next poll was due a minute later
+    [poll] = [r for r in sandbox.requests_log if r["route"] == "status"]
+    assert poll["headers"].get("epic-client-id") == "es-client"
+
+
 def test_trigger_times_out(smart_conn: Any, sandbox: Any, kick_off: Any) -> None:
     status_url = kick_off()
     [event] = events(SmartBulkExportTrigger(status_url=status_url, smart_conn_id="smart_default", end_time=time.time()))

@@ -215,6 +215,26 @@ def test_transient_token_endpoint_failure_retries_with_a_new_assertion(sandbox: 
     assert [e["route"] for e in sandbox.requests_log].count("token") == 2
 
 
+def test_token_endpoint_429_without_retry_after_is_retried_with_backoff(sandbox: Any, es384: Any) -> None:
+    """Medplum limits /oauth2 per IP and answers 429 with no Retry-After: back off, do not give up at once."""
+    sandbox.add_fault("token", status=429, body={"error": "too_many_requests"}, times=3)
+    started = time.monotonic()
+    token = make_auth(sandbox, es384).get_token()
+    assert token.access_token
+    assert [e["route"] for e in sandbox.requests_log].count("token") == 4
+    assert time.monotonic() - started >= 0.5 + 1 + 2  # exponential backoff between the tries
+
+
+def test_token_endpoint_retries_honour_retry_after_and_stop_at_the_deadline(sandbox: Any, es384: Any) -> None:
+    sandbox.add_fault("token", status=503, headers={"Retry-After": "1"}, times=100)
+    started = time.monotonic()
+    with pytest.raises(SmartAuthError, match="HTTP 503"):
+        make_auth(sandbox, es384, timeout=2.5).get_token()
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 4.0  # waited as asked, and not past the timeout
+    assert 2 <= [e["route"] for e in sandbox.requests_log].count("token") <= 3
+
+
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_client_secret_methods(sandbox: Any, method: str) -> None:
     auth = ClientSecretAuth(

@@ -154,3 +154,11 @@ def test_errors_without_conn_id_start_with_a_sentence() -> None:
     with pytest.raises(SmartConfigError) as err:
         settings_from_connection(BASE, "client", None, {"private_key": EC_PEM})
     assert str(err.value).startswith("The Key ID (kid) is empty")
+
+
+def test_the_vendor_extra_names_a_profile_or_auto() -> None:
+    assert settings().vendor == "auto"
+    assert settings(vendor="Oracle").vendor == "cerner" and settings(vendor="EPIC").vendor == "epic"
+    with pytest.raises(SmartConfigError, match="vendor 'nextgen' is unknown: use 'auto' or one of") as caught:
+        settings(vendor="nextgen")
+    assert caught.value.context["field"] == "vendor"

@@ -5,6 +5,7 @@ corrupt token-store files, and private keys pasted with literal ``\\n`` escapes.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,28 @@ def test_eight_threads_with_four_second_tokens_mint_once(short_sandbox: Any, es3
     tokens = tokens_from_threads(make_auth(short_sandbox, es384))
     assert len(tokens) == 8 and len(set(tokens)) == 1
     assert short_sandbox.token_requests == 1
+
+
+def test_eight_auth_objects_of_one_connection_asking_at_once_mint_once(short_sandbox: Any, es384: Any) -> None:
+    # What N hooks (or N triggers' sessions) of one connection are: separate auths over the process's store.
+    from airflow_provider_smart.auth import InMemoryTokenStore
+
+    store = InMemoryTokenStore()
+    auths = [make_auth(short_sandbox, es384, token_store=store) for _ in range(8)]
+    barrier = threading.Barrier(len(auths))
+    tokens: list[str] = []
+
+    def worker(auth: BackendServicesAuth) -> None:
+        barrier.wait()
+        tokens.append(auth.get_token().access_token)
+
+    started = [threading.Thread(target=worker, args=(auth,)) for auth in auths]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    assert len(tokens) == 8 and len(set(tokens)) == 1
+    assert short_sandbox.token_requests == 1  # was up to 8: a lock per auth object
 
 
 def test_token_count_is_duration_over_lifetime_plus_one(es384: Any) -> None:

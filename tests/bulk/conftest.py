@@ -110,17 +110,18 @@ def sb(sandbox_factory: Callable[..., Any]) -> Any:
 @pytest.fixture
 def make_client(signing_key: Any, fake_time: FakeTime) -> Callable[..., Any]:
     """``make_client(sb, **kwargs)``: an authenticated client on a fake clock. ``kwargs`` are
-    BulkExportClient's, plus RetryPolicy's (``attempts``, ``backoff_base``, ``max_retry_after``...)."""
+    BulkExportClient's, plus RetryPolicy's (``attempts``, ``backoff_base``, ``max_retry_after``...) and the
+    auth's ``client_id`` and ``scope``."""
     from airflow_provider_smart.auth import BackendServicesAuth
     from airflow_provider_smart.bulk import BulkExportClient, RetryPolicy
 
     def make(sb: Any, **kwargs: Any) -> Any:
         auth = BackendServicesAuth(
-            client_id=CLIENT_ID,
+            client_id=kwargs.pop("client_id", CLIENT_ID),
             private_key=private_key_to_pem(signing_key),
             kid=KID,
             fhir_base_url=sb.url,
-            scope=SCOPE,
+            scope=kwargs.pop("scope", SCOPE),
         )
         session = requests.Session()
         session.auth = auth

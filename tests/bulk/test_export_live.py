@@ -21,7 +21,7 @@ def test_system_export_get_end_to_end(sb, make_client, tmp_path) -> None:
     assert status_url.startswith(f"{sb.url}/bulkstatus/")
     sent = sb.kickoffs[-1]
     assert sent["method"] == "GET" and sent["level"] == "system"
-    assert sent["params"]["_type"] == ["Patient", "Observation"]
+    assert sent["params"]["_type"] == ["Patient,Observation"]  # the spec's comma-delimited form
     assert sent["headers"]["accept"] == "application/fhir+json"
     assert sent["headers"]["prefer"] == "respond-async"
     manifest = client.wait(status_url)
@@ -31,9 +31,11 @@ def test_system_export_get_end_to_end(sb, make_client, tmp_path) -> None:
     assert (tmp_path / "Patient.1.ndjson").read_bytes().count(b"\n") == 20
 
 
-def test_comma_joined_types_for_cerner(sb, make_client) -> None:
-    make_client(sb, comma_join_repeats=True).kick_off(ExportRequest(resource_types=["Patient", "Condition"]))
-    assert "_type=Patient%2CCondition" in kickoff_log(sb)[-1]["query"]
+def test_comma_joined_types_by_default_repeated_when_asked(sb, make_client) -> None:
+    make_client(sb).kick_off(ExportRequest(resource_types=["Patient", "Condition"]))
+    assert "_type=Patient,Condition" in kickoff_log(sb)[-1]["query"]
+    make_client(sb, comma_join_repeats=False).kick_off(ExportRequest(resource_types=["Patient", "Condition"]))
+    assert "_type=Patient&_type=Condition" in kickoff_log(sb)[-1]["query"]
 
 
 def test_patient_export_by_post_with_patients(sb, make_client, tmp_path) -> None:

@@ -44,8 +44,35 @@ def full_request(**kwargs: object) -> ExportRequest:
     return ExportRequest(**values)  # type: ignore[arg-type]
 
 
-def test_get_repeats_list_parameters() -> None:
+def test_get_sends_spec_form_by_default() -> None:
+    """_type/_elements comma-joined with literal commas; one _typeFilter per query (STU3's form)."""
     spec = build_kickoff(full_request(), BASE)
+    assert spec.params == [
+        ("_outputFormat", "application/fhir+ndjson"),
+        ("_since", "2024-01-01T00:00:00Z"),
+        ("_until", "2024-06-01T12:00:00Z"),
+        ("_type", "Patient,Observation"),
+        ("_elements", "id,status"),
+        ("_typeFilter", "Observation?category=laboratory"),
+        ("_typeFilter", "Observation?code=a,b"),
+        ("includeAssociatedData", "LatestProvenanceResources"),
+        ("organizeOutputBy", "Patient"),
+        ("allowPartialManifests", "true"),
+    ]
+    assert "&_type=Patient,Observation&_elements=id,status&" in spec.query
+    assert "_typeFilter=Observation%3Fcategory%3Dlaboratory&_typeFilter=Observation%3Fcode%3Da%2Cb&" in spec.query
+    assert spec.full_url == f"{spec.url}?{spec.query}"
+
+
+def test_typefilter_comma_list_escapes_the_queries_own_commas() -> None:
+    """STU2's comma-separated list: a query's own comma must not read as a separator."""
+    spec = build_kickoff(full_request(), BASE, comma_join_repeats=True)
+    assert ("_typeFilter", "Observation?category=laboratory,Observation?code=a%2Cb") in spec.params
+    assert "_typeFilter=Observation%3Fcategory%3Dlaboratory,Observation%3Fcode%3Da%252Cb" in spec.query
+
+
+def test_get_repeats_list_parameters_when_asked() -> None:
+    spec = build_kickoff(full_request(), BASE, comma_join_repeats=False)
     assert spec.params == [
         ("_outputFormat", "application/fhir+ndjson"),
         ("_since", "2024-01-01T00:00:00Z"),

@@ -142,3 +142,17 @@ def test_files_are_numbered_in_natural_url_order_whatever_the_manifest_order() -
     server_order = [10, 2, 12, 1, 11, 3, 9, 4, 8, 5, 7, 6]
     expected = {f"Observation.{n}.ndjson": f"Observation.{n}.ndjson" for n in range(1, 13)}
     assert planned(server_order) == planned(sorted(server_order)) == expected  # the server's own names
+
+
+def test_a_files_identity_ignores_signature_and_expiry_parameters() -> None:
+    from airflow_provider_smart.bulk.storage import url_key
+    from airflow_provider_smart.bulk.urls import file_identity
+
+    medplum = "https://api.example/storage/abc/v1?Expires=1700000000&Signature=zz"
+    assert file_identity(medplum) == "https://api.example/storage/abc/v1"
+    s3 = "https://b.s3.amazonaws.com/x/P.ndjson?part=2&X-Amz-Algorithm=A&X-Amz-Signature=s&X-Amz-Expires=600"
+    assert file_identity(s3) == "https://b.s3.amazonaws.com/x/P.ndjson?part=2"
+    sas = "https://a.blob.core.windows.net/c/P.ndjson?sv=2024&se=2025-01-01&sp=r&sig=abc"
+    assert file_identity(sas) == "https://a.blob.core.windows.net/c/P.ndjson"
+    assert url_key(medplum) == url_key(medplum.replace("Signature=zz", "Signature=yy"))
+    assert url_key("https://h/f?file=1") != url_key("https://h/f?file=2")  # naming parameters are kept

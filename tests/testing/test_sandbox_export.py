@@ -356,3 +356,13 @@ def test_files_are_written_once(h: Helper) -> None:
     lines = (job_dir / "Patient.1.ndjson").read_text().splitlines()
     lines += (job_dir / "Patient.2.ndjson").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == [f"pat-000{i}" for i in range(1, 7)]
+
+
+def test_finish_exports_completes_exports_kept_waiting(make_sb: Any) -> None:
+    h = make_sb(status_polls_before_ready=10**6)
+    session = h.session()
+    status_url = h.kickoff(session=session).headers["Content-Location"]
+    assert session.get(status_url, timeout=10).status_code == 202
+    assert h.sb.finish_exports() == 1
+    assert session.get(status_url, timeout=10).status_code == 200
+    assert h.sb.finish_exports() == 0
