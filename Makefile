@@ -4,12 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick conformance lint typecheck clean
+.PHONY: venv test test-fast check ui-check demo e2e bench bench-quick conformance lint typecheck clean \
+	compat compat-fast dist wheel-check
 
-$(STAMP): pyproject.toml
+# .venv runs the highest supported Airflow, pinned as in compat/ (one pin file per supported minor).
+HIGHEST_PINS := compat/3.3.txt
+
+$(STAMP): pyproject.toml $(HIGHEST_PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev]"
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev]" -r $(HIGHEST_PINS)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -18,7 +22,7 @@ venv: $(STAMP)
 # postgresql and redis-server itself when they are missing.
 E2E_STAMP := $(VENV)/.installed-e2e
 $(E2E_STAMP): $(STAMP)
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev,e2e]"
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev,e2e]" -r $(HIGHEST_PINS)
 	touch $(E2E_STAMP)
 
 test: $(STAMP)
@@ -37,6 +41,25 @@ demo: $(STAMP)
 
 e2e: $(E2E_STAMP)
 	$(PY) scripts/e2e.py
+
+# The suite on every supported Airflow (2.11, 3.0, 3.1, 3.2, 3.3), each in .venv-compat/<minor> with the pins of
+# compat/<minor>.txt; `make compat VERSIONS="2.11 3.3"` for some. compat-fast: the fast suite only.
+VERSIONS ?=
+compat: $(STAMP)
+	$(PY) scripts/compat.py test $(VERSIONS)
+
+compat-fast: $(STAMP)
+	$(PY) scripts/compat.py test --fast $(VERSIONS)
+
+# sdist and wheel in dist/, checked with twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
+# The demo against the built wheel (not the source tree) in a clean venv, on the lowest and highest Airflow.
+wheel-check: $(STAMP)
+	$(PY) scripts/compat.py wheel lowest highest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
@@ -60,4 +83,4 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) .pytest_cache build dist
+	rm -rf $(VENV) .venv-compat .venv-wheel .pytest_cache build dist

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, Asset
+from airflow.providers.common.compat.sdk import DAG, Asset
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
 from airflow_provider_smart.operators.views import SmartViewsOperator
@@ -24,7 +24,7 @@ TABLES_ROOT = os.environ.get("SMART_TABLES_ROOT", "/tmp/smart-tables")
 SHARES = 2
 # An Asset whose URI ends in a view's name gets that table's event (see smart_tables_consumer).
 TABLE_ASSETS = [
-    Asset(name=f"smart_daily_{view}", uri=f"smart-table://daily/{view}")
+    Asset(uri=f"smart-table://daily/{view}")
     for view in ("patient_demographics", "observation_flat", "observation_codes", "condition_flat")
 ]
 

@@ -11,10 +11,11 @@ import json
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Asset, task
+from airflow.providers.common.compat.sdk import DAG, Asset, task
 
-# Same name and URI as in smart_group_export_mapped.py: that is what ties the two DAGs together.
-GROUP_EXPORT = Asset(name="smart_group_export_cohort_a", uri="smart-bulk://cohort-a")
+# Same URI as in smart_group_export_mapped.py: that is what ties the two DAGs together. (URI only: on
+# Airflow 2.x an Asset is a Dataset, which has no name; 3.x names it after the URI.)
+GROUP_EXPORT = Asset(uri="smart-bulk://cohort-a")
 
 with DAG(
     dag_id="smart_group_export_consumer",
@@ -25,13 +26,17 @@ with DAG(
 ) as dag:
 
     @task
-    def read_new_files(*, triggering_asset_events: Any = None) -> list[dict[str, Any]]:
+    def read_new_files(**context: Any) -> list[dict[str, Any]]:
         from pathlib import Path
 
-        from airflow.sdk import ObjectStoragePath
+        from airflow.providers.common.compat.sdk import ObjectStoragePath
 
         landed = []
-        for event in triggering_asset_events[GROUP_EXPORT]:
+        if "triggering_asset_events" in context:
+            events = context["triggering_asset_events"][GROUP_EXPORT]
+        else:  # Airflow 2.x: Datasets, keyed by URI
+            events = context["triggering_dataset_events"][GROUP_EXPORT.uri]
+        for event in events:
             extra = event.extra or {}
             destination = str(extra["destination"])
             root = ObjectStoragePath(destination) if "://" in destination else Path(destination)

@@ -21,7 +21,7 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Asset, Param
+from airflow.providers.common.compat.sdk import DAG, Asset, Param
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportDownloadOperator, SmartBulkExportOperator
 from airflow_provider_smart.operators.views import SmartViewsOperator
@@ -31,11 +31,11 @@ from airflow_provider_smart.tables import BUNDLED_VIEWS
 EXPORT_ROOT = os.environ.get("SMART_EXPORT_ROOT", "/tmp/smart-exports")
 DESTINATION = "{{ params.export_root }}/group/{{ ts_nodash }}"
 # The event's extra says where this run's files are (see smart_group_export_consumer).
-GROUP_EXPORT = Asset(name="smart_group_export_cohort_a", uri="smart-bulk://cohort-a")
+GROUP_EXPORT = Asset(uri="smart-bulk://cohort-a")
 SHARES = 4
 # One asset per table (a URI ending in the view's name gets that table's event; see smart_tables_consumer).
 TABLE_ASSETS = [
-    Asset(name=f"smart_cohort_a_{view}", uri=f"smart-table://cohort-a/{view}")
+    Asset(uri=f"smart-table://cohort-a/{view}")  # URI only: 2.x Datasets have no name
     for view in ("patient_demographics", "observation_flat", "observation_codes", "condition_flat")
 ]
 

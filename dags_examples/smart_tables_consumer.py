@@ -10,16 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Asset, task
+from airflow.providers.common.compat.sdk import DAG, Asset, task
 
-# The same names and URIs as the producing DAGs' outlets.
-DAILY = [
-    Asset(name=f"smart_daily_{v}", uri=f"smart-table://daily/{v}") for v in ("patient_demographics", "observation_flat")
-]
-COHORT = [
-    Asset(name=f"smart_cohort_a_{v}", uri=f"smart-table://cohort-a/{v}")
-    for v in ("patient_demographics", "observation_flat")
-]
+# The same URIs as the producing DAGs' outlets (URI only: Airflow 2.x Datasets have no name).
+DAILY = [Asset(uri=f"smart-table://daily/{v}") for v in ("patient_demographics", "observation_flat")]
+COHORT = [Asset(uri=f"smart-table://cohort-a/{v}") for v in ("patient_demographics", "observation_flat")]
 
 with DAG(
     dag_id="smart_tables_consumer",
@@ -30,11 +25,13 @@ with DAG(
 ) as dag:
 
     @task
-    def query_tables(*, triggering_asset_events: Any = None) -> dict[str, Any]:
+    def query_tables(**context: Any) -> dict[str, Any]:
         from airflow_provider_smart.operators.views import tables_in_duckdb
 
         latest: dict[str, dict[str, Any]] = {}
-        for events in triggering_asset_events.values():
+        # Airflow 2.x names them triggering_dataset_events
+        triggering = context.get("triggering_asset_events") or context.get("triggering_dataset_events") or {}
+        for events in triggering.values():
             for event in events:
                 latest[str(event.extra["table"])] = dict(event.extra)  # later events win
         con, names = tables_in_duckdb(latest.values())

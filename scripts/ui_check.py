@@ -11,7 +11,11 @@ temporary AIRFLOW_HOME) on 127.0.0.1, and drives the UI in headless Chromium as 
 5. a refresh-token connection made in the form: Test is green without spending the refresh token, a DAG
    run refreshes through it, and Test and a second run still work.
 
-Screenshots go to ``build/ui-check/`` (gitignored). Everything it starts it stops, also on failure.
+Screenshots go to ``build/ui-check/`` (gitignored); run with an older Airflow's venv
+(``.venv-compat/3.1/bin/python scripts/ui_check.py``), to ``build/ui-check/airflow-<version>/``. There the
+form comes from the hook's WTForms fields (before 3.2: one Extra Fields section, secrets in single-line
+password inputs, whose dropped line breaks the provider restores), and before 3.1 the UI has no Test button:
+the same checks run through ``airflow-smart test`` instead. Everything it starts it stops, also on failure.
 """
 
 from __future__ import annotations
@@ -31,7 +35,19 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "build" / "ui-check"
+
+
+def _airflow_version() -> tuple[int, int]:
+    from importlib.metadata import version
+
+    major, minor = version("apache-airflow").split(".")[:2]
+    return int(major), int(minor)
+
+
+AIRFLOW = _airflow_version()
+LEGACY_FORM = AIRFLOW < (3, 2)  # the form from WTForms fields: no sections, secrets in single-line inputs
+HAS_TEST_BUTTON = AIRFLOW >= (3, 1)
+OUT = REPO / "build" / "ui-check" / ("" if AIRFLOW >= (3, 2) else f"airflow-{AIRFLOW[0]}.{AIRFLOW[1]}")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LAUNCH_SCOPE = "openid fhirUser offline_access user/*.rs"
@@ -234,6 +250,8 @@ def type_into(ui: Ui, name: str, value: str) -> None:
     typed PEM arrives with characters missing. A person pastes a PEM, so the check pastes too.)
     """
     element = field(ui, name)
+    # A single-line input drops line breaks (the browser's value sanitisation); a text area keeps them.
+    expected = value if element.tag_name.lower() == "textarea" else value.replace("\r", "").replace("\n", "")
     ui.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
     ui.d.execute_script(
         """
@@ -245,7 +263,7 @@ def type_into(ui: Ui, name: str, value: str) -> None:
         element,
         value,
     )
-    ui.wait(lambda: element.get_attribute("value") == value, f"{name} to hold what was pasted")
+    ui.wait(lambda: element.get_attribute("value") == expected, f"{name} to hold what was pasted")
 
 
 def values_shown(ui: Ui, names: tuple[str, ...]) -> dict[str, str]:
@@ -282,9 +300,10 @@ def add_connection(
         shown = values_shown(ui, ("host", "login", "port", "password"))
         check(all(v == "" for v in shown.values()), f"a new form shows values: {shown}")
         expand(ui, EXTRA)
-        expand(ui, REFRESH)
-        body += ui.body_text()
-        expand(ui, EXTRA)
+        if not LEGACY_FORM:  # the legacy form has no sections: all extras are under Extra Fields
+            expand(ui, REFRESH)
+            body += ui.body_text()
+            expand(ui, EXTRA)
         body += ui.body_text()
         missing = [label for label in LABELS if label not in body]
         check(not missing, f"labels missing from the form: {missing}")
@@ -292,8 +311,9 @@ def add_connection(
         check("***" not in shown.values(), f"a new form shows *** in {[k for k, v in shown.items() if v == '***']}")
         check(shown.get("element_rotation_store") == "", "the rotation store is not empty on a new form")
         ui.shot("new-form-extra-fields-no-masked-values")
-        expand(ui, REFRESH)
-        ui.shot("new-form-refresh-token-section")
+        if not LEGACY_FORM:
+            expand(ui, REFRESH)
+            ui.shot("new-form-refresh-token-section")
         expand(ui, "Standard Fields")
     type_into(ui, "host", host)
     type_into(ui, "login", login)
@@ -301,21 +321,25 @@ def add_connection(
         type_into(ui, "port", str(port))
     expand(ui, EXTRA)
     if auth_method:
-        combo = ui.xpath("//input[@name='element_auth_method']/preceding::input[@role='combobox'][1]")
+        combo = ui.xpath("//input[@name='element_auth_method']/preceding::input[@role='combobox'][1]") or ui.xpath(
+            "//*[normalize-space(text())='Auth method']/following::input[@role='combobox'][1]"  # before 3.2
+        )
         check(combo, "the Auth method dropdown is missing")
         choose(ui, combo[0], auth_method)
         hidden = ui.d.find_elements("css selector", "input[name='element_auth_method']")
-        check(hidden and hidden[0].get_attribute("value") == auth_method, "the auth method was not chosen")
+        chosen = hidden[0].get_attribute("value") if hidden else combo[0].find_element("xpath", "..").text
+        check(auth_method in (chosen or "") or auth_method in ui.body_text(), "the auth method was not chosen")
     for name, value in extra.items():
         type_into(ui, f"element_{name}", value)
     if refresh:
-        expand(ui, REFRESH)
+        expand(ui, EXTRA if LEGACY_FORM else REFRESH)
         for name, value in refresh.items():
             type_into(ui, f"element_{name}", value)
     if shots:
         expand(ui, EXTRA)
         pem = field(ui, "element_private_key").get_attribute("value") or ""
-        check(pem == extra["private_key"], "the pasted PEM changed in the form (line breaks lost?)")
+        pasted = extra["private_key"].replace("\n", "") if LEGACY_FORM else extra["private_key"]
+        check(pem == pasted, "the pasted PEM changed in the form (line breaks lost?)")
         ui.shot("pem-pasted-before-save")
     ui.click(ui.button("Save"))
     ui.wait(lambda: ui.xpath(f"//tr[.//td[normalize-space(.)='{conn_id}']]"), f"{conn_id} in the list")
@@ -328,8 +352,15 @@ def row_button(ui: Ui, conn_id: str, label: str) -> Any:
     return buttons[0]
 
 
-def press_test(ui: Ui, conn_id: str, shot: str) -> tuple[str, str]:
-    """Press the row's Test button; the toast's type (success/error) and text, as a person sees them."""
+def press_test(ui: Ui, conn_id: str, shot: str, api: Any = None) -> tuple[str, str]:
+    """Press the row's Test button; the toast's type (success/error) and text, as a person sees them.
+
+    Airflow 3.0's UI has no Test button: the documented alternative, ``airflow-smart test``, instead."""
+    if not HAS_TEST_BUTTON:
+        out = api.run("airflow-smart", "test", "--conn-id", conn_id)
+        text = (out.stdout + out.stderr).strip()
+        say(f"airflow-smart test --conn-id {conn_id} (no Test button in this UI): {' '.join(text.split())}")
+        return ("success" if out.returncode == 0 else "error"), text
     open_connections(ui)
     for old in ui.d.find_elements("css selector", "[data-scope='toast'][data-part='close-trigger']"):
         with contextlib.suppress(Exception):
@@ -389,7 +420,7 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
         shots=True,
     )
     edit_shows_masked_key(ui, "smart_ui", "ui-key")
-    kind, text = press_test(ui, "smart_ui", "test-backend-services-green")
+    kind, text = press_test(ui, "smart_ui", "test-backend-services-green", api)
     check(
         kind == "success" and "Connected: the server issued an access token for scope system/*.rs" in text,
         f"Test was not green: {kind}: {text}",
@@ -406,7 +437,7 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
         port=sandbox.port,
         extra={"private_key": wrong, "kid": "ui-key"},
     )
-    kind, text = press_test(ui, "smart_ui_wrong_key", "test-wrong-key-red")
+    kind, text = press_test(ui, "smart_ui_wrong_key", "test-wrong-key-red", api)
     check(
         kind == "error" and "invalid_client" in text and "check the client id" in text.lower(),
         f"Test of a wrong key was not a readable red: {kind}: {text}",
@@ -422,7 +453,7 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
         port=None,
         extra={"private_key": pem, "kid": "ui-key"},
     )
-    kind, text = press_test(ui, "smart_ui_no_port", "test-without-port")
+    kind, text = press_test(ui, "smart_ui_no_port", "test-without-port", api)
     if ui_sends_port_zero_bug():  # Airflow 3.3.1/3.3.2: the API refuses before our hook runs
         check(kind == "error" and "Bad Request" in text, f"expected Airflow's Bad Request: {kind}: {text}")
         out = api.run("airflow-smart", "test", "--conn-id", "smart_ui_no_port")
@@ -444,7 +475,7 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
         auth_method="refresh_token",
     )
     before = sandbox.refresh_requests
-    kind, text = press_test(ui, "smart_ui_refresh", "test-refresh-token-not-spent")
+    kind, text = press_test(ui, "smart_ui_refresh", "test-refresh-token-not-spent", api)
     check(
         kind == "success" and "was not refreshed" in text and "has not been used yet" in text,
         f"Test of the refresh-token connection: {kind}: {text}",
@@ -458,7 +489,7 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
         check(out.returncode == 0, f"the DAG run {run} failed:\n{(out.stdout + out.stderr)[-3000:]}")
         check(sandbox.refresh_requests == before + run, "the DAG run did not refresh through the connection")
         say(f"   DAG run {run} refreshed the token through smart_ui_refresh")
-        kind, text = press_test(ui, "smart_ui_refresh", f"test-refresh-token-after-run-{run}")
+        kind, text = press_test(ui, "smart_ui_refresh", f"test-refresh-token-after-run-{run}", api)
         check(kind == "success" and "rotated from the one in the connection" in text, f"Test after run: {text}")
     failed = [e for e in sandbox.token_log if e.get("grant_type") == "refresh_token" and not e.get("ok")]
     check(not failed, f"a refresh failed (a burnt token?): {failed}")

@@ -22,6 +22,13 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 # read by the others (unit-test mode would otherwise draw a random key per process).
 os.environ["AIRFLOW__CORE__FERNET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
 os.environ.pop("AIRFLOW_CONN_SMART_DEFAULT", None)
+try:  # Airflow 2.x runs sqlite with the SequentialExecutor only (unit-test mode would pick LocalExecutor)
+    from importlib.metadata import version
+
+    if int(version("apache-airflow").split(".")[0]) < 3:
+        os.environ["AIRFLOW__CORE__EXECUTOR"] = "SequentialExecutor"
+except Exception:  # no Airflow: the library's tests still run
+    pass
 
 import pytest  # noqa: E402
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import requests
 
 from airflow_provider_smart.auth.scopes import missing_scopes
+from airflow_provider_smart.bulk import deprecated as deprecated_keywords
 from airflow_provider_smart.bulk.download import FileDownloader
 from airflow_provider_smart.bulk.kickoff import FHIR_JSON
 from airflow_provider_smart.bulk.models import (
@@ -89,6 +90,9 @@ class BulkExportClient:
         written) or any :class:`~airflow_provider_smart.bulk.protocol.ServerProfile`. The session auth's
         client id is bound to it (Epic-Client-ID).
     :param clock: injectable ``time.monotonic``.
+
+    Deprecated keywords (0.1.0; removed in 0.3.0, a ``DeprecationWarning`` until then): ``sleep``,
+    ``transient_retries``, ``max_retry_after``, ``backoff_base``, ``backoff_max``: the same settings of ``retry``.
     """
 
     def __init__(
@@ -106,7 +110,9 @@ class BulkExportClient:
         kickoff_timeout: float | None = None,
         profile: ServerProfile | None = None,
         clock: Callable[[], float] = time.monotonic,
+        **deprecated: Any,
     ) -> None:
+        retry = deprecated_keywords.retry_policy(retry, deprecated)
         require_http(fhir_base_url, "fhir_base_url")
         self.fhir_base_url = fhir_base_url.rstrip("/")
         self.transport = BulkTransport(
@@ -337,8 +343,14 @@ class BulkExportClient:
         on_file_start: Callable[[dict[str, Any]], None] | None = None,
         progress: TransferProgress | None = None,
         lease: DestinationLease | None = None,
+        **deprecated: Any,
     ) -> DownloadReport:
-        """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`)."""
+        """Download every file of ``manifest`` into ``destination`` (see :meth:`download_batch`).
+
+        Deprecated keywords (0.1.0; removed in 0.3.0): ``max_concurrent_downloads``, ``check_counts``,
+        ``check_resource_types``, ``skip_existing``: the same fields of ``options`` (:class:`DownloadOptions`).
+        """
+        options = deprecated_keywords.download_options("download", options, deprecated)
         return self.download_batch(
             plan_files(manifest),
             destination,
@@ -365,6 +377,7 @@ class BulkExportClient:
         on_file_start: Callable[[dict[str, Any]], None] | None = None,
         progress: TransferProgress | None = None,
         lease: DestinationLease | None = None,
+        **deprecated: Any,
     ) -> DownloadReport:
         """Download planned entries (from :func:`plan_files`, possibly one :func:`batch` of them).
 
@@ -378,6 +391,7 @@ class BulkExportClient:
         bytes as they land (see :mod:`~airflow_provider_smart.bulk.progress`). Raises
         :class:`BulkDownloadError` listing every failed file, after trying them all.
         """
+        options = deprecated_keywords.download_options("download_batch", options, deprecated)
         if status_url:
             self.allow_origin(status_url)
         downloader = FileDownloader(

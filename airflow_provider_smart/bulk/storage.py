@@ -49,6 +49,16 @@ def as_destination(destination: Any) -> Any:
     return Path(os.fspath(destination))
 
 
+def is_local_path(path: Any) -> bool:
+    """A path on this machine's file system, where ``os.open``, fsync and ``O_EXCL`` apply.
+
+    Not every ``pathlib.Path`` is one: under universal-pathlib 0.2 (Airflow 3.1 and older) Airflow's
+    ``ObjectStoragePath`` subclasses ``pathlib.Path`` even for ``s3://``. Such classes have a file system
+    (``fs``); it is looked up on the class, since reading it on the object would reach the connection.
+    """
+    return isinstance(path, Path) and not hasattr(type(path), "fs")
+
+
 def _file_uri_path(uri: str) -> Path:
     """The local directory a ``file:`` URI names (RFC 8089): ``file:///abs``, ``file://localhost/abs`` or
     ``file:/abs``. Anything else (another host, a relative ``file:path``) is refused: it would otherwise
@@ -98,7 +108,7 @@ def replace(part: Any, final: Any) -> None:
     on (fsync of the file, then of its directory): after a power cut, a file under its final name is
     whole. Object stores publish an object whole on close, so there is nothing to sync there.
     """
-    if isinstance(part, Path):
+    if is_local_path(part):
         _fsync_path(part)
         part.replace(final)
         _fsync_path(final.parent, directory=True)
@@ -310,7 +320,7 @@ class DestinationLease:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive across processes on a local disk (``flock`` of the directory); a no-op elsewhere."""
-        if not isinstance(self.destination, Path) or fcntl is None:
+        if not is_local_path(self.destination) or fcntl is None:
             yield
             return
         with self._thread_lock:
@@ -367,7 +377,7 @@ class DestinationLease:
                 other = self._held_by_other()
                 if other is None:
                     self._write()
-                    if not isinstance(self.destination, Path):
+                    if not is_local_path(self.destination):
                         other = self._held_by_other()  # read back: did another attempt write at the same time?
         except OSError as exc:
             raise BulkExportError(

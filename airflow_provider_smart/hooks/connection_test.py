@@ -24,6 +24,17 @@ _HINTS = {
 }
 
 
+MASK = "***"
+
+
+def masked_fields(password: str | None, extra: dict[str, Any]) -> list[str]:
+    """The form labels of secrets that arrived as Airflow's mask instead of their value."""
+    from airflow_provider_smart.get_provider_info import CONN_FIELDS
+
+    labels = ["Client secret"] if password == MASK else []
+    return labels + [CONN_FIELDS.get(k, {}).get("label", k) for k, v in extra.items() if v == MASK]
+
+
 def run_connection_test(hook: SmartHook) -> tuple[bool, str]:
     """Test the hook's connection; never raises."""
     from airflow_provider_smart.connection import settings_from_connection
@@ -31,6 +42,17 @@ def run_connection_test(hook: SmartHook) -> tuple[bool, str]:
 
     try:
         conn = hook._connection or hook.get_connection(hook.smart_conn_id)
+        masked = masked_fields(conn.password, conn.extra_dejson)
+        if masked:
+            # Airflow 3.0's test API takes the connection as sent; 3.1+ restore saved secrets sent masked.
+            return False, (
+                f"{' and '.join(masked)} arrived as '{MASK}', the mask Airflow shows for a saved secret: the "
+                "connection test was sent the mask, not the stored value (Airflow 3.0's API tests what it is "
+                "sent; 3.1 and later restore the stored secret). Test with 'airflow connections test "
+                "<connection id>' or 'airflow-smart test --conn-id <connection id>', which read the stored "
+                "connection, or "
+                "paste the secret again before pressing Test."
+            )
         settings = settings_from_connection(conn.host, conn.login, conn.password, conn.extra_dejson, port=conn.port)
         mask_secrets(*settings.secrets)
         hook.__dict__["settings"] = settings  # the hook's cached settings, without the conn id in errors
@@ -142,7 +164,7 @@ def _without_query(url: str) -> str:
 def _redact(message: Any) -> str:
     """Belt and braces: anything registered with Airflow's secret masker is replaced by ***."""
     try:
-        from airflow.sdk.log import redact
+        from airflow_provider_smart.compat import redact
 
         return str(redact(message))
     except Exception:

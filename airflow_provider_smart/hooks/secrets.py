@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 def mask_secrets(*secrets: str | None) -> None:
     """Register secrets with Airflow's masker so they never reach task logs or rendered fields."""
-    from airflow.providers.common.compat.sdk import mask_secret
+    from airflow_provider_smart.compat import mask_secret
 
     for secret in secrets:
         if secret:
@@ -34,7 +34,7 @@ def scrub(value: T) -> T:
     caught wherever it went: the summary (XCom, ``manifest.json``'s copy), asset event ``extra``,
     OpenLineage facets and failure messages, none of which Airflow masks by itself.
     """
-    from airflow.providers.common.compat.sdk import redact
+    from airflow_provider_smart.compat import redact
 
     return redact(value)  # type: ignore[return-value]
 

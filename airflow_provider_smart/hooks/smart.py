@@ -6,8 +6,7 @@ import asyncio
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseHook
-
+from airflow_provider_smart.compat import BaseHook
 from airflow_provider_smart.hooks.secrets import mask_secrets, mask_token
 
 if TYPE_CHECKING:
@@ -45,6 +44,20 @@ class SmartHook(BaseHook):
     conn_type = "smart"
     hook_name = "SMART on FHIR"
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields for the UIs of Airflow 2.11 to 3.1 (3.2+ reads ``conn-fields`` instead)."""
+        from airflow_provider_smart.hooks.legacy_form import connection_form_widgets
+
+        return connection_form_widgets()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields for the UIs of Airflow 2.11 to 3.1 (from the same declaration)."""
+        from airflow_provider_smart.hooks.legacy_form import ui_field_behaviour
+
+        return ui_field_behaviour()
+
     def __init__(
         self,
         smart_conn_id: str = default_conn_name,
@@ -77,7 +90,7 @@ class SmartHook(BaseHook):
 
     async def aconnection_fields(self) -> ConnectionFields:
         """The connection's raw fields ``(host, login, password, extra, port)``, fetched the async way."""
-        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+        from airflow_provider_smart.compat import get_async_connection, get_async_extra_dejson
 
         conn = await get_async_connection(self.smart_conn_id, hook=self)
         extra = await get_async_extra_dejson(conn)

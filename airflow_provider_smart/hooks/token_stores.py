@@ -52,17 +52,17 @@ class _TaskSdkVariables:
     where = "Airflow Variables (through the Task SDK)"
 
     def get(self, name: str) -> Any:
-        from airflow.sdk import Variable
+        from airflow_provider_smart.compat import Variable
 
         return Variable.get(name, default=None, deserialize_json=True)
 
     def set(self, name: str, value: dict[str, Any]) -> None:
-        from airflow.sdk import Variable
+        from airflow_provider_smart.compat import Variable
 
         Variable.set(name, value, description=DESCRIPTION, serialize_json=True)
 
     def delete(self, name: str) -> None:
-        from airflow.sdk import Variable
+        from airflow_provider_smart.compat import Variable
 
         Variable.delete(name)
 

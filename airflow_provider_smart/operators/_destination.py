@@ -9,7 +9,7 @@ def resolve_destination(destination: Any) -> Any:
     """An ``ObjectStoragePath`` for ``s3://``, ``gs://``... URIs; anything else goes to the library as is
     (plain paths and ``file://`` URIs become local paths there)."""
     if isinstance(destination, str) and "://" in destination and destination[:5].lower() != "file:":
-        from airflow.sdk import ObjectStoragePath
+        from airflow_provider_smart.compat import ObjectStoragePath
 
         return ObjectStoragePath(destination)
     return destination

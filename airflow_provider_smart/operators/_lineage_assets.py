@@ -69,13 +69,17 @@ def emit_asset_events(context: Any, outlets: Iterable[Any] | None, summary: dict
     ``context["task"]`` (the operator being run) because the OpenLineage listener calls the operator
     from a forked process after ``execute``, where fetching the XCom back could hang.
     """
-    task = context.get("task") if hasattr(context, "get") else None
-    if task is not None:
+    # The operator running, as the context has it and as the task instance has it: on Airflow 3.0 the
+    # OpenLineage listener reaches the operator through a template context built afresh, whose task is
+    # not the object whose execute() ran; on 2.x it reads ti.task.
+    get = context.get if hasattr(context, "get") else (lambda key: None)
+    holders = [get("task"), getattr(get("ti"), "task", None), getattr(get("task_instance"), "task", None)]
+    for task in {id(t): t for t in holders if t is not None}.values():
         task._smart_export_summary = summary
     outlets = list(outlets or [])
     if not outlets:
         return
-    from airflow.sdk import Asset, AssetAlias
+    from airflow_provider_smart.compat import Asset, AssetAlias
 
     extra = asset_event_extra(summary)
     events = context["outlet_events"]

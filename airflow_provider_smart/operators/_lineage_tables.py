@@ -60,7 +60,7 @@ def emit_table_events(context: Any, outlets: Iterable[Any] | None, summary: dict
     outlets = list(outlets or [])
     if not outlets:
         return
-    from airflow.sdk import Asset, AssetAlias
+    from airflow_provider_smart.compat import Asset, AssetAlias
 
     events = context["outlet_events"]
     tables = summary.get("tables") or {}

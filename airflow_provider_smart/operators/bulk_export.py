@@ -12,17 +12,15 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator, conf
-
+from airflow_provider_smart.compat import BaseOperator, conf
 from airflow_provider_smart.hooks.secrets import scrub, scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 from airflow_provider_smart.operators._lineage_assets import emit_asset_events, openlineage_facets
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from airflow_provider_smart.bulk import BulkExportClient, ExportManifest, ExportWorkflow
     from airflow_provider_smart.bulk.workflow import StartedExport
+    from airflow_provider_smart.compat import Context
 
 EXPORT_LEVELS = ("system", "patient", "group")
 KICKOFF_METHODS = ("auto", "GET", "POST")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
-
+from airflow_provider_smart.compat import AirflowException, BaseOperator
 from airflow_provider_smart.hooks.smart import SmartHook
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow_provider_smart.compat import Context
 
 
 class SmartTokenOperator(BaseOperator):

@@ -9,13 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator
-
+from airflow_provider_smart.compat import BaseOperator
 from airflow_provider_smart.operators._lineage_tables import emit_table_events, tables_lineage
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
+    from airflow_provider_smart.compat import Context
     from airflow_provider_smart.tables.workflow import TablesWorkflow
 
 

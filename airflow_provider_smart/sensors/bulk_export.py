@@ -7,15 +7,13 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
-
+from airflow_provider_smart.compat import BaseSensorOperator, PokeReturnValue, conf
 from airflow_provider_smart.hooks.secrets import scrubs_failures
 from airflow_provider_smart.hooks.smart import SmartHook
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from airflow_provider_smart.bulk import BulkExportClient, ExportManifest
+    from airflow_provider_smart.compat import Context
 
 
 class SmartBulkExportSensor(BaseSensorOperator):

@@ -15,7 +15,10 @@ COPY_CHUNK = 1 << 20
 
 
 def is_local(path: Any) -> bool:
-    return isinstance(path, Path)
+    """A local path; an ``ObjectStoragePath`` is a ``pathlib.Path`` under universal-pathlib 0.2 (Airflow <= 3.1)."""
+    from airflow_provider_smart.bulk.storage import is_local_path
+
+    return is_local_path(path)
 
 
 def arrow_filesystem(path: Any) -> tuple[Any, str]:

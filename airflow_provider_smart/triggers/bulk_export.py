@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow_provider_smart.compat import BaseTrigger, TriggerEvent
 
 DEFAULT_MAX_POLL_INTERVAL = 600.0  # the same cap as the operator's and the client's
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from task_output import checked_output
 
 CLI = [sys.executable, "-m", "airflow_provider_smart.cli"]
 DAGS = Path(__file__).resolve().parent.parent / "dags"
@@ -184,7 +185,7 @@ def test_rotation_persists_in_airflow_variables_across_task_processes(airflow_db
             )
             assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
             assert sb.refresh_requests == expected_refreshes
-            assert connection["extra"]["refresh_token"] not in out.stdout + out.stderr
+            assert connection["extra"]["refresh_token"] not in checked_output(out.stdout, out.stderr)
         failures = [e for e in sb.token_log if e.get("error")]
         assert failures == []  # no refresh ever used a burnt token
 

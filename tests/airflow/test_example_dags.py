@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from task_output import checked_output
+
+from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "dags_examples"
 
@@ -18,8 +21,11 @@ pytestmark = pytest.mark.slow  # DagBag and `airflow dags test` in subprocesses
 
 def test_example_dags_parse_without_errors_or_warnings() -> None:
     code = (
-        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
+        # Deprecations raised by the example DAGs (or by our package on their behalf), not Airflow's own
+        "import warnings\n"
+        "warnings.filterwarnings('error', category=DeprecationWarning, module=r'(.*smart_|airflow_provider_smart)')\n"
+        "try:\n    from airflow.dag_processing.dagbag import DagBag\n"
+        "except ImportError:  # Airflow < 3.1\n    from airflow.models.dagbag import DagBag\n"
         f"bag = DagBag({str(EXAMPLES)!r})\n"
         "print('ERRORS=' + repr(bag.import_errors)); print('DAGS=' + repr(sorted(bag.dag_ids)))"
     )
@@ -46,6 +52,15 @@ def test_mapped_group_export_dag(airflow_db: str, sandbox: Any, es384: Any, tmp_
         "AIRFLOW_CONN_SMART_DEFAULT": json.dumps(connection),
         "SMART_EXPORT_ROOT": str(tmp_path),
     }
+    if not AIRFLOW_V_3_1_PLUS:  # 3.0's `dags test` fails on an outlet the DAG processor has not activated yet
+        parsed = subprocess.run(
+            [sys.executable, "-m", "airflow", "dags", "reserialize"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert parsed.returncode == 0, (parsed.stdout + parsed.stderr)[-3000:]
     out = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "smart_group_export_mapped"],
         env=env,
@@ -72,4 +87,4 @@ def test_mapped_group_export_dag(airflow_db: str, sandbox: Any, es384: Any, tmp_
     assert any("map_index=1" in line for line in mapped)
     assert any(e["route"] == "delete" for e in sandbox.requests_log)
     for token in sandbox.issued_tokens():
-        assert token not in out.stdout + out.stderr
+        assert token not in checked_output(out.stdout, out.stderr)

@@ -69,7 +69,7 @@ def test_bad_connection_raises_config_error_naming_the_field(smart_conn: Any) ->
 
 
 def test_tokens_and_keys_are_registered_with_the_secret_masker(smart_conn: Any, es384: Any) -> None:
-    from airflow.sdk.log import redact
+    from airflow_provider_smart.compat import redact
 
     hook = SmartHook()
     token = hook.get_token()

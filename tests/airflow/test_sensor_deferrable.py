@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import requests
-from airflow.providers.common.compat.sdk import TaskDeferred
 
+from airflow_provider_smart.compat import TaskDeferred
 from airflow_provider_smart.exceptions import BulkExportError, ExportTimeoutError
 from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
 from airflow_provider_smart.triggers.bulk_export import SmartBulkExportTrigger

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metadb import xcom_value
+from task_output import checked_output
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
@@ -22,13 +24,8 @@ def load_dag(name: str) -> Any:
 
 
 def run_and_get_xcom(dag: Any) -> tuple[Any, Any]:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
     run = dag.test()
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag.dag_id, run_id=run.run_id, task_id="token").one_or_none()
-        return run, (row.value if row else None)
+    return run, xcom_value(dag_id=dag.dag_id, run_id=run.run_id, task_id="token")
 
 
 def test_token_operator_returns_scope_and_expiry_without_the_token(
@@ -44,7 +41,7 @@ def test_token_operator_returns_scope_and_expiry_without_the_token(
     assert sandbox.token_requests == 1
     output = capfd.readouterr()
     for token in sandbox.issued_tokens():
-        assert token not in output.out + output.err
+        assert token not in checked_output(output.out, output.err)
 
 
 def test_token_operator_fails_listing_missing_scopes(
@@ -67,7 +64,7 @@ def test_push_token_masks_it_in_logs(
     token = value["access_token"]
     assert token in sandbox.issued_tokens()
     output = capfd.readouterr()
-    assert token not in output.out + output.err
+    assert token not in checked_output(output.out, output.err)
 
 
 def test_connection_stored_in_the_metadata_db(

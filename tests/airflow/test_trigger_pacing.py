@@ -105,8 +105,7 @@ def test_a_deferrable_operator_defers_a_long_throttled_kick_off(
     smart_conn: Any, hostile_server: Any, sandbox: Any, es384: Any, tmp_path: Any
 ) -> None:
 
-    from airflow.sdk.exceptions import TaskDeferred
-
+    from airflow_provider_smart.compat import TaskDeferred
     from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
 
     def app(h: Any) -> None:

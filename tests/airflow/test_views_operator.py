@@ -68,7 +68,7 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     # One asset event per table through the alias, and the named Asset gets its table's extra.
     events = _events(first.run_id)
     by_name = {name: extra for name, _, extra in events}
-    assert by_name["smart_test_observation_flat"] == table_extra(summary, "observation_flat")
+    assert by_name["smart-table://test/observation_flat"] == table_extra(summary, "observation_flat")  # URI-named
     delta_uris = {f"file://{tmp_path}/tables/delta/{v}" for v in ("observation_flat", "patient_demographics")}
     assert {uri for _, uri, _ in events} >= delta_uris
     assert len(events) == 4  # the named Asset, and one per table through the alias

@@ -286,9 +286,11 @@ def test_object_storage_like_destination(sb, make_client, mem_path) -> None:
 
 
 def test_airflow_object_storage_path(sb, make_client, tmp_path) -> None:
-    sdk = pytest.importorskip("airflow.sdk")
+    pytest.importorskip("airflow")
+    from airflow_provider_smart.compat import ObjectStoragePath
+
     client = make_client(sb)
-    destination = sdk.ObjectStoragePath(f"file://{tmp_path}/bulk-test")
+    destination = ObjectStoragePath(f"file://{tmp_path}/bulk-test")
     report = client.download(export(client, resource_types=["Patient"]), destination)
     target = destination / "Patient.1.ndjson"
     assert target.exists() and target.read_bytes().count(b"\n") == 20

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import DAG, Asset
+from airflow.providers.common.compat.sdk import DAG, Asset
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportDownloadOperator, SmartBulkExportOperator
 from airflow_provider_smart.sensors.bulk_export import SmartBulkExportSensor
 
 DEST = os.environ.get("SMART_TEST_DEST", "/tmp/smart-test-export")
-EXPORT_ASSET = Asset(name="smart_test_export_asset", uri="smart-bulk://test-export")
-SPLIT_ASSET = Asset(name="smart_test_split_asset", uri="smart-bulk://test-split")
+# URI only: Airflow 2.x's Dataset has no name (3.x names the asset after its URI)
+EXPORT_ASSET = Asset(uri="smart-bulk://test-export")
+SPLIT_ASSET = Asset(uri="smart-bulk://test-split")
 STATUS_URL = "{{ ti.xcom_pull(task_ids='kickoff', key='status_url') }}"
 
 with DAG("smart_asset_export_test", schedule=None, catchup=False, tags=["test"]) as export_dag:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import DAG, Asset, AssetAlias
+from airflow.providers.common.compat.sdk import DAG, Asset, AssetAlias
 
 from airflow_provider_smart.operators.bulk_export import SmartBulkExportOperator
 from airflow_provider_smart.operators.views import SmartViewsOperator
 from airflow_provider_smart.tables import BUNDLED_VIEWS
 
 DEST = os.environ.get("SMART_TEST_DEST", "/tmp/smart-test-tables")
-OBSERVATIONS = Asset(name="smart_test_observation_flat", uri="smart-table://test/observation_flat")
+OBSERVATIONS = Asset(uri="smart-table://test/observation_flat")
 EVERY_TABLE = AssetAlias("smart_test_tables")
 VIEWS = [
     str(BUNDLED_VIEWS / "observation_flat.json"),

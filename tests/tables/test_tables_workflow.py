@@ -252,8 +252,7 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
 
 
 def test_tables_on_s3_full_then_incremental(tmp_path: Path, s3_bucket: str, moto_endpoint: str) -> None:
-    from airflow.sdk import ObjectStoragePath
-
+    from airflow_provider_smart.compat import ObjectStoragePath
     from airflow_provider_smart.operators._destination import delta_storage_options
     from airflow_provider_smart.operators.views import tables_in_duckdb
 
