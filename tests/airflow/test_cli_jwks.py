@@ -220,11 +220,11 @@ def test_switch_updates_a_connection_in_the_metadata_db(airflow_db, sandbox_fact
 
 def test_publish_to_object_storage(smart_conn, es384, capsys) -> None:
     """Any ObjectStoragePath URI works as --to (memory:// stands in for s3://, which make e2e runs on moto)."""
-    from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.io.store import attach
     from fsspec.implementations.memory import MemoryFileSystem
 
-    attach("memory", fs=MemoryFileSystem())
+    from airflow_provider_smart.compat import ObjectStoragePath, attach_store
+
+    attach_store("memory", fs=MemoryFileSystem())
     assert cli(capsys, "publish", "--to", "memory://public-keys/smart/jwks.json")[0] == 0
     published = json.loads(ObjectStoragePath("memory://public-keys/smart/jwks.json").read_text())
     assert [k["kid"] for k in published["keys"]] == [es384.kid] and "d" not in published["keys"][0]

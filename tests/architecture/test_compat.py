@@ -64,6 +64,16 @@ def test_example_dags_run_on_every_supported_airflow() -> None:
     assert offenders == {}, "import these from airflow.providers.common.compat.sdk instead"
 
 
+def test_tests_run_on_every_supported_airflow() -> None:
+    """CI runs the fast suite on 2.11 too: a test importing ``airflow.sdk`` fails there, not here."""
+    offenders = {
+        str(path.relative_to(PACKAGE.parent)): found
+        for path in sorted((PACKAGE.parent / "tests").rglob("*.py"))
+        if (found := version_specific_imports(imported_modules(path)))
+    }
+    assert offenders == {}, "import these from airflow_provider_smart.compat instead"
+
+
 def _type_checking_names() -> set[str]:
     tree = ast.parse((PACKAGE / "compat.py").read_text())
     names: set[str] = set()
