@@ -73,22 +73,54 @@ def drop_unrequested(manifest: ExportManifest, types: list[str]) -> tuple[Export
     return replace(manifest, output=kept, raw=raw), listed
 
 
+def types_without_files(manifest: ExportManifest, types: list[str]) -> list[str]:
+    """The requested ``types`` the manifest has no output file of, in the order asked.
+
+    A server may simply hold none of them; but one that keeps only the first of repeated ``_type`` values
+    (Medplum) answers a four-type export with one type's files and nothing else to show for it.
+    """
+    produced = {f.type for f in manifest.output}
+    if None in produced:
+        return []  # files not organised by type (STU3 organizeOutputBy): nothing to tell from the manifest
+    missing = [t for t in types if t not in produced]
+    if missing:
+        log.warning(
+            "No output file came back for requested type(s) %s. The server may hold none; if it should, it may "
+            "have read only part of _type (some keep only the first of repeated values: send the spec's "
+            "comma-joined form, comma_join_repeats=None). See the summary's types_without_files.",
+            ", ".join(missing),
+        )
+    return missing
+
+
 def ignored_parameters(
     request: dict[str, Any] | None,
     profile: VendorProfile,
     unrequested: list[dict[str, Any]],
     report: DownloadReport,
     destination: Any,
+    *,
+    without_files: list[str] | None = None,
+    repeated_types: bool = False,
 ) -> list[dict[str, str]]:
-    """The requested spec features the server ignored: seen in the files, or documented for its vendor."""
+    """The requested spec features the server ignored: seen in the files, or documented for its vendor.
+
+    ``without_files``: requested types with no output file (:func:`types_without_files`);
+    ``repeated_types``: the kick-off sent ``_type`` repeated rather than comma-joined.
+    """
     request = request or {}
     found: list[dict[str, str]] = []
 
     def asked(feature: str) -> bool:
         return bool(request.get(_FEATURE_FIELDS[feature]))
 
+    types = requested_types(request)
     if unrequested:
         found.append({"parameter": "_type", "evidence": "observed: the server returned types that were not requested"})
+    elif repeated_types and len(types) > 1 and without_files == types[1:]:
+        found.append(
+            {"parameter": "_type", "evidence": "observed: only the first of the repeated _type values came back"}
+        )
     elements = request.get("elements") or []
     if elements and _elements_ignored(report, destination):
         found.append({"parameter": "_elements", "evidence": "observed: resources came back without the SUBSETTED tag"})

@@ -39,6 +39,7 @@ from airflow_provider_smart.bulk.requested import (
     drop_unrequested,
     ignored_parameters,
     requested_types,
+    types_without_files,
 )
 from airflow_provider_smart.bulk.storage import (
     DestinationLease,
@@ -359,9 +360,19 @@ class ExportWorkflow:
             ledger = self._ledger(status_url, manifest)
             manifest, report = self._download(status_url, manifest, ledger, requested_types(asked), lease)
             self._verify_landed(status_url, manifest, ledger)
+            without_files = types_without_files(manifest, requested_types(asked))
             checks: dict[str, Any] = {
                 "unrequested_types": unrequested,
-                "server_ignored": ignored_parameters(asked, self.client.vendor, unrequested, report, self.destination),
+                "types_without_files": without_files,
+                "server_ignored": ignored_parameters(
+                    asked,
+                    self.client.vendor,
+                    unrequested,
+                    report,
+                    self.destination,
+                    without_files=without_files,
+                    repeated_types=self.client.comma_join_repeats is False,
+                ),
                 "vendor": self.client.vendor.name,
             }
             if warning := deletion_warning(asked, self.client.vendor):

@@ -74,6 +74,21 @@ def test_medplum_keeps_the_first_repeated_type_so_defaults_send_the_spec_form(
     assert landed_types(repeated) == {"Patient": 20}
 
 
+def test_types_a_server_dropped_from_a_repeated_type_are_reported_not_silent(
+    sandbox_factory, make_client, tmp_path
+) -> None:
+    """A server that keeps only the first repeated _type returns one type's files: the summary says so."""
+    sb = sandbox_factory(quirks="medplum")
+    summary = land(make_client(sb, comma_join_repeats=False), tmp_path / "old", ExportRequest(resource_types=FOUR))
+    assert landed_types(summary) == {"Patient": 20}
+    assert summary["types_without_files"] == ["Observation", "Condition", "Encounter"]
+    assert {"parameter": "_type", "evidence": "observed: only the first of the repeated _type values came back"} in (
+        summary["server_ignored"]
+    )
+    honest = land(make_client(sb), tmp_path / "spec", ExportRequest(resource_types=FOUR))
+    assert honest["types_without_files"] == [] and not any(i["parameter"] == "_type" for i in honest["server_ignored"])
+
+
 def test_types_the_server_returns_unasked_are_not_downloaded(sandbox_factory, make_client, tmp_path) -> None:
     """Never land what was not asked for: a server that ignores _type (Medplum without a working _type)."""
     sb = sandbox_factory(quirks=VendorQuirks(ignored_params=frozenset({"_type"})))
