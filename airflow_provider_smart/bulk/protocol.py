@@ -10,7 +10,7 @@ once, as generators ("exchanges") that *yield* what they need and get the answer
   raising (our typed errors, the same whoever drives).
 
 :func:`drive` runs an exchange over a blocking ``send`` (``requests``: :class:`BulkExportClient`),
-:func:`adrive` over an ``async`` one (``httpx`` on the triggerer's event loop:
+:func:`adrive` over an ``async`` one (``aiohttp`` on the triggerer's event loop:
 :mod:`airflow_provider_smart.bulk.aio`). Transports only move bytes: tokens (and the one replay after a
 401), redirects, TLS, pools, the per-try deadline the :class:`Request` carries.
 
@@ -79,7 +79,7 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
-    """An answer, body read in full. ``headers`` is case-insensitive (requests' and httpx's both are);
+    """An answer, body read in full. ``headers`` is case-insensitive (requests' and aiohttp's both are);
     ``url`` is the final URL, after redirects."""
 
     status: int

@@ -21,7 +21,7 @@ class SmartBulkExportTrigger(BaseTrigger):
     progress), never the manifest pages: the operator reads the manifest once, after completion.
 
     Polls run on the event loop, no thread per poll: the Bulk Data protocol
-    (:mod:`~airflow_provider_smart.bulk.protocol`, the same as the sync client's) over ``httpx``
+    (:mod:`~airflow_provider_smart.bulk.protocol`, the same as the sync client's) over ``aiohttp``
     (:mod:`~airflow_provider_smart.bulk.aio`), with one connection pool, one auth and one token per
     connection shared by all its triggers (:mod:`~airflow_provider_smart.triggers.shared`). Only what
     blocks runs in a thread, once per connection: validating the connection and minting a token.

@@ -7,7 +7,7 @@ the others reuse it:
 * the validated :class:`~airflow_provider_smart.connection.ConnectionSettings` and the connection's
   :class:`~airflow_provider_smart.auth.backend.TokenAuth` (one token per connection, minted in a
   thread by :class:`~airflow_provider_smart.bulk.aio.AsyncTokenSource`, once however many ask);
-* one :class:`~airflow_provider_smart.bulk.aio.AsyncBulkTransport` (one ``httpx`` connection pool),
+* one :class:`~airflow_provider_smart.bulk.aio.AsyncBulkTransport` (one ``aiohttp`` connection pool),
   open while at least one trigger uses it, closed when the last one ends.
 
 Entries are keyed by event loop, connection id, scope and a digest of the connection's fields, so an
