@@ -18,6 +18,7 @@ from airflow_provider_smart.bulk.models import ExportManifest, ManifestFile
 
 if TYPE_CHECKING:
     from airflow_provider_smart.bulk.models import DownloadReport
+    from airflow_provider_smart.bulk.protocol import ServerProfile
     from airflow_provider_smart.bulk.vendors import VendorProfile
 
 log = logging.getLogger("airflow_provider_smart.bulk")
@@ -93,6 +94,19 @@ def types_without_files(manifest: ExportManifest, types: list[str]) -> list[str]
     return missing
 
 
+def sends_repeated_types(request: dict[str, Any] | None, profile: ServerProfile) -> bool:
+    """Whether the kick-off of ``request`` sends each ``_type`` value as its own parameter: a POST always
+    does (one ``Parameters`` entry per value); a GET when ``comma_join_repeats=False`` or the vendor's
+    ``list_encoding`` repeats (see :func:`~airflow_provider_smart.bulk.kickoff.build_kickoff`)."""
+    request = request or {}
+    method = str(request.get("method") or "auto").strip().upper()
+    if method == "POST" or (method == "AUTO" and request.get("patients")):
+        return True
+    if profile.comma_join_repeats is not None:
+        return not profile.comma_join_repeats
+    return getattr(profile, "list_encoding", "comma") == "repeat"
+
+
 def ignored_parameters(
     request: dict[str, Any] | None,
     profile: VendorProfile,
@@ -106,7 +120,7 @@ def ignored_parameters(
     """The requested spec features the server ignored: seen in the files, or documented for its vendor.
 
     ``without_files``: requested types with no output file (:func:`types_without_files`);
-    ``repeated_types``: the kick-off sent ``_type`` repeated rather than comma-joined.
+    ``repeated_types``: the kick-off sent ``_type`` repeated rather than comma-joined (:func:`sends_repeated_types`).
     """
     request = request or {}
     found: list[dict[str, str]] = []

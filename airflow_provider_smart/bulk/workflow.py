@@ -39,6 +39,7 @@ from airflow_provider_smart.bulk.requested import (
     drop_unrequested,
     ignored_parameters,
     requested_types,
+    sends_repeated_types,
     types_without_files,
 )
 from airflow_provider_smart.bulk.storage import (
@@ -371,7 +372,7 @@ class ExportWorkflow:
                     report,
                     self.destination,
                     without_files=without_files,
-                    repeated_types=self.client.comma_join_repeats is False,
+                    repeated_types=sends_repeated_types(asked, self.client.profile),
                 ),
                 "vendor": self.client.vendor.name,
             }

@@ -89,6 +89,19 @@ def test_types_a_server_dropped_from_a_repeated_type_are_reported_not_silent(
     assert honest["types_without_files"] == [] and not any(i["parameter"] == "_type" for i in honest["server_ignored"])
 
 
+def test_which_kick_offs_send_type_repeated() -> None:
+    from dataclasses import replace
+
+    from airflow_provider_smart.bulk.requested import sends_repeated_types
+
+    generic = PROFILES["generic"]
+    assert not sends_repeated_types({"resource_types": FOUR}, generic)  # the spec's comma-joined GET
+    assert sends_repeated_types({"resource_types": FOUR, "method": "POST"}, generic)  # one Parameters entry each
+    assert sends_repeated_types({"resource_types": FOUR, "patients": ["Patient/1"]}, generic)  # auto -> POST
+    assert sends_repeated_types({"resource_types": FOUR}, replace(generic, comma_join_repeats=False))
+    assert sends_repeated_types({"resource_types": FOUR}, replace(generic, list_encoding="repeat"))
+
+
 def test_types_the_server_returns_unasked_are_not_downloaded(sandbox_factory, make_client, tmp_path) -> None:
     """Never land what was not asked for: a server that ignores _type (Medplum without a working _type)."""
     sb = sandbox_factory(quirks=VendorQuirks(ignored_params=frozenset({"_type"})))
