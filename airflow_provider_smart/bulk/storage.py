@@ -178,9 +178,10 @@ def read_json(path: Any) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_json_atomically(path: Any, data: dict[str, Any]) -> None:
-    """Readers see the old content or the new, never half of it."""
-    partial = path.parent / f".{path.name}.part"
+def write_json_atomically(path: Any, data: dict[str, Any], *, writer: str = "") -> None:
+    """Readers see the old content or the new, never half of it. ``writer`` names the temporary file
+    (``.<name>.<writer>.part``) where several attempts may write ``path`` at once (a lease)."""
+    partial = path.parent / (f".{path.name}.{writer}.part" if writer else f".{path.name}.part")
     try:
         with partial.open("w") as handle:
             json.dump(data, handle, indent=2, default=str)
@@ -335,14 +336,7 @@ class DestinationLease:
         return {**self.me, "heartbeat": time.time()}
 
     def _write(self) -> None:
-        partial = self.destination / f".{LEASE_FILE}.{self.me['attempt']}.part"
-        try:
-            with partial.open("wb") as handle:
-                handle.write(json.dumps(self._body()).encode())
-            replace(partial, self.path)
-        except BaseException:
-            discard(partial)
-            raise
+        write_json_atomically(self.path, self._body(), writer=str(self.me["attempt"]))
 
     def _current(self) -> dict[str, Any] | None:
         try:
