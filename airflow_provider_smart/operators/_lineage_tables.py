@@ -29,6 +29,7 @@ def table_extra(summary: dict[str, Any], name: str) -> dict[str, Any]:
         "transactionTime": summary.get("transaction_time"),
         "since": summary.get("since"),
         "incremental": summary.get("incremental"),
+        "deletions_not_reported": summary.get("deletions_not_reported"),
         "export": summary.get("export"),
     }
 
@@ -37,6 +38,7 @@ def run_extra(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "tables": {name: table_extra(summary, name) for name in sorted(summary.get("tables") or {})},
         "transactionTime": summary.get("transaction_time"),
+        "deletions_not_reported": summary.get("deletions_not_reported"),
         "export": summary.get("export"),
         "output": summary.get("output"),
     }

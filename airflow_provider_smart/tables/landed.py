@@ -36,7 +36,9 @@ class LandedFile:
 
 @dataclass
 class LandedExport:
-    """What one landed export holds. ``since``: the export's ``_since`` (None: a full export)."""
+    """What one landed export holds. ``since``: the export's ``_since`` (None: a full export).
+    ``deletions_not_reported``: the export found its server never fills ``deleted`` (Medplum), so an
+    empty ``deleted`` proves nothing."""
 
     root: Any
     location: str
@@ -45,6 +47,7 @@ class LandedExport:
     since: str | None
     output: list[LandedFile] = field(default_factory=list)
     deleted: list[LandedFile] = field(default_factory=list)
+    deletions_not_reported: bool = False
 
     @property
     def incremental(self) -> bool:
@@ -92,6 +95,7 @@ class LandedExport:
             since=since_of(request),
             output=[_landed(e, location, "output") for e in summary.get("output") or []],
             deleted=[_landed(e, location, "deleted") for e in summary.get("deleted") or []],
+            deletions_not_reported=bool(summary.get("deletions_not_reported")),
         )
 
 

@@ -11,6 +11,7 @@ import pytest
 from deltalake import DeltaTable
 
 from airflow_provider_smart.exceptions import TablesError, ViewDefinitionError, ViewRunError
+from airflow_provider_smart.operators._lineage_tables import table_extra
 from airflow_provider_smart.tables import BUNDLED_VIEWS
 from airflow_provider_smart.tables.changes import deleted_ids
 from airflow_provider_smart.tables.engine import collect_views
@@ -115,6 +116,27 @@ def test_incremental_run_replaces_each_changed_resource_whole_and_removes_delete
     table = summary["tables"]["observation_codes"]
     assert table["resources_replaced"] == 4 and table["rows_staged"] == 4
     assert table["outputs"]["delta"]["version"] == 1 and table["outputs"]["parquet"]["version"] == 2
+
+
+def test_an_export_whose_server_never_reports_deletions_is_applied_with_a_warning_the_tables_user_sees(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "tables"
+    assert workflow(first_export(tmp_path), out).commit()["deletions_not_reported"] is False
+    # Medplum: o-p2-2 was deleted on the server, but its deleted list is always empty.
+    land(
+        tmp_path / "run2",
+        {"Observation.1.ndjson": [observation("o-p3-1", ["y"])]},
+        since="2024-05-01T00:00:00Z",
+        transaction_time="2024-05-02T00:00:00Z",
+        checks={"deletions_not_reported": True, "vendor": "medplum"},
+    )
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.tables"):
+        summary = workflow(tmp_path / "run2", out).commit()
+    assert summary["deletions_not_reported"] is True
+    assert table_extra(summary, "observation_codes")["deletions_not_reported"] is True
+    assert "never reports deleted resources" in caplog.text and "full export" in caplog.text
+    assert ("Observation/o-p2-2", "g") in every_format(out, "observation_codes", "observation_id", "code")
 
 
 def test_columns_keep_their_declared_types(tmp_path: Path) -> None:
