@@ -92,7 +92,7 @@ class LandedExport:
             location=location,
             transaction_time=summary.get("transaction_time"),
             request=request,
-            since=since_of(request),
+            since=summary.get("since") or since_of(request),
             output=[_landed(e, location, "output") for e in summary.get("output") or []],
             deleted=[_landed(e, location, "deleted") for e in summary.get("deleted") or []],
             deletions_not_reported=bool(summary.get("deletions_not_reported")),
@@ -100,7 +100,8 @@ class LandedExport:
 
 
 def since_of(request: Any) -> str | None:
-    """The ``_since`` of a kick-off URL, or None (POST kick-offs land their parameters in the URL too)."""
+    """The ``_since`` of a kick-off URL, or None: for summaries that do not record ``since`` (landed by
+    a status URL, or before it was recorded); after a POST kick-off the URL has no parameters."""
     if not isinstance(request, str):
         return None
     for key, value in parse_qsl(urlsplit(request).query):
