@@ -15,6 +15,7 @@ from airflow_provider_smart.operators._lineage_tables import table_extra
 from airflow_provider_smart.tables import BUNDLED_VIEWS
 from airflow_provider_smart.tables.changes import deleted_ids
 from airflow_provider_smart.tables.engine import collect_views
+from airflow_provider_smart.tables.files import local_copy
 from airflow_provider_smart.tables.landed import LandedExport, LandedFile
 from airflow_provider_smart.tables.workflow import TablesWorkflow, plan_shares
 
@@ -137,6 +138,33 @@ def test_an_export_whose_server_never_reports_deletions_is_applied_with_a_warnin
     assert table_extra(summary, "observation_codes")["deletions_not_reported"] is True
     assert "never reports deleted resources" in caplog.text and "full export" in caplog.text
     assert ("Observation/o-p2-2", "g") in every_format(out, "observation_codes", "observation_id", "code")
+
+
+def test_the_duckdb_file_is_read_once_per_commit_not_once_per_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On an object store every read of the DuckDB file downloads it whole.
+    from airflow_provider_smart.tables import duckdb_file
+
+    out = tmp_path / "tables"
+    workflow(first_export(tmp_path), out).commit()
+    land(
+        tmp_path / "run2",
+        {"Observation.1.ndjson": [observation("o-p3-1", ["y"])]},
+        since="2024-05-01T00:00:00Z",
+        transaction_time="2024-05-02T00:00:00Z",
+    )
+    reads: list[Any] = []
+
+    def counted_copy(source: Any, *args: Any) -> Any:
+        reads.append(source)
+        return local_copy(source, *args)
+
+    monkeypatch.setattr(duckdb_file, "local_copy", counted_copy)
+    summary = workflow(tmp_path / "run2", out).commit()
+    assert len(summary["tables"]) == len(VIEWS) == 3
+    assert reads == [out / "tables.duckdb", out / "tables.duckdb"]  # its states, then the copy it updates
+    assert duckdb_rows(out, "observation_codes", "observation_id")[-1] == ("Observation/o-p3-1",)
 
 
 def test_columns_keep_their_declared_types(tmp_path: Path) -> None:
