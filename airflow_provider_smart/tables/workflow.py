@@ -23,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,12 @@ def plan_shares(files: list[LandedFile], shares: int) -> list[list[LandedFile]]:
 
 
 def _instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    """A ``transactionTime`` or ``_since``, comparable with any other: the kick-off also takes a year, a month,
+    a date or a time without zone (``since="2024-05-01"``), which count from their start in UTC."""
+    text = value.strip().replace("Z", "+00:00")
+    text += {4: "-01-01", 7: "-01"}.get(len(text), "")  # 2024, 2024-05
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class TablesWorkflow:

@@ -204,6 +204,23 @@ def test_an_incremental_export_after_a_missed_run_is_refused_and_the_tables_stay
     assert DeltaTable(str(out / "delta" / "observation_codes")).version() == 0
 
 
+def test_an_incremental_export_since_a_date_without_time_or_zone_applies(tmp_path: Path) -> None:
+    # _since is a FHIR instant, but the kick-off also takes 2024-05-01 (or a naive datetime): UTC midnight.
+    out = tmp_path / "tables"
+    workflow(first_export(tmp_path), out).commit()  # holds the export of 2024-05-01T00:00:00Z
+    for run, since in (("run2", "2024-05-01"), ("run3", "2024-05-01T00:00:00")):
+        land(
+            tmp_path / run,
+            {"Observation.1.ndjson": [observation("o-p3-1", ["y"])]},
+            since=since,
+            transaction_time="2024-05-02T00:00:00Z",
+        )
+        assert workflow(tmp_path / run, out).commit()["since"] == since
+    land(tmp_path / "run4", {}, since="2024-05-03", transaction_time="2024-05-04T00:00:00Z")  # a day missing
+    with pytest.raises(TablesError, match="changes in between would be missing"):
+        workflow(tmp_path / "run4", out).commit()
+
+
 def test_an_incremental_export_without_tables_is_refused(tmp_path: Path) -> None:
     land(tmp_path / "inc", {"Observation.1.ndjson": [observation("o-p1-1", ["q"])]}, since="2024-05-02T00:00:00Z")
     with pytest.raises(TablesError, match="does not exist yet"):
