@@ -376,6 +376,10 @@ class ExportWorkflow:
                 ),
                 "vendor": self.client.vendor.name,
             }
+            if asked is not None:
+                # What the tables step reads an incremental export by: the manifest's request URL
+                # carries no parameters after a POST kick-off (and may be dropped by a later spec).
+                checks["since"] = asked.get("since")
             if warning := deletion_warning(asked, self.client.vendor):
                 log.warning(warning)
                 checks["deletions_not_reported"] = True

@@ -65,17 +65,11 @@ def emit_asset_events(context: Any, outlets: Iterable[Any] | None, summary: dict
     on the running task for :func:`openlineage_facets`.
 
     Call once an export has landed complete (Airflow emits the events when the task succeeds). An
-    ``AssetAlias`` outlet gets an event for ``Asset(uri=<destination>)``. The summary is kept on
-    ``context["task"]`` (the operator being run) because the OpenLineage listener calls the operator
-    from a forked process after ``execute``, where fetching the XCom back could hang.
+    ``AssetAlias`` outlet gets an event for ``Asset(uri=<destination>)``. The summary is kept on the
+    operator (:func:`keep_for_lineage`) because the OpenLineage listener calls the operator from a forked
+    process after ``execute``, where fetching the XCom back could hang.
     """
-    # The operator running, as the context has it and as the task instance has it: on Airflow 3.0 the
-    # OpenLineage listener reaches the operator through a template context built afresh, whose task is
-    # not the object whose execute() ran; on 2.x it reads ti.task.
-    get = context.get if hasattr(context, "get") else (lambda key: None)
-    holders = [get("task"), getattr(get("ti"), "task", None), getattr(get("task_instance"), "task", None)]
-    for task in {id(t): t for t in holders if t is not None}.values():
-        task._smart_export_summary = summary
+    keep_for_lineage(context, "_smart_export_summary", summary)
     outlets = list(outlets or [])
     if not outlets:
         return
@@ -88,6 +82,19 @@ def emit_asset_events(context: Any, outlets: Iterable[Any] | None, summary: dict
             events[outlet].extra = dict(extra)
         elif isinstance(outlet, AssetAlias) and extra["destination"]:
             events[outlet].add(Asset(uri=_asset_uri(str(extra["destination"]))), extra=dict(extra))
+
+
+def keep_for_lineage(context: Any, attribute: str, summary: dict[str, Any]) -> None:
+    """Keep a task's summary on the operator, for its ``get_openlineage_facets_on_complete``.
+
+    On the operator running, as the context has it and as the task instance has it: on Airflow 3.0 the
+    OpenLineage listener reaches the operator through a template context built afresh, whose task is
+    not the object whose execute() ran; on 2.x it reads ti.task.
+    """
+    get = context.get if hasattr(context, "get") else (lambda key: None)
+    holders = [get("task"), getattr(get("ti"), "task", None), getattr(get("task_instance"), "task", None)]
+    for task in {id(t): t for t in holders if t is not None}.values():
+        setattr(task, attribute, summary)
 
 
 def _asset_uri(destination: str) -> str:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from airflow_provider_smart.operators._lineage_assets import _asset_uri, destination_dataset_id
+from airflow_provider_smart.operators._lineage_assets import _asset_uri, destination_dataset_id, keep_for_lineage
 
 
 def table_extra(summary: dict[str, Any], name: str) -> dict[str, Any]:
@@ -29,6 +29,7 @@ def table_extra(summary: dict[str, Any], name: str) -> dict[str, Any]:
         "transactionTime": summary.get("transaction_time"),
         "since": summary.get("since"),
         "incremental": summary.get("incremental"),
+        "deletions_not_reported": summary.get("deletions_not_reported"),
         "export": summary.get("export"),
     }
 
@@ -37,6 +38,7 @@ def run_extra(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "tables": {name: table_extra(summary, name) for name in sorted(summary.get("tables") or {})},
         "transactionTime": summary.get("transaction_time"),
+        "deletions_not_reported": summary.get("deletions_not_reported"),
         "export": summary.get("export"),
         "output": summary.get("output"),
     }
@@ -59,9 +61,7 @@ log = logging.getLogger(__name__)
 
 
 def emit_table_events(context: Any, outlets: Iterable[Any] | None, summary: dict[str, Any]) -> None:
-    task = context.get("task") if hasattr(context, "get") else None
-    if task is not None:
-        task._smart_tables_summary = summary
+    keep_for_lineage(context, "_smart_tables_summary", summary)
     outlets = list(outlets or [])
     if not outlets:
         return

@@ -105,8 +105,8 @@ class SmartBulkExportOperator(_ExportTaskMixin, BaseOperator):
 
     Files go to ``<destination>/<Type>.<n>.ndjson`` (``deleted/`` and ``error/`` subfolders), followed by
     ``manifest.json``. Returns (XCom) a JSON summary: ``status_url``, ``transaction_time``, ``request``,
-    ``requires_access_token``, ``destination`` and ``output``/``deleted``/``error`` lists of
-    ``{"type", "url", "path", "count", "lines", "bytes"}``.
+    ``since`` (the ``_since`` asked for), ``requires_access_token``, ``destination`` and
+    ``output``/``deleted``/``error`` lists of ``{"type", "url", "path", "count", "lines", "bytes"}``.
 
     A retried task re-attaches to the export its earlier try started (the destination remembers it) and
     skips files already downloaded and checked.

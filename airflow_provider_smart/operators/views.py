@@ -25,7 +25,8 @@ class SmartViewsOperator(BaseOperator):
     replaces each table; an incremental one (``since``) replaces the rows of every resource it lists
     (all of a resource's rows at once) and removes those of the resources in its ``deleted`` files, each
     table in one transaction. Returns (XCom) a summary: ``tables`` (per view: ``resource``, ``schema``,
-    ``outputs`` per format with ``location``, ``version``, ``rows``), ``transaction_time``, ``since``.
+    ``outputs`` per format with ``location``, ``version``, ``rows``), ``transaction_time``, ``since``,
+    ``deletions_not_reported`` (the export's server never fills ``deleted``: deleted resources keep their rows).
 
     To spread the work over workers, map a partial over ``share`` and finish with an unmapped task::
 

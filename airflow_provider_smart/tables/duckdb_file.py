@@ -35,23 +35,30 @@ class DuckDBFileSink:
 
     def __init__(self, path: Any) -> None:
         self.path = path
+        self._states: dict[str, TableMeta] | None = None
 
     def location(self, name: str) -> str:
         return f"{object_uri(self.path)}#{name}"
 
     def state(self, name: str) -> TableMeta | None:
+        """What the file records of the run that wrote this table; the file is read once for every table
+        (on an object store each read downloads the whole file)."""
+        if self._states is None:
+            self._states = self._read_states()
+        return self._states.get(name)
+
+    def _read_states(self) -> dict[str, TableMeta]:
         if not self.path.exists():
-            return None
+            return {}
         with tempfile.TemporaryDirectory(prefix="smart-duckdb-") as tmp:
             con = self._connect(local_copy(self.path, Path(tmp), "read.duckdb"), read_only=True)
             try:
-                found = _run(con, f"SELECT transaction_time, run_key, since FROM {META_TABLE} WHERE name = ?", [name])
-                row = found[0] if found else None
+                rows = _run(con, f"SELECT name, transaction_time, run_key, since FROM {META_TABLE}")
             except Exception:
-                return None
+                return {}
             finally:
                 con.close()
-        return None if row is None else TableMeta(row[0], row[1] or "", row[2])
+        return {row[0]: TableMeta(row[1], row[2] or "", row[3]) for row in rows}
 
     @staticmethod
     def _connect(path: Path, read_only: bool = False) -> Any:
@@ -89,6 +96,7 @@ class DuckDBFileSink:
             finally:
                 con.close()
             upload(work, self.path)
+        self._states = None
         return results
 
     def _apply(self, con: Any, change: ViewChange) -> dict[str, Any]:

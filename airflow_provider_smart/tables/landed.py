@@ -36,7 +36,9 @@ class LandedFile:
 
 @dataclass
 class LandedExport:
-    """What one landed export holds. ``since``: the export's ``_since`` (None: a full export)."""
+    """What one landed export holds. ``since``: the export's ``_since`` (None: a full export).
+    ``deletions_not_reported``: the export found its server never fills ``deleted`` (Medplum), so an
+    empty ``deleted`` proves nothing."""
 
     root: Any
     location: str
@@ -45,6 +47,7 @@ class LandedExport:
     since: str | None
     output: list[LandedFile] = field(default_factory=list)
     deleted: list[LandedFile] = field(default_factory=list)
+    deletions_not_reported: bool = False
 
     @property
     def incremental(self) -> bool:
@@ -89,14 +92,16 @@ class LandedExport:
             location=location,
             transaction_time=summary.get("transaction_time"),
             request=request,
-            since=since_of(request),
+            since=summary.get("since") or since_of(request),
             output=[_landed(e, location, "output") for e in summary.get("output") or []],
             deleted=[_landed(e, location, "deleted") for e in summary.get("deleted") or []],
+            deletions_not_reported=bool(summary.get("deletions_not_reported")),
         )
 
 
 def since_of(request: Any) -> str | None:
-    """The ``_since`` of a kick-off URL, or None (POST kick-offs land their parameters in the URL too)."""
+    """The ``_since`` of a kick-off URL, or None: for summaries that do not record ``since`` (landed by
+    a status URL, or before it was recorded); after a POST kick-off the URL has no parameters."""
     if not isinstance(request, str):
         return None
     for key, value in parse_qsl(urlsplit(request).query):

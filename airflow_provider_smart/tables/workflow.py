@@ -10,6 +10,8 @@ commit leaves every table at its previous version.
 Incremental exports (``_since``) replace the rows of every resource they list, and remove those of the
 resources their ``deleted`` files name; the table must already hold the export before (its recorded
 ``transactionTime`` at or after this export's ``_since``), else the run stops instead of leaving a gap.
+An export whose server never fills ``deleted`` (Medplum) is applied with a warning, and the summary says
+``deletions_not_reported``: resources deleted on the server keep their rows.
 
 Airflow-free: :class:`~airflow_provider_smart.operators.views.SmartViewsOperator` is a thin adapter.
 """
@@ -21,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,12 @@ def plan_shares(files: list[LandedFile], shares: int) -> list[list[LandedFile]]:
 
 
 def _instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    """A ``transactionTime`` or ``_since``, comparable with any other: the kick-off also takes a year, a month,
+    a date or a time without zone (``since="2024-05-01"``), which count from their start in UTC."""
+    text = value.strip().replace("Z", "+00:00")
+    text += {4: "-01-01", 7: "-01"}.get(len(text), "")  # 2024, 2024-05
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class TablesWorkflow:
@@ -196,6 +203,14 @@ class TablesWorkflow:
                 report = self.convert_share(share)
             reports.append(report)
         deleted = self._deleted_ids() if self.incremental else {}
+        deletions_not_reported = self.incremental and self.export.deletions_not_reported
+        if deletions_not_reported:
+            log.warning(
+                "The export in %s comes from a server that never reports deleted resources: rows of resources "
+                "deleted on the server since %s stay in the tables. Rebuild them from a full export now and then.",
+                self.export.location,
+                self.export.since,
+            )
         changes = [self._change(view, deleted) for view in self.views]
         tables: dict[str, dict[str, Any]] = {c.name: {"resource": c.resource, "outputs": {}} for c in changes}
         for sink in self.sinks():
@@ -226,6 +241,7 @@ class TablesWorkflow:
             "transaction_time": self.export.transaction_time,
             "since": self.export.since,
             "incremental": self.incremental,
+            "deletions_not_reported": deletions_not_reported,
             "output": object_uri(self.output),
             "run_key": self.run_key,
             "shares": self.shares,

@@ -50,7 +50,9 @@ def test_operator_module_import_is_cheap() -> None:
     code = (
         "import sys, airflow.providers.common.compat.sdk as sdk; sdk.BaseOperator; before=set(sys.modules);"
         "import airflow_provider_smart.operators.bulk_export, airflow_provider_smart.operators.token;"
-        "heavy=[m for m in ('jwt', 'cryptography', 'requests', 'airflow_provider_smart.bulk.download')"
+        "import airflow_provider_smart.operators.views, airflow_provider_smart.tables;"
+        "heavy=[m for m in ('jwt', 'cryptography', 'requests', 'airflow_provider_smart.bulk.download',"
+        " 'duckdb', 'pyarrow', 'deltalake', 'airflow_provider_smart.views')"
         " if m in sys.modules and m not in before];"
         "print('HEAVY=' + repr(heavy))"
     )

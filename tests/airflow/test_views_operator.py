@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from airflow_provider_smart.operators._lineage_tables import table_extra, tables_lineage
+from airflow_provider_smart.operators._lineage_tables import emit_table_events, table_extra, tables_lineage
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
@@ -109,3 +109,13 @@ def _xcom_mapped(run: Any, task_id: str, index: int) -> Any:
             .one()
         )
         return row.value
+
+
+def test_the_commit_summary_reaches_the_operator_the_lineage_listener_calls() -> None:
+    # Airflow 3.0's OpenLineage listener calls the operator of the task instance, not the context's task.
+    from types import SimpleNamespace
+
+    run_task, listener_task = SimpleNamespace(), SimpleNamespace()
+    summary = {"export": "/x", "tables": {}}
+    emit_table_events({"task": run_task, "ti": SimpleNamespace(task=listener_task)}, None, summary)
+    assert run_task._smart_tables_summary is summary and listener_task._smart_tables_summary is summary

@@ -37,9 +37,11 @@ def land(
     since: str | None = None,
     transaction_time: str = "2024-05-01T00:00:00Z",
     deleted: list[str] | None = None,
+    checks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write NDJSON files (``{"Observation.1.ndjson": [resource or raw line, ...]}``), deleted Bundles for
-    ``deleted`` (``Type/id``), and ``manifest.json`` with the export summary, as ``ExportWorkflow`` does."""
+    ``deleted`` (``Type/id``), and ``manifest.json`` with the export summary, as ``ExportWorkflow`` does
+    (``checks``: what the export found of its server, e.g. ``{"deletions_not_reported": True}``)."""
     root.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "destination": str(root),
@@ -48,6 +50,7 @@ def land(
         "output": [],
         "deleted": [],
         "error": [],
+        **(checks or {}),
     }
     for name, lines in files.items():
         text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)

@@ -11,9 +11,11 @@ import pytest
 from deltalake import DeltaTable
 
 from airflow_provider_smart.exceptions import TablesError, ViewDefinitionError, ViewRunError
+from airflow_provider_smart.operators._lineage_tables import table_extra
 from airflow_provider_smart.tables import BUNDLED_VIEWS
 from airflow_provider_smart.tables.changes import deleted_ids
 from airflow_provider_smart.tables.engine import collect_views
+from airflow_provider_smart.tables.files import local_copy
 from airflow_provider_smart.tables.landed import LandedExport, LandedFile
 from airflow_provider_smart.tables.workflow import TablesWorkflow, plan_shares
 
@@ -117,6 +119,54 @@ def test_incremental_run_replaces_each_changed_resource_whole_and_removes_delete
     assert table["outputs"]["delta"]["version"] == 1 and table["outputs"]["parquet"]["version"] == 2
 
 
+def test_an_export_whose_server_never_reports_deletions_is_applied_with_a_warning_the_tables_user_sees(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "tables"
+    assert workflow(first_export(tmp_path), out).commit()["deletions_not_reported"] is False
+    # Medplum: o-p2-2 was deleted on the server, but its deleted list is always empty.
+    land(
+        tmp_path / "run2",
+        {"Observation.1.ndjson": [observation("o-p3-1", ["y"])]},
+        since="2024-05-01T00:00:00Z",
+        transaction_time="2024-05-02T00:00:00Z",
+        checks={"deletions_not_reported": True, "vendor": "medplum"},
+    )
+    with caplog.at_level("WARNING", logger="airflow_provider_smart.tables"):
+        summary = workflow(tmp_path / "run2", out).commit()
+    assert summary["deletions_not_reported"] is True
+    assert table_extra(summary, "observation_codes")["deletions_not_reported"] is True
+    assert "never reports deleted resources" in caplog.text and "full export" in caplog.text
+    assert ("Observation/o-p2-2", "g") in every_format(out, "observation_codes", "observation_id", "code")
+
+
+def test_the_duckdb_file_is_read_once_per_commit_not_once_per_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On an object store every read of the DuckDB file downloads it whole.
+    from airflow_provider_smart.tables import duckdb_file
+
+    out = tmp_path / "tables"
+    workflow(first_export(tmp_path), out).commit()
+    land(
+        tmp_path / "run2",
+        {"Observation.1.ndjson": [observation("o-p3-1", ["y"])]},
+        since="2024-05-01T00:00:00Z",
+        transaction_time="2024-05-02T00:00:00Z",
+    )
+    reads: list[Any] = []
+
+    def counted_copy(source: Any, *args: Any) -> Any:
+        reads.append(source)
+        return local_copy(source, *args)
+
+    monkeypatch.setattr(duckdb_file, "local_copy", counted_copy)
+    summary = workflow(tmp_path / "run2", out).commit()
+    assert len(summary["tables"]) == len(VIEWS) == 3
+    assert reads == [out / "tables.duckdb", out / "tables.duckdb"]  # its states, then the copy it updates
+    assert duckdb_rows(out, "observation_codes", "observation_id")[-1] == ("Observation/o-p3-1",)
+
+
 def test_columns_keep_their_declared_types(tmp_path: Path) -> None:
     import pyarrow as pa
 
@@ -152,6 +202,23 @@ def test_an_incremental_export_after_a_missed_run_is_refused_and_the_tables_stay
         workflow(tmp_path / "run3", out).commit()
     assert every_format(out, "observation_codes", "observation_id", "code") == before
     assert DeltaTable(str(out / "delta" / "observation_codes")).version() == 0
+
+
+def test_an_incremental_export_since_a_date_without_time_or_zone_applies(tmp_path: Path) -> None:
+    # _since is a FHIR instant, but the kick-off also takes 2024-05-01 (or a naive datetime): UTC midnight.
+    out = tmp_path / "tables"
+    workflow(first_export(tmp_path), out).commit()  # holds the export of 2024-05-01T00:00:00Z
+    for run, since in (("run2", "2024-05-01"), ("run3", "2024-05-01T00:00:00")):
+        land(
+            tmp_path / run,
+            {"Observation.1.ndjson": [observation("o-p3-1", ["y"])]},
+            since=since,
+            transaction_time="2024-05-02T00:00:00Z",
+        )
+        assert workflow(tmp_path / run, out).commit()["since"] == since
+    land(tmp_path / "run4", {}, since="2024-05-03", transaction_time="2024-05-04T00:00:00Z")  # a day missing
+    with pytest.raises(TablesError, match="changes in between would be missing"):
+        workflow(tmp_path / "run4", out).commit()
 
 
 def test_an_incremental_export_without_tables_is_refused(tmp_path: Path) -> None:
