@@ -243,6 +243,29 @@ def choose(ui: Ui, combobox: Any, text: str) -> None:
     combobox.send_keys(Keys.ENTER)
 
 
+def choose_auth_method(ui: Ui, value: str) -> None:
+    """Pick the Auth method: 3.2+ renders a typeahead combobox input; 3.1 a Chakra select (a button that opens
+    a listbox of options); 3.0 a typeahead input after the label."""
+    trigger = ui.css("button[role='combobox'][id='select:element_auth_method:trigger']")
+    if trigger:
+        ui.click(trigger[0])
+        option = ui.wait(
+            lambda: ui.css(f"[role='option'][data-value='{value}'][id^='select:element_auth_method:']"),
+            f"the Auth method option {value}",
+        )[0]
+        ui.click(option)
+        ui.wait(lambda: trigger[0].text.strip() == value, f"the Auth method to show {value}")
+        return
+    combo = ui.xpath("//input[@name='element_auth_method']/preceding::input[@role='combobox'][1]") or ui.xpath(
+        "//*[normalize-space(text())='Auth method']/following::input[@role='combobox'][1]"
+    )
+    check(combo, "the Auth method dropdown is missing")
+    choose(ui, combo[0], value)
+    hidden = ui.d.find_elements("css selector", "input[name='element_auth_method']")
+    chosen = hidden[0].get_attribute("value") if hidden else combo[0].find_element("xpath", "..").text
+    check(value in (chosen or "") or value in ui.body_text(), "the auth method was not chosen")
+
+
 def type_into(ui: Ui, name: str, value: str) -> None:
     """Enter a value the way a paste does: one input event with the whole text.
 
@@ -321,14 +344,7 @@ def add_connection(
         type_into(ui, "port", str(port))
     expand(ui, EXTRA)
     if auth_method:
-        combo = ui.xpath("//input[@name='element_auth_method']/preceding::input[@role='combobox'][1]") or ui.xpath(
-            "//*[normalize-space(text())='Auth method']/following::input[@role='combobox'][1]"  # before 3.2
-        )
-        check(combo, "the Auth method dropdown is missing")
-        choose(ui, combo[0], auth_method)
-        hidden = ui.d.find_elements("css selector", "input[name='element_auth_method']")
-        chosen = hidden[0].get_attribute("value") if hidden else combo[0].find_element("xpath", "..").text
-        check(auth_method in (chosen or "") or auth_method in ui.body_text(), "the auth method was not chosen")
+        choose_auth_method(ui, auth_method)
     for name, value in extra.items():
         type_into(ui, f"element_{name}", value)
     if refresh:
@@ -514,7 +530,11 @@ def main() -> int:
         ):
             say(f"sandbox {sandbox.url}, Airflow {api.url}")
             ui = Ui(driver, api.url)
-            run_steps(ui, sandbox, api)
+            try:
+                run_steps(ui, sandbox, api)
+            except BaseException:  # the page as it was, for finding what a locator missed
+                (OUT / "failed-page.html").write_text(driver.page_source)
+                raise
     except BaseException as exc:
         failed = True
         say(f"FAILED: {exc}")
