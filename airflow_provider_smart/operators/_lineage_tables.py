@@ -91,10 +91,11 @@ def _alias_events_supported(alias: Any) -> bool:
 
 
 def _alias_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    """Airflow 2.x freezes an alias event's extra (``frozenset(extra.items())``): nested values go as JSON there."""
-    from airflow_provider_smart.version_compat import AIRFLOW_V_3_0_PLUS
+    """Airflow 2.x and 3.0 freeze an alias event's extra (``frozenset(extra.items())``; 3.0 fails the task's
+    state update on a nested value): nested values go as JSON there."""
+    from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
 
-    if AIRFLOW_V_3_0_PLUS:
+    if AIRFLOW_V_3_1_PLUS:
         return extra
     return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for k, v in extra.items()}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from deltalake import DeltaTable
+from metadb import register_assets
 
 from airflow_provider_smart.operators._lineage_tables import emit_table_events, table_extra, tables_lineage
 
@@ -51,6 +52,7 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     airflow_db: str, smart_conn: Any, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dags = _load(monkeypatch, tmp_path)
+    register_assets(dags.tables_dag)
     first = dags.tables_dag.test()
     assert first.state == "success"
     summary = _xcom(first, "commit")
