@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-fast check ui-check demo e2e bench bench-quick conformance lint typecheck clean \
-	compat compat-fast dist wheel-check
+	compat compat-fast compat-ui dist wheel-check
 
 # .venv runs the highest supported Airflow, pinned as in compat/ (one pin file per supported minor).
 HIGHEST_PINS := compat/3.3.txt
@@ -50,6 +50,13 @@ compat: $(STAMP)
 
 compat-fast: $(STAMP)
 	$(PY) scripts/compat.py test --fast $(VERSIONS)
+
+# The browser check (make ui-check) on older Airflow UIs, each in its .venv-compat/<minor>: 3.0 and 3.1's
+# React UI with the form from WTForms fields, 2.11's Flask UI (scripts/ui_check_airflow2.py). Screenshots in
+# build/ui-check/airflow-<minor>/.
+UI_VERSIONS ?= 2.11 3.0 3.1
+compat-ui: $(STAMP)
+	$(PY) scripts/compat.py ui $(UI_VERSIONS)
 
 # sdist and wheel in dist/, checked with twine.
 dist: $(STAMP)

@@ -84,10 +84,11 @@ def _token(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     """The connection test Airflow's Test button runs, from the command line, on any Airflow version."""
+    from airflow_provider_smart.hooks.connection_test import run_connection_test
     from airflow_provider_smart.hooks.smart import SmartHook
 
     connection = _load_connection(args.conn_id)
-    ok, message = SmartHook(args.conn_id, connection=connection).test_connection()
+    ok, message = run_connection_test(SmartHook(args.conn_id, connection=connection))
     print(f"{'OK' if ok else 'FAILED'}: {message}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

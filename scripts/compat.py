@@ -2,6 +2,7 @@
 
     python scripts/compat.py test [--fast] [VERSION ...]   # make compat (all), CI (--fast, lowest and highest)
     python scripts/compat.py wheel [VERSION ...]           # CI: the demo against the wheel, not the source
+    python scripts/compat.py ui [VERSION ...]              # the browser check on each version's own UI
 
 VERSION is a minor with a pin file in compat/ (``compat/3.1.txt``): the exact Airflow release and the few
 pins its constraints file makes (README, "Airflow versions"). Test venvs live in ``.venv-compat/<version>``
@@ -111,6 +112,24 @@ def run_wheel_demo(versions: list[str]) -> int:
     return 1 if failed else 0
 
 
+def run_ui_checks(versions: list[str]) -> int:
+    """``scripts/ui_check.py`` in each version's test venv (``ui_check_airflow2.py`` for 2.x's Flask UI)."""
+    rows, failed = [], False
+    for version in versions:
+        started = time.monotonic()
+        python = test_venv(version)
+        script = "ui_check_airflow2.py" if version.startswith("2.") else "ui_check.py"
+        log = LOGS / f"ui-{version}.log"
+        log.unlink(missing_ok=True)
+        code = sh([python, REPO / "scripts" / script], log)
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("ui-check: ")]
+        result = (lines[-1] if lines else "no output").removeprefix("ui-check: ")
+        rows.append(f"Airflow {airflow_version(python)}: {result} ({time.monotonic() - started:.0f} s)")
+        print(rows[-1] if code == 0 else f"{rows[-1]}; log {log.relative_to(REPO)}", flush=True)
+        failed |= code != 0
+    return 1 if failed else 0
+
+
 WHERE_FROM = (
     "import airflow_provider_smart as p, sys; print('airflow_provider_smart from', p.__file__);"
     "sys.exit('site-packages' not in p.__file__)"
@@ -119,7 +138,7 @@ WHERE_FROM = (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["test", "wheel"])
+    parser.add_argument("what", choices=["test", "wheel", "ui"])
     parser.add_argument("versions", nargs="*", help=f"default: all ({', '.join(SUPPORTED)})")
     parser.add_argument("--fast", action="store_true", help="the fast suite (-m 'not slow')")
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-x tests/airflow'")
@@ -131,6 +150,8 @@ def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     if args.what == "wheel":
         return run_wheel_demo(versions)
+    if args.what == "ui":
+        return run_ui_checks(versions)
     return run_tests(versions, args.fast, re.split(r"\s+", args.pytest_args.strip()) if args.pytest_args else [])
 
 

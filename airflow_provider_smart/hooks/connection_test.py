@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_smart.hooks.legacy_form import AIRFLOW2_PLACEHOLDER
+
 if TYPE_CHECKING:
     from airflow_provider_smart.connection import ConnectionSettings
     from airflow_provider_smart.hooks.smart import SmartHook
@@ -25,14 +27,21 @@ _HINTS = {
 
 
 MASK = "***"
+_MASKS = (MASK, AIRFLOW2_PLACEHOLDER)
 
 
 def masked_fields(password: str | None, extra: dict[str, Any]) -> list[str]:
-    """The form labels of secrets that arrived as Airflow's mask instead of their value."""
+    """The form labels of secrets that arrived as Airflow's mask (or 2.x's placeholder) instead of their value."""
     from airflow_provider_smart.get_provider_info import CONN_FIELDS
 
-    labels = ["Client secret"] if password == MASK else []
-    return labels + [CONN_FIELDS.get(k, {}).get("label", k) for k, v in extra.items() if v == MASK]
+    labels = ["Client secret"] if password in _MASKS else []
+    # 2.x's form sends each custom field twice, as ``extra__smart__<name>`` and as ``<name>``.
+    names = dict.fromkeys(k.removeprefix("extra__smart__") for k, v in extra.items() if v in _MASKS)
+    return labels + [CONN_FIELDS.get(name, {}).get("label", name) for name in names]
+
+
+def _mask_sent(password: str | None, extra: dict[str, Any]) -> str:
+    return MASK if MASK in (password, *extra.values()) else AIRFLOW2_PLACEHOLDER
 
 
 def run_connection_test(hook: SmartHook) -> tuple[bool, str]:
@@ -44,14 +53,13 @@ def run_connection_test(hook: SmartHook) -> tuple[bool, str]:
         conn = hook._connection or hook.get_connection(hook.smart_conn_id)
         masked = masked_fields(conn.password, conn.extra_dejson)
         if masked:
-            # Airflow 3.0's test API takes the connection as sent; 3.1+ restore saved secrets sent masked.
+            # Airflow 3.0's test API and 2.x's edit form send the connection as shown; 3.1+ restore secrets.
             return False, (
-                f"{' and '.join(masked)} arrived as '{MASK}', the mask Airflow shows for a saved secret: the "
-                "connection test was sent the mask, not the stored value (Airflow 3.0's API tests what it is "
-                "sent; 3.1 and later restore the stored secret). Test with 'airflow connections test "
-                "<connection id>' or 'airflow-smart test --conn-id <connection id>', which read the stored "
-                "connection, or "
-                "paste the secret again before pressing Test."
+                f"{' and '.join(masked)} arrived as '{_mask_sent(conn.password, conn.extra_dejson)}', what "
+                "Airflow shows for a saved secret, not the stored value: Airflow 3.0's API and 2.x's edit form "
+                "test what they are sent (3.1 and later restore the stored secret). Test with 'airflow "
+                "connections test <connection id>' or 'airflow-smart test --conn-id <connection id>', which "
+                "read the stored connection, or paste the secret again before pressing Test."
             )
         settings = settings_from_connection(conn.host, conn.login, conn.password, conn.extra_dejson, port=conn.port)
         mask_secrets(*settings.secrets)

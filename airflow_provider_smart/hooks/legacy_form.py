@@ -19,6 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 CONNECTION_TYPE = "smart"
+# What Airflow 2's connection views put in place of a saved secret (``airflow.www.views``): its save keeps
+# the stored value for it, and its Test button sends it as is.
+AIRFLOW2_PLACEHOLDER = "RATHER_LONG_SENSITIVE_FIELD_PLACEHOLDER"
 
 
 def _declaration() -> dict[str, Any]:
@@ -75,9 +78,27 @@ def connection_form_widgets() -> dict[str, Any]:
         elif "integer" in types or "number" in types:
             fields[name] = wtforms.IntegerField(**common, widget=widget("BS3TextFieldWidget"))
         elif is_secret(name, schema):
-            fields[name] = wtforms.PasswordField(**common, widget=widget("BS3PasswordFieldWidget"))
+            fields[name] = wtforms.PasswordField(**common, widget=_saved_secret_widget(fieldwidgets))
         elif schema.get("format") == "multiline":
             fields[name] = wtforms.StringField(**common, widget=widget("BS3TextAreaFieldWidget"))
         else:
             fields[name] = wtforms.StringField(**common, widget=widget("BS3TextFieldWidget"))
     return fields
+
+
+def _saved_secret_widget(fieldwidgets: Any) -> Any:
+    """A password input that shows a saved secret as Airflow 2's placeholder, never the secret.
+
+    FAB's password input renders empty, and 2.11's edit form then saves that empty custom field as "delete":
+    opening a connection and saving it unchanged lost the private key. With the placeholder in the field,
+    the save keeps the stored value, as 2.11 does for a placeholder in the Extra JSON.
+    """
+    if fieldwidgets is None:
+        return None
+
+    class SavedSecretInput(fieldwidgets.BS3PasswordFieldWidget):
+        def __call__(self, field: Any, **kwargs: Any) -> Any:
+            kwargs["value"] = AIRFLOW2_PLACEHOLDER if field.data else ""
+            return super().__call__(field, **kwargs)
+
+    return SavedSecretInput(hide_value=False)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_smart.get_provider_info import CONN_FIELDS, get_provider_info
-from airflow_provider_smart.hooks.legacy_form import connection_form_widgets, ui_field_behaviour
+from airflow_provider_smart.hooks.connection_test import masked_fields
+from airflow_provider_smart.hooks.legacy_form import AIRFLOW2_PLACEHOLDER, connection_form_widgets, ui_field_behaviour
 from airflow_provider_smart.hooks.smart import SmartHook
 from airflow_provider_smart.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_2_PLUS
 
@@ -87,3 +88,25 @@ def test_the_hook_methods_are_what_this_airflow_uses() -> None:
     from airflow.providers_manager import ProvidersManager
 
     assert ProvidersManager().field_behaviours["smart"] == ui_field_behaviour()
+
+
+def test_a_saved_secret_shows_as_airflow_2s_placeholder_never_itself() -> None:
+    """2.11's edit form saves an empty custom field as "delete": a saved key must come back as the placeholder
+    its save turns into "keep the stored value", and the secret must never reach the page."""
+    pytest.importorskip("flask_appbuilder")
+    import wtforms
+
+    widgets = SmartHook.get_connection_form_widgets()
+
+    class Form(wtforms.Form):
+        private_key = widgets["private_key"]
+
+    saved = str(Form(data={"private_key": "-----BEGIN PRIVATE KEY-----\nSECRETBYTES"}).private_key())
+    assert "SECRETBYTES" not in saved and f'value="{AIRFLOW2_PLACEHOLDER}"' in saved and 'type="password"' in saved
+    assert 'value=""' in str(Form().private_key())
+
+
+def test_a_secret_sent_as_the_placeholder_is_named_once_by_its_label() -> None:
+    sent = {"private_key": AIRFLOW2_PLACEHOLDER, "extra__smart__private_key": AIRFLOW2_PLACEHOLDER, "kid": "k"}
+    assert masked_fields(None, sent) == [CONN_FIELDS["private_key"]["label"]]
+    assert masked_fields("***", {"refresh_token": "***"}) == ["Client secret", CONN_FIELDS["refresh_token"]["label"]]
