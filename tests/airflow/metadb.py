@@ -17,13 +17,15 @@ def _xcom_model() -> Any:
     return XCom
 
 
-def xcom_value(*, run_id: str, task_id: str, dag_id: str | None = None, key: str = "return_value") -> Any:
-    """The XCom a task pushed, deserialised; None when there is none."""
+def xcom_value(
+    *, run_id: str, task_id: str, dag_id: str | None = None, key: str = "return_value", map_index: int = -1
+) -> Any:
+    """The XCom a task (or one mapped instance) pushed, deserialised; None when there is none."""
     from airflow.utils.session import create_session
 
     model = _xcom_model()
     with create_session() as session:
-        query = session.query(model).filter_by(run_id=run_id, task_id=task_id, key=key)
+        query = session.query(model).filter_by(run_id=run_id, task_id=task_id, key=key, map_index=map_index)
         if dag_id is not None:
             query = query.filter_by(dag_id=dag_id)
         row = query.one_or_none()

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from deltalake import DeltaTable
-from metadb import register_assets
+from metadb import asset_events, register_assets, xcom_value
 
 from airflow_provider_smart.operators._lineage_tables import emit_table_events, table_extra, tables_lineage
+from airflow_provider_smart.version_compat import AIRFLOW_V_3_0_PLUS
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 
@@ -25,22 +26,8 @@ def _load(monkeypatch: pytest.MonkeyPatch, dest: Path) -> Any:
     return module
 
 
-def _xcom(run: Any, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(run_id=run.run_id, task_id=task_id, key="return_value").one()
-        return row.value
-
-
-def _events(run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
-    from airflow.models.asset import AssetEvent
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        events = session.query(AssetEvent).filter_by(source_run_id=run_id).all()
-        return sorted((e.asset.name, e.asset.uri, dict(e.extra or {})) for e in events)
+def _xcom(run: Any, task_id: str, map_index: int = -1) -> Any:
+    return xcom_value(run_id=run.run_id, task_id=task_id, map_index=map_index)
 
 
 def _rows(dest: Path, view: str) -> dict[str, str]:
@@ -64,16 +51,19 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     # The view file's {{ params.status }} was rendered before it was parsed.
     final = _rows(tmp_path, "status_observations")
     assert set(final.values()) == {"final"} and len(final) == sum(s == "final" for s in rows.values())
-    shares = [_xcom_mapped(first, "convert", i) for i in (0, 1)]
+    shares = [_xcom(first, "convert", i) for i in (0, 1)]
     assert sum(s["files"] for s in shares) == 2  # one Patient file and one Observation file, one per share
 
     # One asset event per table through the alias, and the named Asset gets its table's extra.
-    events = _events(first.run_id)
-    by_name = {name: extra for name, _, extra in events}
+    events = asset_events(first.run_id)
+    by_name = {name: extra for _, name, extra in events}
     assert by_name["smart-table://test/observation_flat"] == table_extra(summary, "observation_flat")  # URI-named
-    delta_uris = {f"file://{tmp_path}/tables/delta/{v}" for v in ("observation_flat", "patient_demographics")}
-    assert {uri for _, uri, _ in events} >= delta_uris
-    assert len(events) == 4  # the named Asset, and one per table through the alias
+    if AIRFLOW_V_3_0_PLUS:
+        delta_uris = {f"file://{tmp_path}/tables/delta/{v}" for v in ("observation_flat", "patient_demographics")}
+        assert set(by_name) >= delta_uris  # a table's asset through the alias is named by its URI
+        assert len(events) == 4  # the named Asset, and one per table through the alias
+    else:
+        assert len(events) == 1  # 2.x: no events through a DatasetAlias under dags test (README)
 
     touched = sandbox.touch("Observation", 2)
     sandbox.delete_resource("Observation", "obs-0005-003")
@@ -98,19 +88,6 @@ def test_export_into_tables_then_an_incremental_run_updates_and_deletes_rows(
     flat = outputs[("file", f"{tmp_path}/tables/delta/observation_flat")]
     assert [f.name for f in flat.facets["schema"].fields][:4] == ["id", "patient_id", "encounter_id", "status"]
     assert flat.outputFacets["outputStatistics"].rowCount == 29
-
-
-def _xcom_mapped(run: Any, task_id: str, index: int) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = (
-            session.query(XComModel)
-            .filter_by(run_id=run.run_id, task_id=task_id, key="return_value", map_index=index)
-            .one()
-        )
-        return row.value
 
 
 def test_the_commit_summary_reaches_the_operator_the_lineage_listener_calls() -> None:
