@@ -511,27 +511,33 @@ def run_steps(ui: Ui, sandbox: Any, api: Any) -> None:
     check(not failed, f"a refresh failed (a burnt token?): {failed}")
 
 
-def main() -> int:
+def run_check(
+    start_airflow: Callable[[Path], contextlib.AbstractContextManager[Any]],
+    steps: Callable[[Ui, Any, Any], None],
+    server_log: str,
+) -> int:
+    """The sandbox, an Airflow (``start_airflow(home)``, with a ``url``) and Chromium; then ``steps``.
+
+    On failure: the page's source beside the screenshots and the tail of the Airflow's ``server_log``."""
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.png"):
         old.unlink()
     ensure_chromium()
     ensure_selenium()
     from airflow_provider_smart.testing import SmartSandbox
-    from airflow_provider_smart.testing.airflow_server import AirflowApiServer
 
     work = Path(tempfile.mkdtemp(prefix="smart-ui-check-"))
     failed = False
     try:
         with (
             SmartSandbox(patients=3) as sandbox,
-            AirflowApiServer(work / "airflow", env={"AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")}) as api,
+            start_airflow(work / "airflow") as airflow,
             chrome(work / "chrome-profile") as driver,
         ):
-            say(f"sandbox {sandbox.url}, Airflow {api.url}")
-            ui = Ui(driver, api.url)
+            say(f"sandbox {sandbox.url}, Airflow {airflow.url}")
+            ui = Ui(driver, airflow.url)
             try:
-                run_steps(ui, sandbox, api)
+                steps(ui, sandbox, airflow)
             except BaseException:  # the page as it was, for finding what a locator missed
                 (OUT / "failed-page.html").write_text(driver.page_source)
                 raise
@@ -539,13 +545,22 @@ def main() -> int:
         failed = True
         say(f"FAILED: {exc}")
         traceback.print_exc()
-        log = work / "airflow" / "api-server.log"
+        log = work / "airflow" / server_log
         if log.exists():
             print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"{'FAILED' if failed else 'passed'}; screenshots in {OUT.relative_to(REPO)}/: {', '.join(SHOTS)}")
     return 1 if failed else 0
+
+
+def main() -> int:
+    from airflow_provider_smart.testing.airflow_server import AirflowApiServer
+
+    def api_server(home: Path) -> AirflowApiServer:
+        return AirflowApiServer(home, env={"AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")})
+
+    return run_check(api_server, run_steps, "api-server.log")
 
 
 if __name__ == "__main__":

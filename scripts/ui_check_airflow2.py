@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ui_check  # the browser, screenshots and checks of the 3.x UI check
-from ui_check import LAUNCH_SCOPE, OUT, REPO, Ui, check, check_readable, say
+from ui_check import LAUNCH_SCOPE, REPO, Ui, check, check_readable, say
 
 ADMIN = ("admin", "admin-password")
 
@@ -70,6 +64,8 @@ class Airflow2Webserver:
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
     def __enter__(self) -> Airflow2Webserver:
+        from airflow_provider_smart.testing.airflow_server import wait_until_healthy
+
         for step in (
             ("airflow", "db", "migrate"),
             ("airflow", "users", "create", "--role", "Admin", "--username", ADMIN[0], "--password", ADMIN[1]),
@@ -88,29 +84,16 @@ class Airflow2Webserver:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"the webserver exited early:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        self.__exit__(None, None, None)
-        raise RuntimeError("the webserver did not answer within 240 s")
+        wait_until_healthy(
+            self._process, f"{self.url}/health", 240, "the webserver", lambda: self.log_path.read_text()[-3000:]
+        )
+        return self
 
     def __exit__(self, *exc: object) -> None:
+        from airflow_provider_smart.testing.airflow_server import stop_process_group
+
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_process_group(process)
 
 
 def log_in(ui: Ui) -> None:
@@ -268,39 +251,7 @@ def run_steps(ui: Ui, sandbox: Any, web: Airflow2Webserver) -> None:
 
 
 def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for old in OUT.glob("*.png"):
-        old.unlink()
-    ui_check.ensure_chromium()
-    ui_check.ensure_selenium()
-    from airflow_provider_smart.testing import SmartSandbox
-
-    work = Path(tempfile.mkdtemp(prefix="smart-ui-check-2-"))
-    failed = False
-    try:
-        with (
-            SmartSandbox(patients=3) as sandbox,
-            Airflow2Webserver(work / "airflow") as web,
-            ui_check.chrome(work / "chrome-profile") as driver,
-        ):
-            say(f"sandbox {sandbox.url}, Airflow {web.url}")
-            ui = Ui(driver, web.url)
-            try:
-                run_steps(ui, sandbox, web)
-            except BaseException:
-                (OUT / "failed-page.html").write_text(driver.page_source)
-                raise
-    except BaseException as exc:
-        failed = True
-        say(f"FAILED: {exc}")
-        traceback.print_exc()
-        log = work / "airflow" / "webserver.log"
-        if log.exists():
-            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"{'FAILED' if failed else 'passed'}; screenshots in {OUT.relative_to(REPO)}/: {', '.join(ui_check.SHOTS)}")
-    return 1 if failed else 0
+    return ui_check.run_check(Airflow2Webserver, run_steps, "webserver.log")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,6 +45,40 @@ def ui_sends_port_zero_bug() -> bool:
 
     same = getattr(connections, "_same_endpoint", None)
     return same is not None and not same(0, None)
+
+
+def stop_process_group(process: subprocess.Popen[bytes] | None) -> None:
+    """End a server started with ``start_new_session=True`` and every worker it forked: TERM, then KILL."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], health_url: str, timeout: float, what: str, log_tail: Callable[[], str]
+) -> None:
+    """Wait for ``health_url`` to answer 200; a server that exits or stays silent is stopped and reported."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log_tail()}")
+        try:
+            if requests.get(health_url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            stop_process_group(process)
+            raise RuntimeError(f"{what} did not answer within {timeout:.0f} s:\n{log_tail()}")
+        time.sleep(0.5)
 
 
 class AirflowApiServer:
@@ -103,33 +138,12 @@ class AirflowApiServer:
             start_new_session=True,  # its own process group: stop() ends the server and its workers
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"the API server exited early:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the API server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.5)
+        wait_until_healthy(self._process, f"{self.url}/api/v2/monitor/health", timeout, "the API server", self.log_tail)
+        return self
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_process_group(process)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
