@@ -17,6 +17,7 @@ request URL loses its query string in the dataset name, and no token or key is e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -81,7 +82,17 @@ def emit_asset_events(context: Any, outlets: Iterable[Any] | None, summary: dict
         if isinstance(outlet, Asset):
             events[outlet].extra = dict(extra)
         elif isinstance(outlet, AssetAlias) and extra["destination"]:
-            events[outlet].add(Asset(uri=_asset_uri(str(extra["destination"]))), extra=dict(extra))
+            events[outlet].add(Asset(uri=_asset_uri(str(extra["destination"]))), extra=alias_event_extra(extra))
+
+
+def alias_event_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """An ``AssetAlias`` event's extra. Airflow 2.x and 3.0 freeze it (``frozenset(extra.items())``; 3.0
+    fails the task's state update on a nested value): nested values go as JSON text there."""
+    from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
+
+    if AIRFLOW_V_3_1_PLUS:
+        return dict(extra)
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for k, v in extra.items()}
 
 
 def keep_for_lineage(context: Any, attribute: str, summary: dict[str, Any]) -> None:

@@ -9,12 +9,18 @@ with a schema facet and its row count. Nothing secret is at hand here (no storag
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
 
-from airflow_provider_smart.operators._lineage_assets import _asset_uri, destination_dataset_id, keep_for_lineage
+from airflow_provider_smart.operators._lineage_assets import (
+    _asset_uri,
+    alias_event_extra,
+    destination_dataset_id,
+    keep_for_lineage,
+)
+
+log = logging.getLogger(__name__)
 
 
 def table_extra(summary: dict[str, Any], name: str) -> dict[str, Any]:
@@ -57,9 +63,6 @@ def _locations(table: dict[str, Any]) -> set[str]:
     return {_asset_uri(str(o.get("location"))) for o in (table.get("outputs") or {}).values() if o.get("location")}
 
 
-log = logging.getLogger(__name__)
-
-
 def emit_table_events(context: Any, outlets: Iterable[Any] | None, summary: dict[str, Any]) -> None:
     keep_for_lineage(context, "_smart_tables_summary", summary)
     outlets = list(outlets or [])
@@ -74,7 +77,9 @@ def emit_table_events(context: Any, outlets: Iterable[Any] | None, summary: dict
             if not _alias_events_supported(outlet):
                 continue
             for name in sorted(tables):
-                events[outlet].add(Asset(uri=table_uri(tables[name])), extra=_alias_extra(table_extra(summary, name)))
+                events[outlet].add(
+                    Asset(uri=table_uri(tables[name])), extra=alias_event_extra(table_extra(summary, name))
+                )
         elif isinstance(outlet, Asset):
             match = [n for n in sorted(tables) if _names_table(outlet, n, tables[n])]
             events[outlet].extra = table_extra(summary, match[0]) if match else run_extra(summary)
@@ -88,16 +93,6 @@ def _alias_events_supported(alias: Any) -> bool:
     if not AIRFLOW_V_3_0_PLUS:
         log.warning("Airflow 2.x: no events for the dataset alias %r; list the tables' Datasets as outlets", alias)
     return AIRFLOW_V_3_0_PLUS
-
-
-def _alias_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    """Airflow 2.x and 3.0 freeze an alias event's extra (``frozenset(extra.items())``; 3.0 fails the task's
-    state update on a nested value): nested values go as JSON there."""
-    from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
-
-    if AIRFLOW_V_3_1_PLUS:
-        return extra
-    return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for k, v in extra.items()}
 
 
 def _names_table(asset: Any, name: str, table: dict[str, Any]) -> bool:

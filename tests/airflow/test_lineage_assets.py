@@ -203,3 +203,18 @@ def test_an_echoed_token_never_reaches_a_failure_message(smart_conn: Any, sandbo
     tokens = sandbox.issued_tokens()
     assert tokens and "Bearer ***" in str(err.value)
     assert not any(token in str(err.value) or token in json.dumps(err.value.to_dict()) for token in tokens)
+
+
+def test_an_alias_event_extra_is_flat_where_airflow_freezes_it() -> None:
+    """2.x and 3.0 hash an alias event's extra (frozenset(extra.items())): the export's nested counts would
+    fail the task there."""
+    from airflow_provider_smart.operators._lineage_assets import alias_event_extra
+    from airflow_provider_smart.version_compat import AIRFLOW_V_3_1_PLUS
+
+    extra = {"destination": "/exports/1", "counts": {"Patient": 3}, "files": {"Patient": {"files": 1}}}
+    sent = alias_event_extra(extra)
+    if AIRFLOW_V_3_1_PLUS:
+        assert sent == extra
+    else:
+        assert sent == {"destination": "/exports/1", "counts": '{"Patient": 3}', "files": '{"Patient": {"files": 1}}'}
+        hash(frozenset(sent.items()))
